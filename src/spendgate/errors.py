@@ -1,0 +1,115 @@
+"""spendgate's exceptions: one base class, each error says what to do next."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from spendgate.money import Money
+
+
+class SpendgateError(Exception):
+    """Base class of every error spendgate raises on purpose."""
+
+
+class ConfigError(SpendgateError, ValueError):
+    """Bad configuration: names the key and the problem."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}" if key else problem)
+
+
+class UnknownModelPriceError(SpendgateError, LookupError):
+    """No price for a model: spendgate refuses rather than count it as $0."""
+
+    def __init__(self, model: str, suggestions: Sequence[str] = ()) -> None:
+        self.model = model
+        self.suggestions = tuple(suggestions)
+        hint = f" Nearest known models: {', '.join(self.suggestions)}." if self.suggestions else ""
+        super().__init__(
+            f"No price known for model {model!r}; spendgate will not count it as free.{hint} "
+            "Add a price in config (prices: {"
+            f'"{model}": {{input: "<USD per 1M>", output: "<USD per 1M>"}}}}), '
+            "with Catalog.set_price(), or load a newer catalog with "
+            "`spendgate prices update --from FILE_OR_URL`; or set unknown_model to "
+            "'default_price' or 'free'."
+        )
+
+
+class BudgetExceededError(SpendgateError):
+    """A budget cannot admit a request. The message keeps the familiar shape:
+
+    ``Cost tracking budget exceeded: current usage 98% of limit 100 USD
+    (budget "team=research, monthly"); this request needs up to 3.20 USD;
+    resets 2026-12-01T00:00:00Z``
+    """
+
+    def __init__(
+        self,
+        *,
+        budget_id: str,
+        selector: dict[str, str],
+        limit: Money,
+        spent: Money,
+        reserved: Money,
+        requested: Money,
+        resets_at: datetime | None = None,
+        retry_after: float | None = None,
+        budget_name: str | None = None,
+    ) -> None:
+        self.budget_id = budget_id
+        self.selector = dict(selector)
+        self.limit = limit
+        self.spent = spent
+        self.reserved = reserved
+        self.requested = requested
+        self.resets_at = resets_at
+        self.retry_after = retry_after
+        self.budget_name = budget_name or budget_id
+        super().__init__(self._message())
+
+    @property
+    def usage_percent(self) -> int:
+        """Spent plus reserved, as a whole percent of the limit (rounded down)."""
+        used = self.spent.nanos + self.reserved.nanos
+        if self.limit.nanos <= 0:
+            return 100 if used <= 0 else 100 * max(used, 1)
+        return used * 100 // self.limit.nanos
+
+    def _message(self) -> str:
+        resets = ""
+        if self.resets_at is not None:
+            resets = "; resets " + self.resets_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return (
+            f"Cost tracking budget exceeded: current usage {self.usage_percent}% of limit "
+            f"{_plain(self.limit)} USD (budget \"{self.budget_name}\"); this request needs up to "
+            f"{_plain(self.requested, places=2)} USD{resets}"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``budget`` object of the gateway's 429 body."""
+        return {
+            "id": self.budget_id,
+            "name": self.budget_name,
+            "selector": self.selector,
+            "limit_usd": str(self.limit.to_decimal()),
+            "spent_usd": str(self.spent.to_decimal()),
+            "reserved_usd": str(self.reserved.to_decimal()),
+            "requested_usd": str(self.requested.to_decimal()),
+            "resets_at": self.resets_at.astimezone(UTC).isoformat() if self.resets_at else None,
+            "retry_after": self.retry_after,
+        }
+
+
+#: The name users of other cost trackers already catch.
+CostTrackingBudgetExceededError = BudgetExceededError
+
+
+def _plain(amount: Money, places: int | None = None) -> str:
+    """``100``, ``3.20``, ``0.000125``: no $ sign, never rounded down to zero."""
+    text = amount.format(places if places is not None else 2).lstrip("$").replace(",", "")
+    if places is None and text.endswith(".00"):
+        text = text[:-3]
+    return text

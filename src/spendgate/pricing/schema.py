@@ -1,0 +1,217 @@
+"""What a model's price is: rates per 1M tokens in integer nano-USD.
+
+A rate of ``None`` means "not priced apart": it falls back to the rate that
+covers it (cache reads and writes to input, reasoning to output, a tier's
+missing rate to the base rate), so no token is ever priced at $0 by omission.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final
+
+from spendgate.money import nanos_per_million_to_decimal, rate_to_nanos_per_million
+
+#: Rate fields, in data-file order. Values are nano-USD per 1M tokens.
+RATE_FIELDS: Final = (
+    "input",
+    "output",
+    "cache_read",
+    "cache_write",
+    "cache_write_1h",
+    "reasoning",
+    "audio_input",
+    "audio_output",
+)
+
+#: Pricing modes besides ``standard`` that a catalog may carry.
+SERVICE_TIERS: Final = ("standard", "batch", "flex", "priority")
+
+MODES: Final = ("chat", "completion", "responses", "embedding")
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """One set of per-token rates, nano-USD per 1M tokens; ``None`` = not priced apart."""
+
+    input: int | None = None
+    output: int | None = None
+    cache_read: int | None = None
+    cache_write: int | None = None
+    cache_write_1h: int | None = None
+    reasoning: int | None = None
+    audio_input: int | None = None
+    audio_output: int | None = None
+
+    def over(self, base: Rates) -> Rates:
+        """These rates, with the missing ones taken from ``base``."""
+        return Rates(
+            *(
+                getattr(self, f.name) if getattr(self, f.name) is not None else getattr(base, f.name)
+                for f in fields(self)
+            )
+        )
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, name) is None for name in RATE_FIELDS)
+
+    # Effective rates: what a token of each kind costs once fallbacks apply.
+    def input_rate(self) -> int:
+        return self.input or 0
+
+    def output_rate(self) -> int:
+        return self.output or 0
+
+    def cache_read_rate(self) -> int:
+        return self.cache_read if self.cache_read is not None else self.input_rate()
+
+    def cache_write_rate(self) -> int:
+        return self.cache_write if self.cache_write is not None else self.input_rate()
+
+    def cache_write_1h_rate(self) -> int:
+        return self.cache_write_1h if self.cache_write_1h is not None else self.cache_write_rate()
+
+    def reasoning_rate(self) -> int:
+        return self.reasoning if self.reasoning is not None else self.output_rate()
+
+    def audio_input_rate(self) -> int:
+        return self.audio_input if self.audio_input is not None else self.input_rate()
+
+    def audio_output_rate(self) -> int:
+        return self.audio_output if self.audio_output is not None else self.output_rate()
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any], *, where: str) -> Rates:
+        unknown = set(data) - set(RATE_FIELDS) - {"tiers", "above"}
+        if unknown:
+            raise ValueError(f"{where}: unknown price field(s) {sorted(unknown)}; known: {list(RATE_FIELDS)}")
+        return cls(
+            **{
+                name: rate_to_nanos_per_million(data[name], what=f"{where}.{name}")
+                for name in RATE_FIELDS
+                if data.get(name) is not None
+            }
+        )
+
+    def to_data(self) -> dict[str, str]:
+        return {
+            name: f"{nanos_per_million_to_decimal(value):f}"
+            for name in RATE_FIELDS
+            if (value := getattr(self, name)) is not None
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """Rates for a request whose prompt is above ``above`` tokens (the whole request)."""
+
+    above: int
+    rates: Rates
+
+
+@dataclass(frozen=True, slots=True)
+class RateTable:
+    """Base rates plus long-context tiers, for one service tier (standard, batch...)."""
+
+    base: Rates
+    tiers: tuple[Tier, ...] = ()
+
+    def for_prompt(self, prompt_tokens: int) -> Rates:
+        """The rates that price a request with this many prompt tokens."""
+        chosen = self.base
+        for tier in self.tiers:  # sorted by threshold
+            if prompt_tokens > tier.above:
+                chosen = tier.rates
+        return chosen
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any], *, where: str, fallback: Rates | None = None) -> RateTable:
+        base = Rates.from_data(data, where=where)
+        if fallback is not None:
+            base = base.over(fallback)
+        tiers: list[Tier] = []
+        for i, tier in enumerate(data.get("tiers") or ()):
+            twhere = f"{where}.tiers[{i}]"
+            above = tier.get("above")
+            if isinstance(above, bool) or not isinstance(above, int) or above < 0:
+                raise ValueError(f"{twhere}.above: must be a whole number of tokens >= 0, got {above!r}")
+            tiers.append(Tier(above, Rates.from_data(tier, where=twhere).over(base)))
+        tiers.sort(key=lambda t: t.above)
+        return cls(base, tuple(tiers))
+
+    def to_data(self, relative_to: Rates | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = self.base.to_data()
+        if self.tiers:
+            out["tiers"] = [{"above": t.above, **t.rates.to_data()} for t in self.tiers]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """Everything spendgate knows about pricing one model."""
+
+    name: str
+    standard: RateTable
+    provider: str = ""
+    mode: str = "chat"
+    max_output_tokens: int | None = None
+    context_window: int | None = None
+    #: Other service tiers (batch, flex, priority); missing rates fall back to standard.
+    service_tiers: Mapping[str, RateTable] = field(default_factory=dict)
+
+    def rates(self, prompt_tokens: int, service_tier: str | None = None) -> Rates:
+        table = self.service_tiers.get(service_tier or "standard", self.standard)
+        return table.for_prompt(prompt_tokens)
+
+    def with_name(self, name: str) -> ModelPrice:
+        return replace(self, name=name)
+
+    @classmethod
+    def from_data(cls, name: str, data: Mapping[str, Any], *, where: str | None = None) -> ModelPrice:
+        """Read one model from the data-file / config shape (see docs/pricing.md)."""
+        where = where or f"models[{name!r}]"
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected a mapping of prices, got {type(data).__name__}")
+        known = {"provider", "mode", "max_output_tokens", "context_window", "prices", *SERVICE_TIERS}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        prices = data.get("prices")
+        if not isinstance(prices, Mapping):
+            raise ValueError(f"{where}.prices: required, a mapping like {{input: '2.50', output: '10'}}")
+        standard = RateTable.from_data(prices, where=f"{where}.prices")
+        if standard.base.input is None and standard.base.output is None:
+            raise ValueError(f"{where}.prices: needs at least an input or an output price")
+        tiers = {
+            tier: RateTable.from_data(data[tier], where=f"{where}.{tier}", fallback=standard.base)
+            for tier in SERVICE_TIERS[1:]
+            if data.get(tier) is not None
+        }
+        for key in ("max_output_tokens", "context_window"):
+            value = data.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{where}.{key}: must be a positive whole number, got {value!r}")
+        return cls(
+            name=name,
+            standard=standard,
+            provider=str(data.get("provider") or ""),
+            mode=str(data.get("mode") or "chat"),
+            max_output_tokens=data.get("max_output_tokens"),
+            context_window=data.get("context_window"),
+            service_tiers=tiers,
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.provider:
+            out["provider"] = self.provider
+        out["mode"] = self.mode
+        if self.max_output_tokens is not None:
+            out["max_output_tokens"] = self.max_output_tokens
+        if self.context_window is not None:
+            out["context_window"] = self.context_window
+        out["prices"] = self.standard.to_data()
+        for tier, table in self.service_tiers.items():
+            out[tier] = table.to_data()
+        return out
