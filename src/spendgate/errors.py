@@ -84,7 +84,7 @@ class BudgetExceededError(SpendgateError):
             resets = "; resets " + self.resets_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return (
             f"Cost tracking budget exceeded: current usage {self.usage_percent}% of limit "
-            f"{_plain(self.limit)} USD (budget \"{self.budget_name}\"); this request needs up to "
+            f'{_plain(self.limit)} USD (budget "{self.budget_name}"); this request needs up to '
             f"{_plain(self.requested, places=2)} USD{resets}"
         )
 

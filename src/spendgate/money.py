@@ -76,7 +76,7 @@ class Money:
         elif isinstance(value, float):
             raise MoneyError(
                 f"{what}: {value!r} is a float; give money as a string or Decimal "
-                f"(e.g. \"{value}\") so it stays exact"
+                f'(e.g. "{value}") so it stays exact'
             )
         elif isinstance(value, Decimal):
             money = cls.from_decimal(value, what=what)
@@ -84,8 +84,7 @@ class Money:
             match = _AMOUNT.match(value)
             if match is None:
                 raise MoneyError(
-                    f"{what}: cannot read {value!r} as an amount in USD "
-                    "(examples: 100, \"100 USD\", \"$0.50\")"
+                    f'{what}: cannot read {value!r} as an amount in USD (examples: 100, "100 USD", "$0.50")'
                 )
             number = match["number"].replace("_", "").replace(",", "")
             if number.endswith("."):

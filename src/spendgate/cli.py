@@ -1,0 +1,257 @@
+"""The ``spendgate`` command line.
+
+Exit codes scripts can rely on: 0 ok; 2 bad usage (click's); 3 unknown model;
+4 bad input (a file, a catalog, a number); 5 a budget refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import click
+
+from spendgate.cost import PARTS, cost_of
+from spendgate.errors import ConfigError, SpendgateError, UnknownModelPriceError
+from spendgate.money import nanos_per_million_to_decimal
+from spendgate.pricing.catalog import Catalog
+from spendgate.pricing.schema import RATE_FIELDS, ModelPrice, Rates
+from spendgate.usage import Usage
+
+EXIT_UNKNOWN_MODEL = 3
+EXIT_BAD_INPUT = 4
+EXIT_BUDGET = 5
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"spendgate: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _catalog(path: str | None) -> Catalog:
+    try:
+        return Catalog.load(path) if path else Catalog.default()
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+        raise  # unreachable; keeps type checkers honest
+
+
+def _price(catalog: Catalog, model: str) -> ModelPrice:
+    try:
+        return catalog.price(model)
+    except UnknownModelPriceError as exc:
+        _fail(str(exc), EXIT_UNKNOWN_MODEL)
+        raise
+
+
+def catalog_option(func: F) -> F:
+    return click.option(
+        "--catalog",
+        "catalog_path",
+        metavar="FILE",
+        default=None,
+        envvar="SPENDGATE_CATALOG",
+        help="Price catalog file (default: the one from `prices update`, else the built-in one).",
+    )(func)
+
+
+def _per_million(rate: int) -> str:
+    return f"${nanos_per_million_to_decimal(rate):f}"
+
+
+def _rates_rows(rates: Rates) -> list[tuple[str, str]]:
+    return [
+        (name, _per_million(value)) for name in RATE_FIELDS if (value := getattr(rates, name)) is not None
+    ]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="spendgate")
+def main() -> None:
+    """spendgate: exact cost tracking and budgets for LLM API calls."""
+
+
+@main.command("price")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the price as JSON.")
+@catalog_option
+def price_cmd(model: str, as_json: bool, catalog_path: str | None) -> None:
+    """Show what MODEL costs, per 1M tokens."""
+    catalog = _catalog(catalog_path)
+    price = _price(catalog, model)
+    if as_json:
+        click.echo(json.dumps({"model": price.name, "requested": model, **price.to_data()}, indent=2))
+        return
+    resolved = "" if price.name == model else f"  (resolved from {model!r})"
+    click.echo(f"{price.name}{resolved}")
+    click.echo(f"  provider: {price.provider or '-'}   mode: {price.mode}")
+    click.echo(
+        f"  max output: {price.max_output_tokens or '-'} tokens   "
+        f"context window: {price.context_window or '-'} tokens"
+    )
+    click.echo("  USD per 1M tokens:")
+    for name, value in _rates_rows(price.standard.base):
+        click.echo(f"    {name:<15} {value}")
+    for tier in price.standard.tiers:
+        click.echo(f"  prompt above {tier.above:,} tokens (whole request):")
+        for name, value in _rates_rows(tier.rates):
+            click.echo(f"    {name:<15} {value}")
+    for tier_name, table in price.service_tiers.items():
+        rows = ", ".join(
+            f"{n} {v}" for n, v in _rates_rows(table.base) if n in ("input", "output", "cache_read")
+        )
+        click.echo(f"  {tier_name}: {rows}")
+    src = catalog.source
+    click.echo(f"  catalog: {src.name or 'spendgate'} {src.version} ({src.date or 'undated'})")
+
+
+def _count(name: str) -> Callable[[click.Context, click.Parameter, int | None], int]:
+    def check(ctx: click.Context, param: click.Parameter, value: int | None) -> int:
+        if value is None:
+            return 0
+        if value < 0:
+            raise click.BadParameter(f"{name} must be >= 0, got {value}")
+        return value
+
+    return check
+
+
+@main.command("cost")
+@click.option("--model", "-m", required=True, help="Model name, e.g. gpt-4o or anthropic/claude-sonnet-4-5.")
+@click.option(
+    "--input",
+    "input_tokens",
+    type=int,
+    default=0,
+    callback=_count("--input"),
+    help="All prompt tokens, cached ones included (as OpenAI reports prompt_tokens).",
+)
+@click.option(
+    "--output",
+    "output_tokens",
+    type=int,
+    default=0,
+    callback=_count("--output"),
+    help="All output tokens, reasoning included.",
+)
+@click.option(
+    "--cached",
+    type=int,
+    default=0,
+    callback=_count("--cached"),
+    help="How many of the input tokens were cache reads.",
+)
+@click.option(
+    "--cache-write",
+    type=int,
+    default=0,
+    callback=_count("--cache-write"),
+    help="How many of the input tokens were written to a 5-minute cache.",
+)
+@click.option(
+    "--cache-write-1h",
+    type=int,
+    default=0,
+    callback=_count("--cache-write-1h"),
+    help="How many of the input tokens were written to a 1-hour cache.",
+)
+@click.option(
+    "--reasoning",
+    type=int,
+    default=0,
+    callback=_count("--reasoning"),
+    help="How many of the output tokens were reasoning tokens.",
+)
+@click.option(
+    "--service-tier", type=click.Choice(["standard", "batch", "flex", "priority"]), default="standard"
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the breakdown as JSON.")
+@catalog_option
+def cost_cmd(
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cached: int,
+    cache_write: int,
+    cache_write_1h: int,
+    reasoning: int,
+    service_tier: str,
+    as_json: bool,
+    catalog_path: str | None,
+) -> None:
+    """What a request of MODEL with these token counts costs, exactly."""
+    try:
+        usage = Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cached,
+            cache_write_tokens=cache_write,
+            cache_write_1h_tokens=cache_write_1h,
+            reasoning_tokens=reasoning,
+        )
+    except ValueError as exc:
+        _fail(str(exc).replace("Usage: ", "").replace("input_tokens", "--input"), EXIT_BAD_INPUT)
+        return
+    catalog = _catalog(catalog_path)
+    price = _price(catalog, model)
+    if service_tier != "standard" and service_tier not in price.service_tiers:
+        _fail(f"{price.name} has no {service_tier} prices in the catalog", EXIT_BAD_INPUT)
+    cost = cost_of(usage, price, service_tier=service_tier)
+    breakdown = cost.breakdown()
+    if as_json:
+        payload = {
+            "model": price.name,
+            "service_tier": cost.service_tier,
+            "usage": usage.as_dict(),
+            **{k: f"{v.normalize():f}" for k, v in breakdown.items()},
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    tier = f", long-context rates (prompt above {cost.tier_above:,})" if cost.tier_above is not None else ""
+    click.echo(f"{price.name} ({cost.service_tier}{tier})")
+    for part in PARTS:
+        if breakdown[part]:
+            click.echo(f"  {part:<12} {_usd(breakdown[part])}")
+    click.echo(f"  {'total':<12} {_usd(breakdown['total'])}")
+
+
+def _usd(amount: Decimal) -> str:
+    return f"${amount.normalize():f}" if amount else "$0"
+
+
+@main.command("models")
+@click.option("--provider", "-p", default=None, help="Only this provider's models (e.g. openai, anthropic).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@catalog_option
+def models_cmd(provider: str | None, as_json: bool, catalog_path: str | None) -> None:
+    """List the priced models (USD per 1M input / output tokens)."""
+    catalog = _catalog(catalog_path)
+    rows = list(catalog.models(provider))
+    if not rows and provider:
+        known = ", ".join(catalog.providers()[:40])
+        _fail(f"no models for provider {provider!r}; providers include: {known}", EXIT_BAD_INPUT)
+    for price in rows:
+        if as_json:
+            click.echo(json.dumps({"model": price.name, **price.to_data()}))
+            continue
+        base = price.standard.base
+        click.echo(
+            f"{price.name:<60} {price.provider:<24} "
+            f"in {_per_million(base.input_rate()):>10}  out {_per_million(base.output_rate()):>10}"
+        )
+
+
+def run() -> None:  # pragma: no cover - console entry point wrapper
+    try:
+        main()
+    except SpendgateError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

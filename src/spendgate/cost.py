@@ -1,0 +1,100 @@
+"""The cost of a usage under a model's price: exact, in femto-USD, rounded up once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final
+
+from spendgate.money import Money
+from spendgate.pricing.schema import ModelPrice, Rates
+from spendgate.usage import Usage
+
+#: Breakdown parts, in display order.
+PARTS: Final = ("input", "cache_read", "cache_write", "output", "reasoning")
+
+_FEMTO_PER_USD: Final = Decimal(10) ** 15
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What a request cost: the total (rounded up to a nano-USD) and its exact parts.
+
+    Parts are exact (femto-USD: rates are nano-USD per 1M tokens), so they sum
+    to the unrounded total; ``total`` is that sum rounded up once.
+    """
+
+    model: str
+    usage: Usage
+    input_femto: int
+    cache_read_femto: int
+    cache_write_femto: int
+    output_femto: int
+    reasoning_femto: int
+    tier_above: int | None = None
+    service_tier: str = "standard"
+
+    @property
+    def exact_femto(self) -> int:
+        return (
+            self.input_femto
+            + self.cache_read_femto
+            + self.cache_write_femto
+            + self.output_femto
+            + self.reasoning_femto
+        )
+
+    @property
+    def total(self) -> Money:
+        return Money.from_femto_ceil(self.exact_femto)
+
+    def breakdown(self) -> dict[str, Decimal]:
+        """Each part in exact USD (Decimal), plus ``total`` (rounded up to a nano-USD)."""
+        parts = {name: Decimal(getattr(self, f"{name}_femto")) / _FEMTO_PER_USD for name in PARTS}
+        parts["total"] = self.total.to_decimal()
+        return parts
+
+    def as_dict(self) -> dict[str, str]:
+        """For logs and JSON: decimal strings, never floats."""
+        return {name: f"{value.normalize():f}" for name, value in self.breakdown().items()}
+
+
+def cost_of(usage: Usage, price: ModelPrice, *, service_tier: str | None = None) -> Cost:
+    """Price ``usage`` with ``price``.
+
+    - cache reads, cache writes (5-minute and 1-hour) and audio tokens at their
+      own rates, each taken out of the input once, never priced twice;
+    - reasoning tokens at the reasoning rate (the output rate unless priced apart);
+    - a long-context tier, chosen by the request's whole prompt (cached tokens
+      included), prices the whole request.
+    """
+    tier_name = service_tier if service_tier and service_tier in price.service_tiers else "standard"
+    table = price.service_tiers.get(tier_name, price.standard)
+    rates: Rates = table.for_prompt(usage.input_tokens)
+    tier_above = None
+    for tier in table.tiers:
+        if usage.input_tokens > tier.above:
+            tier_above = tier.above
+
+    text_input = max(
+        0,
+        usage.input_tokens
+        - usage.cache_read_tokens
+        - usage.cache_write_tokens
+        - usage.cache_write_1h_tokens
+        - usage.audio_input_tokens,
+    )
+    text_output = max(0, usage.output_tokens - usage.reasoning_tokens - usage.audio_output_tokens)
+    return Cost(
+        model=price.name,
+        usage=usage,
+        input_femto=text_input * rates.input_rate() + usage.audio_input_tokens * rates.audio_input_rate(),
+        cache_read_femto=usage.cache_read_tokens * rates.cache_read_rate(),
+        cache_write_femto=usage.cache_write_tokens * rates.cache_write_rate()
+        + usage.cache_write_1h_tokens * rates.cache_write_1h_rate(),
+        output_femto=text_output * rates.output_rate()
+        + usage.audio_output_tokens * rates.audio_output_rate(),
+        reasoning_femto=usage.reasoning_tokens * rates.reasoning_rate(),
+        tier_above=tier_above,
+        service_tier=tier_name,
+    )
