@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -17,7 +18,7 @@ import click
 from spendgate.cost import PARTS, cost_of
 from spendgate.errors import ConfigError, SpendgateError, UnknownModelPriceError
 from spendgate.money import nanos_per_million_to_decimal
-from spendgate.pricing.catalog import Catalog
+from spendgate.pricing.catalog import Catalog, user_catalog_path
 from spendgate.pricing.schema import RATE_FIELDS, ModelPrice, Rates
 from spendgate.usage import Usage
 
@@ -246,11 +247,48 @@ def models_cmd(provider: str | None, as_json: bool, catalog_path: str | None) ->
         )
 
 
-def run() -> None:  # pragma: no cover - console entry point wrapper
+@main.group("prices")
+def prices_group() -> None:
+    """Manage the price catalog: where it came from, loading a newer one."""
+
+
+@prices_group.command("update")
+@click.option("--from", "source", required=True, metavar="FILE_OR_URL",
+              help="A community model_prices_and_context_window.json (path or URL) or a litellm wheel.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Where to store it (default: $SPENDGATE_PRICES_FILE or ~/.local/share/spendgate/prices.json).")
+def prices_update_cmd(source: str, out: str | None) -> None:
+    """Load a newer community catalog without upgrading spendgate."""
+    from spendgate.pricing.community import convert_source, dump_document
+
     try:
-        main()
-    except SpendgateError as exc:
+        document, result = convert_source(source)
+        catalog = Catalog.from_document(document, where=source)  # validate before replacing anything
+    except (SpendgateError, ValueError) as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
+        return
+    path = Path(out) if out else user_catalog_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(dump_document(document), encoding="utf-8")
+    tmp.replace(path)  # atomic: a reader never sees half a catalog
+    click.echo(
+        f"stored {len(catalog)} models and {len(document['aliases'])} aliases from {document['source']['origin']} "
+        f"({document['source']['version']}, {result.corrections_applied} corrections) in {path}"
+    )
+
+
+@prices_group.command("info")
+@catalog_option
+def prices_info_cmd(catalog_path: str | None) -> None:
+    """Which catalog is in use and where it came from."""
+    catalog = _catalog(catalog_path)
+    src = catalog.source
+    where = catalog_path or (str(user_catalog_path()) if user_catalog_path().is_file() else "built in")
+    click.echo(f"catalog:   {where}")
+    click.echo(f"source:    {src.name} from {src.origin or '-'}")
+    click.echo(f"version:   {src.version}   date: {src.date or '-'}   sha256: {src.sha256[:16] or '-'}")
+    click.echo(f"models:    {len(catalog)} across {len(catalog.providers())} providers")
 
 
 if __name__ == "__main__":  # pragma: no cover

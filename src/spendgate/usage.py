@@ -29,10 +29,22 @@ class Usage:
     audio_output_tokens: int = 0
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"Usage.{f.name} must be a whole number >= 0, got {value!r}")
+        # One cheap check on the hot path; the loop that names the bad field runs only on failure.
+        values = (
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.cache_write_1h_tokens,
+            self.reasoning_tokens,
+            self.audio_input_tokens,
+            self.audio_output_tokens,
+        )
+        if not all(type(v) is int and v >= 0 for v in values):
+            for f in fields(self):
+                value = getattr(self, f.name)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"Usage.{f.name} must be a whole number >= 0, got {value!r}")
         if self.cache_read_tokens + self.cache_write_tokens + self.cache_write_1h_tokens > self.input_tokens:
             raise ValueError(
                 "Usage: cache reads and writes are part of input_tokens (OpenAI's convention); "
@@ -176,11 +188,10 @@ def _int(obj: Any, *names: str) -> int:
     value = _get(obj, *names)
     if value is None:
         return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # some proxies send JSON numbers like 12.0
     if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            value = int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"usage field {names[0]!r} is not a token count: {value!r}") from None
+        raise ValueError(f"usage field {names[0]!r} is not a token count: {value!r}")
     if value < 0:
         raise ValueError(f"usage field {names[0]!r} is negative: {value}")
     return value

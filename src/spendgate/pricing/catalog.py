@@ -105,10 +105,11 @@ class Catalog:
             raise ConfigError(where, "not a spendgate price catalog (no 'models' mapping)")
         models: dict[str, ModelPrice] = {}
         for name, data in doc["models"].items():
+            key = f"{where}.models[{name!r}]"
             try:
-                models[name] = ModelPrice.from_data(name, data)
+                models[name] = ModelPrice.from_data(name, data, where=key)
             except ValueError as exc:
-                raise ConfigError(f"{where}.models[{name!r}]", str(exc)) from None
+                raise ConfigError(key, str(exc).removeprefix(key).lstrip(".: ")) from None
         aliases = {str(k): str(v) for k, v in (doc.get("aliases") or {}).items()}
         return cls(models, aliases, source=CatalogSource.from_data(doc.get("source")), **options)
 
@@ -142,10 +143,11 @@ class Catalog:
     def set_price(self, name: str, price: ModelPrice | Mapping[str, Any]) -> ModelPrice:
         """Add or replace a model's price (config ``prices:`` and the admin API use this)."""
         if not isinstance(price, ModelPrice):
+            where = f"prices[{name!r}]"
             try:
-                price = ModelPrice.from_data(name, _with_prices_key(price))
+                price = ModelPrice.from_data(name, _with_prices_key(price), where=where)
             except ValueError as exc:
-                raise ConfigError(f"prices[{name!r}]", str(exc)) from None
+                raise ConfigError(where, str(exc).removeprefix(where).lstrip(".: ")) from None
         price = price.with_name(name)
         with self._lock:
             self._overrides[name.lower()] = price

@@ -140,7 +140,7 @@ class RateTable:
         tiers.sort(key=lambda t: t.above)
         return cls(base, tuple(tiers))
 
-    def to_data(self, relative_to: Rates | None = None) -> dict[str, Any]:
+    def to_data(self) -> dict[str, Any]:
         out: dict[str, Any] = self.base.to_data()
         if self.tiers:
             out["tiers"] = [{"above": t.above, **t.rates.to_data()} for t in self.tiers]
@@ -173,7 +173,7 @@ class ModelPrice:
         where = where or f"models[{name!r}]"
         if not isinstance(data, Mapping):
             raise ValueError(f"{where}: expected a mapping of prices, got {type(data).__name__}")
-        known = {"provider", "mode", "max_output_tokens", "context_window", "prices", *SERVICE_TIERS}
+        known = {"provider", "mode", "max_output_tokens", "context_window", "prices", *SERVICE_TIERS[1:]}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from spendgate.cli import EXIT_BAD_INPUT, EXIT_UNKNOWN_MODEL, main
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_price_shows_rates_and_resolution() -> None:
+    code, out, _ = run("price", "openai/gpt-4o")
+    assert code == 0
+    assert "gpt-4o  (resolved from 'openai/gpt-4o')" in out
+    assert "input           $2.5" in out
+    assert "output          $10" in out
+    assert "cache_read      $1.25" in out
+
+
+def test_price_json() -> None:
+    code, out, _ = run("price", "gpt-5.4", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert data["model"] == "gpt-5.4"
+    assert data["prices"]["tiers"][0]["above"] == 272000
+
+
+def test_cost_with_cached_tokens() -> None:
+    # 600*2.50 + 400*1.25 + 200*10 per 1M = $0.004
+    code, out, _ = run("cost", "--model", "gpt-4o", "--input", "1000", "--output", "200", "--cached", "400")
+    assert code == 0, out
+    assert "cache_read   $0.0005" in out
+    assert "total        $0.004" in out
+
+
+def test_cost_json_is_decimal_strings() -> None:
+    code, out, _ = run("cost", "-m", "claude-haiku-4-5", "--input", "1000000", "--output", "1000000", "--json")
+    assert code == 0
+    assert json.loads(out)["total"] == "6"
+
+
+def test_unknown_model_exit_code_and_hint() -> None:
+    code, _, err = run("cost", "--model", "gpt-4q", "--input", "1")
+    assert code == EXIT_UNKNOWN_MODEL
+    assert "gpt-4q" in err
+    assert "Nearest known models" in err
+
+
+def test_bad_counts() -> None:
+    code, _, err = run("cost", "--model", "gpt-4o", "--input", "10", "--cached", "11")
+    assert code == EXIT_BAD_INPUT
+    assert "--input" in err
+    code, _, err = run("cost", "--model", "gpt-4o", "--input", "-1")
+    assert code == 2
+    assert ">= 0" in err
+
+
+def test_models_by_provider() -> None:
+    code, out, _ = run("models", "--provider", "anthropic")
+    assert code == 0
+    lines = out.splitlines()
+    assert any(line.startswith("claude-sonnet-4-5 ") for line in lines)
+    assert all("anthropic" in line for line in lines)
+    code, _, err = run("models", "--provider", "nosuchprovider")
+    assert code == EXIT_BAD_INPUT
+    assert "providers include" in err
+
+
+def test_bad_catalog_file(tmp_path: Path) -> None:
+    bad = tmp_path / "c.json"
+    bad.write_text("[]")
+    code, _, err = run("price", "gpt-4o", "--catalog", str(bad))
+    assert code == EXIT_BAD_INPUT
+    assert "not a spendgate price catalog" in err
+
+
+def test_console_script_runs_as_a_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "spendgate.cli", "cost", "--model", "nope-model", "--input", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == EXIT_UNKNOWN_MODEL
+    assert "nope-model" in proc.stderr
+
+
+def test_prices_update_from_a_community_file(tmp_path: Path, monkeypatch: object) -> None:
+    community = {
+        "sample_spec": {"input_cost_per_token": 0.0},
+        "my-new-model": {
+            "litellm_provider": "openai",
+            "mode": "chat",
+            "input_cost_per_token": 1e-06,
+            "output_cost_per_token": 4e-06,
+            "max_output_tokens": 1000,
+        },
+    }
+    src = tmp_path / "model_prices_and_context_window.json"
+    src.write_text(json.dumps(community))
+    out = tmp_path / "store" / "prices.json"
+    code, text, err = run("prices", "update", "--from", str(src), "--out", str(out))
+    assert code == 0, err
+    assert "stored 1 models" in text
+    code, text, _ = run("cost", "--model", "my-new-model", "--input", "1000", "--output", "1000", "--catalog", str(out))
+    assert code == 0
+    assert "total        $0.005" in text  # 1000*1 + 1000*4 per 1M
+    code, text, _ = run("prices", "info", "--catalog", str(out))
+    assert "models:    1 across 1 providers" in text
+
+
+def test_prices_update_bad_source_keeps_the_old_catalog(tmp_path: Path) -> None:
+    out = tmp_path / "prices.json"
+    out.write_text("keep me")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    code, _, err = run("prices", "update", "--from", str(bad), "--out", str(out))
+    assert code == EXIT_BAD_INPUT
+    assert "bad.json" in err
+    assert out.read_text() == "keep me"
