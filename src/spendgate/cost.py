@@ -70,31 +70,27 @@ def cost_of(usage: Usage, price: ModelPrice, *, service_tier: str | None = None)
     """
     tier_name = service_tier if service_tier and service_tier in price.service_tiers else "standard"
     table = price.service_tiers.get(tier_name, price.standard)
-    rates: Rates = table.for_prompt(usage.input_tokens)
+    prompt = usage.input_tokens
+    rates: Rates = table.base
     tier_above = None
-    for tier in table.tiers:
-        if usage.input_tokens > tier.above:
+    for tier in table.tiers:  # sorted by threshold: the last one passed wins
+        if prompt > tier.above:
+            rates = tier.rates
             tier_above = tier.above
+    inp, out, read, write, write_1h, reasoning, audio_in, audio_out = rates.effective
 
-    text_input = max(
-        0,
-        usage.input_tokens
-        - usage.cache_read_tokens
-        - usage.cache_write_tokens
-        - usage.cache_write_1h_tokens
-        - usage.audio_input_tokens,
-    )
-    text_output = max(0, usage.output_tokens - usage.reasoning_tokens - usage.audio_output_tokens)
+    audio_input = usage.audio_input_tokens
+    audio_output = usage.audio_output_tokens
+    text_input = prompt - usage.cache_read_tokens - usage.cache_write_tokens - usage.cache_write_1h_tokens - audio_input
+    text_output = usage.output_tokens - usage.reasoning_tokens - audio_output
     return Cost(
         model=price.name,
         usage=usage,
-        input_femto=text_input * rates.input_rate() + usage.audio_input_tokens * rates.audio_input_rate(),
-        cache_read_femto=usage.cache_read_tokens * rates.cache_read_rate(),
-        cache_write_femto=usage.cache_write_tokens * rates.cache_write_rate()
-        + usage.cache_write_1h_tokens * rates.cache_write_1h_rate(),
-        output_femto=text_output * rates.output_rate()
-        + usage.audio_output_tokens * rates.audio_output_rate(),
-        reasoning_femto=usage.reasoning_tokens * rates.reasoning_rate(),
+        input_femto=(text_input if text_input > 0 else 0) * inp + audio_input * audio_in,
+        cache_read_femto=usage.cache_read_tokens * read,
+        cache_write_femto=usage.cache_write_tokens * write + usage.cache_write_1h_tokens * write_1h,
+        output_femto=(text_output if text_output > 0 else 0) * out + audio_output * audio_out,
+        reasoning_femto=usage.reasoning_tokens * reasoning,
         tier_above=tier_above,
         service_tier=tier_name,
     )

@@ -8,7 +8,7 @@ missing rate to the base rate), so no token is ever priced at $0 by omission.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from spendgate.money import nanos_per_million_to_decimal, rate_to_nanos_per_million
@@ -43,14 +43,35 @@ class Rates:
     reasoning: int | None = None
     audio_input: int | None = None
     audio_output: int | None = None
+    #: The effective rates (fallbacks applied), in RATE_FIELDS order; derived, for the hot path.
+    effective: tuple[int, int, int, int, int, int, int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        inp = self.input or 0
+        out = self.output or 0
+        write = self.cache_write if self.cache_write is not None else inp
+        object.__setattr__(
+            self,
+            "effective",
+            (
+                inp,
+                out,
+                self.cache_read if self.cache_read is not None else inp,
+                write,
+                self.cache_write_1h if self.cache_write_1h is not None else write,
+                self.reasoning if self.reasoning is not None else out,
+                self.audio_input if self.audio_input is not None else inp,
+                self.audio_output if self.audio_output is not None else out,
+            ),
+        )
 
     def over(self, base: Rates) -> Rates:
         """These rates, with the missing ones taken from ``base``."""
         return Rates(
-            *(
-                getattr(self, f.name) if getattr(self, f.name) is not None else getattr(base, f.name)
-                for f in fields(self)
-            )
+            **{
+                name: getattr(self, name) if getattr(self, name) is not None else getattr(base, name)
+                for name in RATE_FIELDS
+            }
         )
 
     def is_empty(self) -> bool:
@@ -58,28 +79,28 @@ class Rates:
 
     # Effective rates: what a token of each kind costs once fallbacks apply.
     def input_rate(self) -> int:
-        return self.input or 0
+        return self.effective[0]
 
     def output_rate(self) -> int:
-        return self.output or 0
+        return self.effective[1]
 
     def cache_read_rate(self) -> int:
-        return self.cache_read if self.cache_read is not None else self.input_rate()
+        return self.effective[2]
 
     def cache_write_rate(self) -> int:
-        return self.cache_write if self.cache_write is not None else self.input_rate()
+        return self.effective[3]
 
     def cache_write_1h_rate(self) -> int:
-        return self.cache_write_1h if self.cache_write_1h is not None else self.cache_write_rate()
+        return self.effective[4]
 
     def reasoning_rate(self) -> int:
-        return self.reasoning if self.reasoning is not None else self.output_rate()
+        return self.effective[5]
 
     def audio_input_rate(self) -> int:
-        return self.audio_input if self.audio_input is not None else self.input_rate()
+        return self.effective[6]
 
     def audio_output_rate(self) -> int:
-        return self.audio_output if self.audio_output is not None else self.output_rate()
+        return self.effective[7]
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any], *, where: str) -> Rates:
