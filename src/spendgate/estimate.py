@@ -140,8 +140,8 @@ def _count_prompt(
 def _choices(endpoint: Endpoint, request: Mapping[str, Any]) -> int:
     if endpoint not in ("chat", "completions"):
         return 1
-    n = request.get("n") or 1
-    best_of = (request.get("best_of") or 1) if endpoint == "completions" else 1
+    n = request.get("n", 1) if request.get("n") is not None else 1
+    best_of = request.get("best_of") if endpoint == "completions" and request.get("best_of") is not None else 1
     for name, value in (("n", n), ("best_of", best_of)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise EstimateError(f"'{name}' must be a whole number >= 1, got {value!r}")
