@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_VENVS = ROOT / ".bench-venv"
 
 
-def rate(func: Callable[[], object], *, seconds: float = 1.0, batch: int = 1000, max_batches: int = 100_000) -> float:
+def rate(
+    func: Callable[[], object], *, seconds: float = 1.0, batch: int = 1000, max_batches: int = 100_000
+) -> float:
     """Calls per second of ``func``, best of three timed runs of about ``seconds`` each."""
     best = 0.0
     for _ in range(3):
@@ -49,7 +51,9 @@ def side_venv(name: str, packages: list[str]) -> Path:
 
 
 def run_json(python: Path, code: str, timeout: float = 600) -> dict[str, Any]:
-    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=timeout, check=True)
+    out = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, timeout=timeout, check=True
+    )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 

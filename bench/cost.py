@@ -98,7 +98,9 @@ def measure_spendgate(models: list[str], seconds: float) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=1.0, help="length of each timed run (best of 3)")
     args = parser.parse_args()
 
@@ -107,7 +109,9 @@ def main() -> None:
     models: list[str] = list(theirs.pop("models"))
     ours = measure_spendgate(models, args.seconds)
 
-    print(f"Python {python_version()}; tokencost 0.1.26; models: {', '.join(models)}; {len(COUNTS)} token counts each")
+    print(
+        f"Python {python_version()}; tokencost 0.1.26; models: {', '.join(models)}; {len(COUNTS)} token counts each"
+    )
     print(f"{'operation':<34}{'spendgate /s':>14}{'tokencost /s':>14}{'ratio':>8}  goal")
     for key, label in (("lookup", "price lookup"), ("cost", "request cost (lookup + compute)")):
         ratio = ours[key] / theirs[key]

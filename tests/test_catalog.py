@@ -15,12 +15,23 @@ DOC: dict[str, Any] = {
     "schema_version": 1,
     "source": {"name": "test", "version": "t1", "date": "2026-11-01"},
     "models": {
-        "gpt-4o": {"provider": "openai", "mode": "chat", "max_output_tokens": 16384, "prices": {"input": "2.5", "output": "10"}},
+        "gpt-4o": {
+            "provider": "openai",
+            "mode": "chat",
+            "max_output_tokens": 16384,
+            "prices": {"input": "2.5", "output": "10"},
+        },
         "gpt-4o-2024-05-13": {"provider": "openai", "prices": {"input": "5", "output": "15"}},
-        "claude-sonnet-4-5": {"provider": "anthropic", "prices": {"input": "3", "output": "15", "cache_write": "3.75"}},
+        "claude-sonnet-4-5": {
+            "provider": "anthropic",
+            "prices": {"input": "3", "output": "15", "cache_write": "3.75"},
+        },
         "gemini/gemini-2.5-pro": {"provider": "gemini", "prices": {"input": "1.25", "output": "10"}},
         "gemini-2.5-pro": {"provider": "vertex_ai", "prices": {"input": "1.30", "output": "10"}},
-        "anthropic.claude-3-5-sonnet-20240620-v1:0": {"provider": "bedrock", "prices": {"input": "3", "output": "15"}},
+        "anthropic.claude-3-5-sonnet-20240620-v1:0": {
+            "provider": "bedrock",
+            "prices": {"input": "3", "output": "15"},
+        },
     },
     "aliases": {"claude-sonnet-latest": "claude-sonnet-4-5"},
 }
@@ -84,7 +95,7 @@ def test_unknown_model_default_price() -> None:
     with pytest.raises(ConfigError, match="default_price"):
         Catalog.from_document(DOC, unknown_model="default_price")
     with pytest.raises(ConfigError, match="unknown_model"):
-        Catalog.from_document(DOC, unknown_model="ignore")  # type: ignore[arg-type]
+        Catalog.from_document(DOC, unknown_model="ignore")
 
 
 def test_overrides_win_and_can_be_removed(catalog: Catalog) -> None:

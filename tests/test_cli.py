@@ -41,7 +41,9 @@ def test_cost_with_cached_tokens() -> None:
 
 
 def test_cost_json_is_decimal_strings() -> None:
-    code, out, _ = run("cost", "-m", "claude-haiku-4-5", "--input", "1000000", "--output", "1000000", "--json")
+    code, out, _ = run(
+        "cost", "-m", "claude-haiku-4-5", "--input", "1000000", "--output", "1000000", "--json"
+    )
     assert code == 0
     assert json.loads(out)["total"] == "6"
 
@@ -110,7 +112,9 @@ def test_prices_update_from_a_community_file(tmp_path: Path, monkeypatch: object
     code, text, err = run("prices", "update", "--from", str(src), "--out", str(out))
     assert code == 0, err
     assert "stored 1 models" in text
-    code, text, _ = run("cost", "--model", "my-new-model", "--input", "1000", "--output", "1000", "--catalog", str(out))
+    code, text, _ = run(
+        "cost", "--model", "my-new-model", "--input", "1000", "--output", "1000", "--catalog", str(out)
+    )
     assert code == 0
     assert "total        $0.005" in text  # 1000*1 + 1000*4 per 1M
     code, text, _ = run("prices", "info", "--catalog", str(out))

@@ -58,7 +58,9 @@ def test_cost_never_falls_when_a_count_rises(
 @given(price=st.sampled_from(MODELS), base=st.fixed_dictionaries({k: counts for k in KINDS}))
 def test_total_is_exact_sum_rounded_up(price: ModelPrice, base: dict[str, int]) -> None:
     cost = cost_of(build(base), price)
-    assert cost.total.nanos * 10**6 >= cost.exact_femto > (cost.total.nanos - 1) * 10**6 or cost.exact_femto == 0
+    assert (
+        cost.total.nanos * 10**6 >= cost.exact_femto > (cost.total.nanos - 1) * 10**6 or cost.exact_femto == 0
+    )
 
 
 def test_long_context_tiers_never_cheaper_than_below_them() -> None:

@@ -17,7 +17,9 @@ from spendgate.pricing.catalog import Catalog
 from spendgate.usage import Usage
 
 
-def oa(prompt: int, completion: int, cached: int = 0, reasoning: int = 0, audio_in: int = 0, audio_out: int = 0) -> Usage:
+def oa(
+    prompt: int, completion: int, cached: int = 0, reasoning: int = 0, audio_in: int = 0, audio_out: int = 0
+) -> Usage:
     return Usage.from_openai(
         {
             "prompt_tokens": prompt,
@@ -36,7 +38,10 @@ def an(inp: int, out: int, read: int = 0, write: int = 0, write_1h: int | None =
         "cache_creation_input_tokens": write,
     }
     if write_1h is not None:
-        usage["cache_creation"] = {"ephemeral_5m_input_tokens": write - write_1h, "ephemeral_1h_input_tokens": write_1h}
+        usage["cache_creation"] = {
+            "ephemeral_5m_input_tokens": write - write_1h,
+            "ephemeral_1h_input_tokens": write_1h,
+        }
     return Usage.from_anthropic(usage)
 
 
@@ -87,7 +92,13 @@ CASES: list[tuple[str, str, Usage, str | None, int]] = [
     ("claude cache read+write", "claude-sonnet-4-5", an(1000, 500, read=5000, write=2000), None, 19_500_000),
     # 100*3 + 1000*3.75 (5-minute) + 2000*6 (1-hour)
     ("claude 1h cache writes", "claude-sonnet-4-5", an(100, 0, write=3000, write_1h=2000), None, 16_050_000),
-    ("anthropic/ prefix", "anthropic/claude-sonnet-4-5", an(1000, 500, read=5000, write=2000), None, 19_500_000),
+    (
+        "anthropic/ prefix",
+        "anthropic/claude-sonnet-4-5",
+        an(1000, 500, read=5000, write=2000),
+        None,
+        19_500_000,
+    ),
     ("claude-haiku-4-5 1M each", "claude-haiku-4-5", an(1_000_000, 1_000_000), None, 6_000_000_000),  # 1 + 5
     ("claude-haiku-4-5 batch", "claude-haiku-4-5", an(1000, 1000), "batch", 3_000_000),  # 1000*0.5 + 1000*2.5
     # Gemini: thoughts beside candidates, both at output: 100000*1.25 + (500+1500)*10
@@ -96,7 +107,13 @@ CASES: list[tuple[str, str, Usage, str | None, int]] = [
     # 150000*2.5 + 100000*0.25 (cached, tier rate)
     ("gemini above 200k cached", "gemini-2.5-pro", gm(250_000, 0, cached=100_000), None, 400_000_000),
     # 600*0.30 (text) + 400*1.00 (audio) + (100+200)*2.50
-    ("gemini audio input", "gemini/gemini-2.5-flash", gm(1000, 100, thoughts=200, audio=400), None, 1_330_000),
+    (
+        "gemini audio input",
+        "gemini/gemini-2.5-flash",
+        gm(1000, 100, thoughts=200, audio=400),
+        None,
+        1_330_000,
+    ),
     ("o3 reasoning", "o3", oa(500, 4000, reasoning=3500), None, 33_000_000),  # 500*2 + 4000*8
     ("o4-mini odd counts", "o4-mini", oa(1234, 567), None, 3_852_200),  # 1234*1.1 + 567*4.4
     ("embedding small", "text-embedding-3-small", oa(1_000_000, 0), None, 20_000_000),  # 1M * 0.02
@@ -109,7 +126,13 @@ CASES: list[tuple[str, str, Usage, str | None, int]] = [
     # audio priced apart: 200*2.5 + 800*32 + 100*10 + 400*64
     ("audio tokens", "gpt-audio", oa(1000, 500, audio_in=800, audio_out=400), None, 52_700_000),
     ("gpt-4.1 long output", "gpt-4.1", oa(1_000_000, 32_768), None, 2_262_144_000),  # 2 + 32768*8
-    ("mistral prefix", "mistral/mistral-large-latest", oa(3000, 1000), None, 3_000_000),  # 3000*0.5 + 1000*1.5
+    (
+        "mistral prefix",
+        "mistral/mistral-large-latest",
+        oa(3000, 1000),
+        None,
+        3_000_000,
+    ),  # 3000*0.5 + 1000*1.5
     ("nothing used", "gpt-4o", oa(0, 0), None, 0),
 ]
 
@@ -119,8 +142,12 @@ def catalog() -> Catalog:
     return Catalog.builtin()
 
 
-@pytest.mark.parametrize(("model", "usage", "tier", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_cost_matches_hand_computation(catalog: Catalog, model: str, usage: Usage, tier: str | None, expected: int) -> None:
+@pytest.mark.parametrize(
+    ("model", "usage", "tier", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_cost_matches_hand_computation(
+    catalog: Catalog, model: str, usage: Usage, tier: str | None, expected: int
+) -> None:
     cost = cost_of(usage, catalog.price(model), service_tier=tier)
     assert cost.total == Money(expected), cost.as_dict()
     assert sum(v for k, v in cost.breakdown().items() if k != "total") <= cost.total.to_decimal()
@@ -136,7 +163,9 @@ def test_cached_tokens_same_cost_in_both_conventions(catalog: Catalog) -> None:
     anthropic_way = an(1000, 100, read=5000)
     assert openai_way == anthropic_way
     price = catalog.price("claude-sonnet-4-5")
-    assert cost_of(openai_way, price).total == cost_of(anthropic_way, price).total == Money(6_000_000)  # 1000*3 + 5000*0.30 + 100*15
+    assert (
+        cost_of(openai_way, price).total == cost_of(anthropic_way, price).total == Money(6_000_000)
+    )  # 1000*3 + 5000*0.30 + 100*15
 
 
 def test_breakdown_parts(catalog: Catalog) -> None:

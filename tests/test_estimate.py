@@ -119,12 +119,16 @@ def test_max_output_affordable() -> None:
     max_tokens=st.integers(min_value=0, max_value=5000),
     data=st.data(),
 )
-def test_actual_cost_never_exceeds_the_estimate(model: str, text: str, max_tokens: int, data: st.DataObject) -> None:
+def test_actual_cost_never_exceeds_the_estimate(
+    model: str, text: str, max_tokens: int, data: st.DataObject
+) -> None:
     """Any usage a provider can bill for the request costs at most the reservation."""
     e = est("chat", model=model, messages=[{"role": "user", "content": text}], max_tokens=max_tokens)
     prompt = data.draw(st.integers(min_value=0, max_value=e.prompt.tokens))
     cached = data.draw(st.integers(min_value=0, max_value=prompt))
     output = data.draw(st.integers(min_value=0, max_value=max_tokens))
     reasoning = data.draw(st.integers(min_value=0, max_value=output))
-    usage = Usage(input_tokens=prompt, cache_read_tokens=cached, output_tokens=output, reasoning_tokens=reasoning)
+    usage = Usage(
+        input_tokens=prompt, cache_read_tokens=cached, output_tokens=output, reasoning_tokens=reasoning
+    )
     assert cost_of(usage, e.price).total <= e.amount

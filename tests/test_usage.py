@@ -21,7 +21,9 @@ def test_openai_chat() -> None:
 
 
 def test_openai_sdk_object_with_none_details() -> None:
-    obj = SimpleNamespace(prompt_tokens=10, completion_tokens=5, prompt_tokens_details=None, completion_tokens_details=None)
+    obj = SimpleNamespace(
+        prompt_tokens=10, completion_tokens=5, prompt_tokens_details=None, completion_tokens_details=None
+    )
     assert Usage.from_openai(obj) == Usage(input_tokens=10, output_tokens=5)
 
 
@@ -40,7 +42,12 @@ def test_responses_api() -> None:
 
 def test_anthropic_input_excludes_cache() -> None:
     usage = Usage.from_anthropic(
-        {"input_tokens": 50, "cache_creation_input_tokens": 2000, "cache_read_input_tokens": 10_000, "output_tokens": 400}
+        {
+            "input_tokens": 50,
+            "cache_creation_input_tokens": 2000,
+            "cache_read_input_tokens": 10_000,
+            "output_tokens": 400,
+        }
     )
     assert usage.input_tokens == 12_050
     assert usage.cache_read_tokens == 10_000
@@ -62,20 +69,31 @@ def test_anthropic_ttl_split() -> None:
 
 def test_gemini_thoughts_are_beside_candidates() -> None:
     usage = Usage.from_gemini(
-        {"promptTokenCount": 100, "candidatesTokenCount": 20, "thoughtsTokenCount": 80, "cachedContentTokenCount": 60}
+        {
+            "promptTokenCount": 100,
+            "candidatesTokenCount": 20,
+            "thoughtsTokenCount": 80,
+            "cachedContentTokenCount": 60,
+        }
     )
     assert usage == Usage(input_tokens=100, output_tokens=100, cache_read_tokens=60, reasoning_tokens=80)
-    snake = Usage.from_gemini({"prompt_token_count": 100, "candidates_token_count": 20, "thoughts_token_count": 80})
+    snake = Usage.from_gemini(
+        {"prompt_token_count": 100, "candidates_token_count": 20, "thoughts_token_count": 80}
+    )
     assert snake.output_tokens == 100
 
 
 def test_from_response_detects_provider() -> None:
-    assert Usage.from_response({"object": "chat.completion", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}) == Usage(3, 4)
+    assert Usage.from_response(
+        {"object": "chat.completion", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+    ) == Usage(3, 4)
     anthropic = {"id": "msg_01", "type": "message", "usage": {"input_tokens": 3, "output_tokens": 4}}
     assert Usage.from_response(anthropic) == Usage(3, 4)
     responses = {"id": "resp_1", "object": "response", "usage": {"input_tokens": 3, "output_tokens": 4}}
     assert Usage.from_response(responses) == Usage(3, 4)
-    assert Usage.from_response({"usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4}}) == Usage(3, 4)
+    assert Usage.from_response(
+        {"usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4}}
+    ) == Usage(3, 4)
     with pytest.raises(ValueError, match="no token usage"):
         Usage.from_response({"choices": []})
 

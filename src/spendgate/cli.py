@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -253,10 +253,19 @@ def prices_group() -> None:
 
 
 @prices_group.command("update")
-@click.option("--from", "source", required=True, metavar="FILE_OR_URL",
-              help="A community model_prices_and_context_window.json (path or URL) or a litellm wheel.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Where to store it (default: $SPENDGATE_PRICES_FILE or ~/.local/share/spendgate/prices.json).")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="FILE_OR_URL",
+    help="A community model_prices_and_context_window.json (path or URL) or a litellm wheel.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where to store it (default: $SPENDGATE_PRICES_FILE or ~/.local/share/spendgate/prices.json).",
+)
 def prices_update_cmd(source: str, out: str | None) -> None:
     """Load a newer community catalog without upgrading spendgate."""
     from spendgate.pricing.community import convert_source, dump_document

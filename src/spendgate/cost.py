@@ -81,7 +81,13 @@ def cost_of(usage: Usage, price: ModelPrice, *, service_tier: str | None = None)
 
     audio_input = usage.audio_input_tokens
     audio_output = usage.audio_output_tokens
-    text_input = prompt - usage.cache_read_tokens - usage.cache_write_tokens - usage.cache_write_1h_tokens - audio_input
+    text_input = (
+        prompt
+        - usage.cache_read_tokens
+        - usage.cache_write_tokens
+        - usage.cache_write_1h_tokens
+        - audio_input
+    )
     text_output = usage.output_tokens - usage.reasoning_tokens - audio_output
     return Cost(
         model=price.name,

@@ -531,7 +531,9 @@ def test_a_correction_that_aliases_a_model_name_is_stale(result: ConvertResult) 
 def test_the_shipped_corrections_file_is_valid() -> None:
     corrections = load_corrections()
     assert set(corrections) == {"_comment", "models", "aliases"}
-    assert 5 <= len(corrections["models"]) + len(corrections["aliases"]) <= 40  # small enough to review by hand
+    assert (
+        5 <= len(corrections["models"]) + len(corrections["aliases"]) <= 40
+    )  # small enough to review by hand
     for entry in [*corrections["models"].values(), *corrections["aliases"].values()]:
         assert isinstance(entry, dict)
         assert len(entry["why"]) > 20
