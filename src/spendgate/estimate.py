@@ -140,14 +140,14 @@ def _count_prompt(
 def _choices(endpoint: Endpoint, request: Mapping[str, Any]) -> int:
     if endpoint not in ("chat", "completions"):
         return 1
-    n: Any = request.get("n")
-    best_of: Any = request.get("best_of") if endpoint == "completions" else None
-    n = 1 if n is None else n
-    best_of = 1 if best_of is None else best_of
-    for name, value in (("n", n), ("best_of", best_of)):
+    counts = {"n": request.get("n"), "best_of": request.get("best_of") if endpoint == "completions" else None}
+    checked: list[int] = []
+    for name, value in counts.items():
+        value = 1 if value is None else value
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise EstimateError(f"'{name}' must be a whole number >= 1, got {value!r}")
-    return max(n, best_of)  # best_of completions are generated (and billed), n returned
+        checked.append(value)
+    return max(checked)  # best_of completions are generated (and billed), n returned
 
 
 def _max_output(
