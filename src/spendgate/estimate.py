@@ -142,8 +142,8 @@ def _choices(endpoint: Endpoint, request: Mapping[str, Any]) -> int:
         return 1
     counts = {"n": request.get("n"), "best_of": request.get("best_of") if endpoint == "completions" else None}
     checked: list[int] = []
-    for name, value in counts.items():
-        value = 1 if value is None else value
+    for name, given in counts.items():
+        value = 1 if given is None else given
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise EstimateError(f"'{name}' must be a whole number >= 1, got {value!r}")
         checked.append(value)
