@@ -1,0 +1,324 @@
+"""The fake upstream as a real process, with the real openai and anthropic SDKs as clients."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from spendgate.testing import TOKEN_TEXT, FakeUpstream, output_tokens_for, prompt_tokens_for
+
+CLAUDE = "claude-haiku-4-5"
+MESSAGES: Any = [  # Any: the SDKs' TypedDict params are not the point here
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "héllo, how much does this cost?"},
+]
+
+
+@pytest.fixture(scope="module")
+def up() -> Iterator[FakeUpstream]:
+    with FakeUpstream.start() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def oai(up: FakeUpstream) -> openai.OpenAI:
+    return openai.OpenAI(base_url=up.base_url, api_key="x", max_retries=0)
+
+
+@pytest.fixture
+def claude(up: FakeUpstream) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=up.root_url, api_key="x", max_retries=0)
+
+
+def _post(url: str, data: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_prompt_tokens_rules() -> None:
+    # "héllo" is 6 UTF-8 bytes: ceil(6/4) = 2, plus 3 per message.
+    assert prompt_tokens_for("chat/completions", {"messages": [{"role": "user", "content": "héllo"}]}) == 5
+    parts = [{"type": "text", "text": "abcd"}, {"type": "image_url", "image_url": {"url": "x"}}]
+    assert prompt_tokens_for("/v1/chat/completions", {"messages": [{"role": "user", "content": parts}]}) == 4
+    assert (
+        prompt_tokens_for("messages", {"system": "abcdefgh", "messages": [{"role": "user", "content": "a"}]})
+        == 9
+    )
+    assert prompt_tokens_for("completions", {"prompt": ["abcde", "x"]}) == 3
+    assert prompt_tokens_for("embeddings", {"input": [[1, 2, 3], [4]]}) == 4
+    assert prompt_tokens_for("responses", {"instructions": "abcd", "input": "abcd"}) == 8
+    assert output_tokens_for("chat/completions", {"max_completion_tokens": 5}) == 5
+    assert output_tokens_for("chat/completions", {"max_tokens": 500}) == 16
+    assert output_tokens_for("embeddings", {}) == 0
+
+
+def test_chat_usage_is_predicted(oai: openai.OpenAI) -> None:
+    r = oai.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert r.usage is not None
+    assert r.usage.prompt_tokens == prompt_tokens_for("chat/completions", {"messages": MESSAGES})
+    assert r.usage.completion_tokens == 16
+    assert r.choices[0].message.content == TOKEN_TEXT * 16
+
+    r = oai.chat.completions.create(
+        model="gpt-4o",
+        messages=MESSAGES,
+        max_completion_tokens=5,
+        extra_headers={"x-fake-cached-tokens": "4", "x-fake-reasoning-tokens": "2"},
+    )
+    assert r.usage is not None and r.usage.prompt_tokens_details and r.usage.completion_tokens_details
+    assert r.usage.completion_tokens == 5
+    assert r.usage.prompt_tokens_details.cached_tokens == 4
+    assert r.usage.completion_tokens_details.reasoning_tokens == 2
+    assert r.choices[0].message.content == TOKEN_TEXT * 3
+
+    r = oai.chat.completions.create(
+        model="gpt-4o",
+        messages=MESSAGES,
+        max_tokens=5,
+        extra_headers={"x-fake-output-tokens": "40"},  # a provider billing past max_tokens
+    )
+    assert r.usage is not None and r.usage.completion_tokens == 40
+
+
+def test_chat_stream_usage_chunk_only_when_asked(oai: openai.OpenAI) -> None:
+    plain = list(oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True, max_tokens=4))
+    assert len(plain) == 1 + 4 + 1  # role, one per token, finish
+    assert all(c.usage is None for c in plain)
+    assert "".join(c.choices[0].delta.content or "" for c in plain) == TOKEN_TEXT * 4
+
+    chunks = list(
+        oai.chat.completions.create(
+            model="gpt-4o",
+            messages=MESSAGES,
+            stream=True,
+            max_tokens=4,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert len(chunks) == 1 + 4 + 1 + 1
+    assert all(c.usage is None for c in chunks[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 4
+    assert chunks[-1].usage.prompt_tokens == prompt_tokens_for("chat/completions", {"messages": MESSAGES})
+
+
+def test_cut_stream_bills_only_sent_tokens(up: FakeUpstream, oai: openai.OpenAI) -> None:
+    up.reset()
+    received: list[str] = []
+    with pytest.raises(openai.APIConnectionError):
+        stream = oai.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-fake-stream-cut-after": "3"},
+        )
+        for chunk in stream:
+            assert chunk.usage is None
+            received.extend(c.delta.content or "" for c in chunk.choices)
+    assert "".join(received) == TOKEN_TEXT * 3
+    stats = up.stats()
+    assert stats["streams_cut"] == 1
+    assert stats["models"]["gpt-4o-mini"]["output_tokens"] == 3
+    assert stats["models"]["gpt-4o-mini"]["prompt_tokens"] == prompt_tokens_for(
+        "chat/completions", {"messages": MESSAGES}
+    )
+
+
+def test_paced_stream_and_paced_cut(
+    up: FakeUpstream, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    up.reset()
+    start = time.monotonic()
+    chunks = list(
+        oai.chat.completions.create(
+            model="gpt-4o",
+            messages=MESSAGES,
+            stream=True,
+            max_tokens=5,
+            extra_headers={"x-fake-chunk-delay-ms": "10"},
+        )
+    )
+    assert time.monotonic() - start >= 0.06  # 7 events, 6 gaps of 10 ms
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == TOKEN_TEXT * 5
+    headers = {"x-fake-chunk-delay-ms": "5", "x-fake-stream-cut-after": "2"}
+    received: list[str] = []
+    # The anthropic SDK lets the HTTP client's protocol error through unwrapped.
+    with (
+        pytest.raises(Exception),  # noqa: B017
+        claude.messages.stream(
+            model=CLAUDE, max_tokens=5, messages=[{"role": "user", "content": "x"}], extra_headers=headers
+        ) as stream,
+    ):
+        received.extend(stream.text_stream)
+    assert "".join(received) == TOKEN_TEXT * 2
+    stats = up.stats()
+    assert stats["streams_cut"] == 1
+    assert stats["models"][CLAUDE]["output_tokens"] == 2
+    assert stats["models"]["gpt-4o"]["output_tokens"] == 5
+
+
+def test_embeddings_completions_models(oai: openai.OpenAI) -> None:
+    e = oai.embeddings.create(model="text-embedding-3-small", input=["abcd", "efghi"])
+    assert e.usage.prompt_tokens == 3 and len(e.data) == 2 and len(e.data[0].embedding) == 8
+    e = oai.embeddings.create(
+        model="text-embedding-3-small", input="abcd", encoding_format="float", dimensions=4
+    )
+    assert len(e.data[0].embedding) == 4
+
+    c = oai.completions.create(model="gpt-3.5-turbo-instruct", prompt="abcdefgh", max_tokens=3)
+    assert c.usage is not None and (c.usage.prompt_tokens, c.usage.completion_tokens) == (2, 3)
+    assert c.choices[0].text == TOKEN_TEXT * 3
+    chunks = list(
+        oai.completions.create(
+            model="gpt-3.5-turbo-instruct",
+            prompt="ab",
+            max_tokens=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
+
+    assert "gpt-4o" in {m.id for m in oai.models.list()}
+
+
+def test_responses_plain_and_stream(oai: openai.OpenAI) -> None:
+    items: Any = [{"role": "user", "content": "hello world"}]
+    expected = prompt_tokens_for("responses", {"instructions": "be brief", "input": items})
+    r = oai.responses.create(model="gpt-4o", max_output_tokens=6, instructions="be brief", input=items)
+    assert r.usage is not None
+    assert (r.usage.input_tokens, r.usage.output_tokens) == (expected, 6)
+    assert r.output_text == TOKEN_TEXT * 6
+
+    with oai.responses.stream(
+        model="gpt-4o",
+        max_output_tokens=6,
+        instructions="be brief",
+        input=items,
+        extra_headers={"x-fake-cached-tokens": "2"},
+    ) as stream:
+        deltas = [ev.delta for ev in stream if ev.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == TOKEN_TEXT * 6
+    assert final.usage is not None and final.usage.output_tokens == 6
+    assert final.usage.input_tokens_details.cached_tokens == 2
+
+
+def test_injected_errors_and_latency(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.RateLimitError) as info:
+        oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_headers={"x-fake-error": "429"})
+    assert info.value.response.headers["retry-after"] == "1"
+    assert info.value.code == "rate_limit_exceeded"
+    with pytest.raises(openai.InternalServerError):
+        oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_headers={"x-fake-error": "503"})
+
+    start = time.monotonic()
+    oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_headers={"x-fake-latency-ms": "150"})
+    assert time.monotonic() - start >= 0.15
+
+
+def test_bad_json_error_shapes(up: FakeUpstream) -> None:
+    status, body = _post(up.base_url + "/chat/completions", b"{nope", {"content-type": "application/json"})
+    assert status == 400
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == "invalid_request_error"
+    status, body = _post(up.base_url + "/messages", b"[1,", {"content-type": "application/json"})
+    assert status == 400 and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+
+
+def test_anthropic_create_uses_anthropic_cache_convention(claude: anthropic.Anthropic) -> None:
+    messages: Any = [{"role": "user", "content": "hello there, claude"}]
+    prompt = prompt_tokens_for("messages", {"system": "be brief", "messages": messages})
+    m = claude.messages.create(
+        model=CLAUDE,
+        max_tokens=7,
+        system="be brief",
+        messages=messages,
+        extra_headers={"x-fake-cached-tokens": "3"},
+    )
+    assert m.usage.input_tokens == prompt - 3  # Anthropic excludes cache reads from input_tokens
+    assert m.usage.cache_read_input_tokens == 3
+    assert m.usage.output_tokens == 7
+    assert m.content[0].type == "text" and m.content[0].text == TOKEN_TEXT * 7
+
+    with claude.messages.stream(model=CLAUDE, max_tokens=5, messages=messages) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == TOKEN_TEXT * 5
+    assert final.usage.output_tokens == 5
+    assert final.usage.input_tokens == prompt_tokens_for("messages", {"messages": messages})
+
+    with pytest.raises(anthropic.RateLimitError) as info:
+        claude.messages.create(
+            model=CLAUDE,
+            max_tokens=5,
+            messages=messages,
+            extra_headers={"x-fake-error": "429"},
+        )
+    assert info.value.response.headers["retry-after"] == "1"
+    with pytest.raises(anthropic.InternalServerError):
+        claude.messages.create(
+            model=CLAUDE,
+            max_tokens=5,
+            messages=messages,
+            extra_headers={"x-fake-error": "500"},
+        )
+
+
+def test_stats_and_reset(up: FakeUpstream, oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+    up.reset()
+    assert up.stats()["requests_total"] == 0
+    for _ in range(3):
+        oai.chat.completions.create(
+            model="gpt-4o",
+            messages=MESSAGES,
+            max_tokens=4,
+            extra_headers={"x-fake-cached-tokens": "2"},
+        )
+    claude.messages.create(model=CLAUDE, max_tokens=2, messages=[{"role": "user", "content": "abcd"}])
+    with pytest.raises(openai.RateLimitError):
+        oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_headers={"x-fake-error": "429"})
+    stats = up.stats()
+    prompt = prompt_tokens_for("chat/completions", {"messages": MESSAGES})
+    assert stats["requests"] == {"/v1/chat/completions": 4, "/v1/messages": 1}
+    assert stats["errors"] == {"429": 1}
+    assert stats["models"]["gpt-4o"] == {
+        "requests": 3,
+        "prompt_tokens": 3 * prompt,
+        "cached_tokens": 6,
+        "output_tokens": 12,
+        "reasoning_tokens": 0,
+    }
+    assert stats["models"][CLAUDE]["prompt_tokens"] == 4 and stats["models"][CLAUDE]["output_tokens"] == 2
+    up.reset()
+    assert up.stats() == {"requests": {}, "requests_total": 0, "errors": {}, "streams_cut": 0, "models": {}}
+
+
+def test_require_key_and_clean_sigterm_exit() -> None:
+    with FakeUpstream.start(require_key="sekret", latency_ms=1) as guarded:
+        bad = openai.OpenAI(base_url=guarded.base_url, api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        bad_claude = anthropic.Anthropic(base_url=guarded.root_url, api_key="wrong", max_retries=0)
+        with pytest.raises(anthropic.AuthenticationError):
+            bad_claude.messages.create(
+                model=CLAUDE, max_tokens=1, messages=[{"role": "user", "content": "x"}]
+            )
+        good = openai.OpenAI(base_url=guarded.base_url, api_key="sekret", max_retries=0)
+        assert good.chat.completions.create(model="gpt-4o", messages=MESSAGES).usage is not None
+        good_claude = anthropic.Anthropic(base_url=guarded.root_url, api_key="sekret", max_retries=0)
+        good_claude.messages.create(model=CLAUDE, max_tokens=1, messages=[{"role": "user", "content": "x"}])
+        assert guarded.stop() == 0  # SIGTERM: graceful shutdown, exit code 0
