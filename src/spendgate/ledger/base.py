@@ -1,0 +1,541 @@
+"""The ledger contract: reserve the worst case, settle the actual, never overshoot.
+
+Every backend implements ``Ledger``; callers choose one by URL through
+``open_ledger`` (``memory://``, ``sqlite:////abs/path.db``), and new backends
+plug in with ``register_backend``. One conformance suite (tests/ledger) is the
+contract: see docs/ledger.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
+
+from spendgate.budgets import DIMENSIONS, Attributes, Budget, instance_key, parse_instance_key
+from spendgate.clock import Clock, SystemClock
+from spendgate.errors import BudgetExceededError, ConfigError, SpendgateError
+from spendgate.money import Money
+
+__all__ = [
+    "BackendFactory",
+    "BudgetChanged",
+    "BudgetLine",
+    "BudgetUsage",
+    "Ledger",
+    "LedgerUnavailableError",
+    "Refusal",
+    "ReleaseOutcome",
+    "RequestIdReusedError",
+    "RequestRecord",
+    "Reservation",
+    "SettleOutcome",
+    "ThresholdCrossed",
+    "UnknownReservationError",
+    "known_schemes",
+    "open_ledger",
+    "register_backend",
+]
+
+log = logging.getLogger("spendgate.ledger")
+
+DEFAULT_RETENTION = timedelta(days=30)
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+class LedgerUnavailableError(SpendgateError):
+    """The ledger cannot be read or written (unreachable, locked too long, corrupt).
+
+    spendgate fails closed: no request is admitted it cannot account for,
+    unless the ledger was opened with ``fail_open=True``.
+    """
+
+
+class RequestIdReusedError(SpendgateError, ValueError):
+    """A request id that already has (or had) a different reservation."""
+
+
+class UnknownReservationError(SpendgateError, KeyError):
+    """settle/release of a request id the ledger never reserved (or has purged)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown reservation"
+
+
+# -- results --------------------------------------------------------------------------
+
+
+class BudgetLine(NamedTuple):
+    """One budget instance a reservation is charged to, in the window it was made in."""
+
+    budget_id: str
+    instance: str  # instance key: "" or "user=alice"
+    window_start: datetime
+    window_end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Admitted: ``estimate`` is held in every line until settle, release or ``expires_at``."""
+
+    request_id: str
+    estimate: Money
+    reserved_at: datetime
+    expires_at: datetime
+    lines: tuple[BudgetLine, ...]
+    #: True when the ledger was unavailable and ``fail_open`` admitted the request unrecorded.
+    unrecorded: bool = False
+    admitted: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Not admitted: names the first budget instance that could not fit ``needed``."""
+
+    request_id: str
+    budget_id: str
+    label: str  # "team=research, monthly"
+    selector: dict[str, str]  # the budget's selector, wildcards filled in with this instance
+    instance: dict[str, str]  # the wildcard values ({} for a budget without wildcards)
+    spent: Money
+    reserved: Money
+    limit: Money
+    needed: Money
+    window_start: datetime
+    resets_at: datetime | None
+    retry_after: float | None  # seconds until the window resets; None if it never does
+    admitted: ClassVar[bool] = False
+
+    @property
+    def available(self) -> Money:
+        free = self.limit.nanos - self.spent.nanos - self.reserved.nanos
+        return Money(max(free, 0))
+
+    def to_error(self) -> BudgetExceededError:
+        return BudgetExceededError(
+            budget_id=self.budget_id,
+            selector=self.selector,
+            limit=self.limit,
+            spent=self.spent,
+            reserved=self.reserved,
+            requested=self.needed,
+            resets_at=self.resets_at,
+            retry_after=self.retry_after,
+            budget_name=self.label,
+        )
+
+
+SettleStatus = Literal["settled", "already_settled", "expired", "released", "unrecorded"]
+ReleaseStatus = Literal["released", "already_released", "settled", "expired", "unrecorded"]
+
+
+@dataclass(frozen=True, slots=True)
+class SettleOutcome:
+    """What a settle did. ``charged`` is what the reservation counts for in its budgets now.
+
+    ``status``: ``settled`` (this call), ``already_settled`` (a retry; nothing
+    changed), ``expired`` (the lease ran out first: the estimate stays charged),
+    ``released`` (released earlier: nothing charged), ``unrecorded`` (fail-open
+    while the ledger was unavailable). ``overshoot`` is ``actual - estimate``
+    when the provider billed beyond the estimate: charged, and reported here.
+    """
+
+    request_id: str
+    status: SettleStatus
+    charged: Money
+    estimate: Money
+    actual: Money
+
+    @property
+    def overshoot(self) -> Money:
+        return Money(max(self.actual.nanos - self.estimate.nanos, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseOutcome:
+    """``released`` (this call), ``already_released``, or how it ended before: ``settled``/``expired``."""
+
+    request_id: str
+    status: ReleaseStatus
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    """A budget instance in one window."""
+
+    budget_id: str
+    label: str
+    selector: dict[str, str]
+    instance: dict[str, str]
+    spent: Money
+    reserved: Money
+    limit: Money
+    window_start: datetime
+    window_end: datetime | None
+
+    @property
+    def instance_key(self) -> str:
+        return instance_key(self.instance)
+
+    @property
+    def available(self) -> Money:
+        return Money(max(self.limit.nanos - self.spent.nanos - self.reserved.nanos, 0))
+
+    @property
+    def percent(self) -> int:
+        """Spent plus reserved as a whole percent of the limit, rounded down (like the error message)."""
+        used = self.spent.nanos + self.reserved.nanos
+        if self.limit.nanos <= 0:
+            return 100 if used > 0 else 0
+        return used * 100 // self.limit.nanos
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdCrossed:
+    """A budget instance's settled spend reached ``threshold`` percent of its limit (once per window)."""
+
+    budget_id: str
+    label: str
+    instance: dict[str, str]
+    threshold: int
+    spent: Money
+    limit: Money
+    window_start: datetime
+    window_end: datetime | None
+    request_id: str  # the settle (or expired lease) that crossed it
+
+
+ChangeKind = Literal["put", "remove", "limit", "reset"]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetChanged:
+    """A budget was added/replaced, removed, had its limit set, or was reset.
+
+    The SDK's wait mode wakes waiters on these. SQLite reports changes made by
+    other processes when this process next touches the ledger (or calls ``refresh()``).
+    """
+
+    budget_id: str
+    kind: ChangeKind
+    limit: Money | None
+    previous_limit: Money | None = None
+    instance: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One finished request, as the request log keeps it.
+
+    ``breakdown`` amounts may be Money, Decimal or decimal strings; the log
+    stores and returns decimal strings in USD (exact, never float).
+    """
+
+    request_id: str
+    attributes: Attributes
+    cost: Money
+    started_at: datetime
+    finished_at: datetime
+    model: str | None = None
+    usage: Mapping[str, int] = field(default_factory=dict)
+    breakdown: Mapping[str, Money | Decimal | str] = field(default_factory=dict)
+    status: str = "ok"
+
+    def breakdown_strings(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, amount in self.breakdown.items():
+            if isinstance(amount, Decimal | str) and not isinstance(amount, Money):
+                amount = Money.parse(amount, allow_negative=True, what=f"breakdown {name}")  # noqa: PLW2901
+            if not isinstance(amount, Money):
+                raise TypeError(
+                    f"breakdown {name}: expected Money, Decimal or a decimal string, got {amount!r}"
+                )
+            out[name] = f"{amount.to_decimal().normalize():f}"
+        return out
+
+
+# -- the contract ---------------------------------------------------------------------
+
+ThresholdCallback = Callable[[ThresholdCrossed], None]
+ChangeCallback = Callable[[BudgetChanged], None]
+Event = ThresholdCrossed | BudgetChanged
+
+
+class Ledger(ABC):
+    """Budgets, reservations, settlements and the request log, behind one lock or transaction.
+
+    Subscribers run in the thread that caused the event, after its transaction
+    commits; an exception in a subscriber is logged, never raised into the request.
+    """
+
+    scheme: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        retention: timedelta = DEFAULT_RETENTION,
+        fail_open: bool = False,
+    ) -> None:
+        if not isinstance(retention, timedelta) or retention <= timedelta(0):
+            raise ConfigError("retention", f"must be a positive duration, got {retention!r}")
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.retention = retention
+        self.fail_open = fail_open
+        self._threshold_subs: tuple[ThresholdCallback, ...] = ()
+        self._change_subs: tuple[ChangeCallback, ...] = ()
+        self._subs_lock = threading.Lock()
+
+    # -- reservations ---------------------------------------------------------------
+    @abstractmethod
+    def reserve(
+        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
+    ) -> Reservation | Refusal:
+        """Hold ``estimate`` in every budget instance the request matches, all or nothing.
+
+        Admits only if ``spent + reserved + estimate <= limit`` for each, in its
+        current window. Reserving an id again returns the same open reservation
+        when attributes and estimate are the same (a retried call); any other
+        reuse raises RequestIdReusedError.
+        """
+
+    @abstractmethod
+    def settle(self, request_id: str, actual: Money, record: RequestRecord | None = None) -> SettleOutcome:
+        """Replace the reservation by ``actual`` in the window it was made in; idempotent."""
+
+    @abstractmethod
+    def release(self, request_id: str) -> ReleaseOutcome:
+        """End the reservation with nothing charged (the call failed, nothing billed); idempotent."""
+
+    @abstractmethod
+    def expire_leases(self) -> int:
+        """Charge every reservation whose lease has run out at its reserved amount; how many."""
+
+    # -- budgets ------------------------------------------------------------------------
+    @abstractmethod
+    def put_budget(self, budget: Budget) -> None:
+        """Add a budget or replace the one with its id (spend so far in the window is kept)."""
+
+    @abstractmethod
+    def remove_budget(self, budget_id: str) -> bool:
+        """Stop enforcing a budget; False if there was none."""
+
+    @abstractmethod
+    def get_budget(self, budget_id: str) -> Budget:
+        """The budget with its current limit; KeyError if unknown."""
+
+    @abstractmethod
+    def budgets(self) -> list[Budget]:
+        """Every budget, with current limits."""
+
+    @abstractmethod
+    def set_limit(self, budget_id: str, limit: Money) -> None:
+        """Raise or lower a limit now (SQLite: for every process)."""
+
+    @abstractmethod
+    def reset(self, budget_id: str, instance: Mapping[str, str] | str | None = None) -> None:
+        """Zero the spend of the current window (all instances, or one). Open reservations stay held."""
+
+    @abstractmethod
+    def usage(
+        self, budget_id: str, instance: Mapping[str, str] | str | None = None, *, at: datetime | None = None
+    ) -> BudgetUsage:
+        """A budget instance's spend in the window containing ``at`` (default: now)."""
+
+    @abstractmethod
+    def list_budgets(self) -> list[BudgetUsage]:
+        """Every budget without wildcards, and every wildcard instance with spend in its current window."""
+
+    # -- the request log ------------------------------------------------------------
+    @abstractmethod
+    def query_requests(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        limit: int = 1000,
+        **dimensions: str,
+    ) -> list[RequestRecord]:
+        """Logged requests started in ``[start, end)``, newest first, filtered by exact dimension values."""
+
+    @abstractmethod
+    def usage_by(
+        self, dimension: str, start: datetime | None = None, end: datetime | None = None
+    ) -> dict[str, Money]:
+        """Logged cost per value of ``dimension`` (a request counts once per tag for ``tag``)."""
+
+    @abstractmethod
+    def purge(self) -> int:
+        """Drop what is older than ``retention`` now (it also happens on a cheap schedule)."""
+
+    def refresh(self) -> None:  # noqa: B027 - optional for backends with no shared state
+        """Pick up budget changes made elsewhere (other processes); memory has none."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release connections."""
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- subscriptions --------------------------------------------------------------
+    def subscribe(self, callback: ThresholdCallback) -> Callable[[], None]:
+        """Hear threshold crossings; returns a function that unsubscribes."""
+        with self._subs_lock:
+            self._threshold_subs = (*self._threshold_subs, callback)
+
+        def unsubscribe() -> None:
+            with self._subs_lock:
+                self._threshold_subs = tuple(s for s in self._threshold_subs if s is not callback)
+
+        return unsubscribe
+
+    def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Hear budget changes (a raised limit, a reset...); returns a function that unsubscribes."""
+        with self._subs_lock:
+            self._change_subs = (*self._change_subs, callback)
+
+        def unsubscribe() -> None:
+            with self._subs_lock:
+                self._change_subs = tuple(s for s in self._change_subs if s is not callback)
+
+        return unsubscribe
+
+    def _deliver(self, events: Sequence[Event]) -> None:
+        """Call subscribers; only ever after the change is committed."""
+        for event in events:
+            subs: tuple[Callable[[Any], None], ...] = (
+                self._threshold_subs if isinstance(event, ThresholdCrossed) else self._change_subs
+            )
+            for callback in subs:
+                try:
+                    callback(event)
+                except Exception:
+                    log.exception("spendgate ledger subscriber %r failed on %r", callback, event)
+
+    # -- shared helpers -------------------------------------------------------------------
+    @staticmethod
+    def _lease(lease: timedelta | float) -> timedelta:
+        if isinstance(lease, timedelta):
+            delta = lease
+        elif isinstance(lease, int | float) and not isinstance(lease, bool):
+            delta = timedelta(seconds=lease)
+        else:
+            raise TypeError(f"lease is seconds or a timedelta, got {lease!r}")
+        if delta <= timedelta(0):
+            raise ValueError(f"lease must be positive, got {lease!r}")
+        return delta
+
+    @staticmethod
+    def _amount(value: Money, what: str) -> int:
+        if type(value) is not Money:
+            raise TypeError(f"{what} must be Money (integer nano-USD), got {type(value).__name__}")
+        if value.nanos < 0:
+            raise ValueError(f"{what} must not be negative, got {value}")
+        return value.nanos
+
+    @staticmethod
+    def _check_dimensions(dimensions: Mapping[str, str], what: str = "filter") -> None:
+        for dim in dimensions:
+            if dim not in DIMENSIONS:
+                raise ValueError(f"unknown {what} dimension {dim!r}; known: {', '.join(DIMENSIONS)}")
+
+    @staticmethod
+    def _refusal(
+        request_id: str,
+        budget: Budget,
+        instance: str,
+        spent: int,
+        reserved: int,
+        limit: int,
+        needed: int,
+        window: tuple[datetime, datetime | None],
+        now: datetime,
+    ) -> Refusal:
+        start, end = window
+        return Refusal(
+            request_id=request_id,
+            budget_id=budget.id,
+            label=budget.label(instance),
+            selector=budget.concrete_selector(instance),
+            instance=parse_instance_key(instance),
+            spent=Money(spent),
+            reserved=Money(reserved),
+            limit=Money(limit),
+            needed=Money(needed),
+            window_start=start,
+            resets_at=end,
+            retry_after=None if end is None else max((end - now).total_seconds(), 0.0),
+        )
+
+    @staticmethod
+    def _crossed(thresholds: Sequence[int], alerted: int, spent: int, limit: int) -> list[int]:
+        """Thresholds above ``alerted`` that ``spent`` has reached (none while nothing is spent)."""
+        if spent <= 0:
+            return []
+        return [t for t in thresholds if t > alerted and spent * 100 >= t * limit]
+
+
+def record_matches(attrs: Attributes, filters: Mapping[str, str]) -> bool:
+    for dim, value in filters.items():
+        if dim == "tag":
+            if value not in attrs.tags:
+                return False
+        elif getattr(attrs, dim) != value:
+            return False
+    return True
+
+
+# -- backends by URL ----------------------------------------------------------------------
+
+
+class BackendFactory(Protocol):
+    """Builds a ledger from its URL: ``factory(url, budgets=..., clock=..., **options)``."""
+
+    def __call__(
+        self, url: str, *, budgets: Sequence[Budget], clock: Clock | None, **options: Any
+    ) -> Ledger: ...
+
+
+_BACKENDS: dict[str, BackendFactory] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def register_backend(scheme: str, factory: BackendFactory, *, replace: bool = False) -> None:
+    """Make ``scheme://...`` URLs open ledgers built by ``factory``."""
+    scheme = scheme.lower().removesuffix("://")
+    with _BACKENDS_LOCK:
+        if scheme in _BACKENDS and not replace:
+            raise ValueError(f"a ledger backend for {scheme!r} is already registered (pass replace=True)")
+        _BACKENDS[scheme] = factory
+
+
+def known_schemes() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def open_ledger(
+    url: str, budgets: Iterable[Budget] = (), *, clock: Clock | None = None, **options: Any
+) -> Ledger:
+    """``open_ledger("memory://")``, ``open_ledger("sqlite:////var/lib/spendgate/spend.db")``.
+
+    Options go to the backend: ``retention``, ``fail_open``, and backend-specific ones.
+    """
+    scheme, sep, _ = url.partition("://")
+    factory = _BACKENDS.get(scheme.lower()) if sep else None
+    if factory is None:
+        shown = url.rsplit("@", maxsplit=1)[-1]  # never echo credentials
+        raise ConfigError(
+            "ledger",
+            f"unknown ledger URL {shown!r}; known schemes: {', '.join(s + '://' for s in known_schemes())}",
+        )
+    return factory(url, budgets=list(budgets), clock=clock, **options)

@@ -1,0 +1,100 @@
+"""Child-process bodies for the multi-process ledger tests (importable under 'spawn')."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from typing import Any
+
+from spendgate.budgets import Attributes
+from spendgate.ledger import Reservation, open_ledger
+from spendgate.money import Money
+
+TEAM = Attributes(team="research")
+
+
+def actual_for(request_id: str, estimate: int) -> int:
+    """A deterministic actual cost below the estimate, different per request."""
+    return estimate - 1 - sum(request_id.encode()) % 1000
+
+
+def contend(url: str, proc: int, threads: int, estimate: int, go: Any, settle_go: Any, out: Any) -> None:
+    """``threads`` threads each try one reservation at once; after ``settle_go`` they settle.
+
+    Every admitted request is settled (every fifth is released instead, as a failed
+    call), and every settlement is retried once; the report lists what each got.
+    """
+    ledger = open_ledger(url, busy_timeout=60)
+    start = threading.Barrier(threads)
+    got: dict[str, bool] = {}
+    lock = threading.Lock()
+    out.put(("ready", proc, None))
+    if not go.wait(60):
+        return
+
+    def reserve(index: int) -> None:
+        request_id = f"p{proc}-t{index}"
+        start.wait(30)
+        result = ledger.reserve(
+            request_id, Attributes(team="research", user=f"u{proc}"), Money(estimate), 600
+        )
+        with lock:
+            got[request_id] = isinstance(result, Reservation)
+
+    run_threads(reserve, threads)
+    out.put(("reserved", proc, dict(got)))
+    if not settle_go.wait(60):
+        return
+    settled: dict[str, tuple[str, int, str]] = {}
+    admitted = sorted(request_id for request_id, ok in got.items() if ok)
+    settle_start = threading.Barrier(max(len(admitted), 1))
+
+    def settle(index: int) -> None:
+        request_id = admitted[index]
+        settle_start.wait(30)
+        first: str
+        retry: str
+        if index % 5 == 4:
+            first = ledger.release(request_id).status
+            retry = ledger.release(request_id).status
+            charged = 0
+        else:
+            actual = actual_for(request_id, estimate)
+            outcome = ledger.settle(request_id, Money(actual))
+            first, charged = outcome.status, outcome.charged.nanos
+            retry = ledger.settle(request_id, Money(actual)).status
+        with lock:
+            settled[request_id] = (first, charged, retry)
+
+    run_threads(settle, len(admitted))
+    out.put(("settled", proc, settled))
+    ledger.close()
+
+
+def run_threads(body: Any, count: int) -> None:
+    workers = [threading.Thread(target=body, args=(i,)) for i in range(count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+
+
+def hold_and_wait(
+    url: str, path: str, count: int, estimate: int, lease: float, mid_transaction: bool, out: Any
+) -> None:
+    """Reserve ``count`` requests, optionally stop inside a write transaction, then wait to be killed."""
+    ledger = open_ledger(url)
+    ids = []
+    for index in range(count):
+        request_id = f"doomed-{index}"
+        result = ledger.reserve(request_id, TEAM, Money(estimate), lease)
+        assert isinstance(result, Reservation)
+        ids.append(request_id)
+    if mid_transaction:
+        # Die holding the write lock with a half-done change.
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE spend SET spent = spent + 1000000000000")
+    out.put(ids)
+    time.sleep(60)  # SIGKILL arrives long before this ends
