@@ -1,0 +1,56 @@
+"""Who a request is for, set around the calls it covers.
+
+    with spendgate.attribute(user="alice", team="research"):
+        client.chat.completions.create(...)
+
+Contexts nest (an inner value wins; tags add up) and follow asyncio tasks and
+threads started with ``contextvars.copy_context()``, as any ContextVar does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from spendgate.budgets import Attributes
+
+_DIMENSIONS = ("key", "user", "team", "project", "customer", "model")
+_NONE = Attributes()
+# Attributes is frozen, so sharing one empty default is safe.
+_current: ContextVar[Attributes] = ContextVar("spendgate_attributes", default=_NONE)
+
+
+@contextmanager
+def attribute(**values: Any) -> Iterator[Attributes]:
+    """Attribute every guarded call inside the block: ``user``, ``team``, ``project``,
+    ``customer``, ``key``, ``tags`` (a list) or ``tag`` (one)."""
+    merged = merge(_current.get(), Attributes.of(**values))
+    token = _current.set(merged)
+    try:
+        yield merged
+    finally:
+        _current.reset(token)
+
+
+def current() -> Attributes:
+    """The attributes set by the enclosing ``attribute()`` blocks."""
+    return _current.get()
+
+
+def merge(outer: Attributes, inner: Attributes) -> Attributes:
+    """``inner``'s dimensions over ``outer``'s; tags are the union."""
+    values: dict[str, Any] = {name: getattr(inner, name) or getattr(outer, name) for name in _DIMENSIONS}
+    return Attributes(**values, tags=outer.tags | inner.tags)
+
+
+def resolve(model: str, explicit: Mapping[str, Any] | None = None, user: object = None) -> Attributes:
+    """A request's attributes: the context, then the request's ``user`` field, then ``explicit``."""
+    attrs = _current.get()
+    if isinstance(user, str) and user and attrs.user is None:
+        attrs = merge(attrs, Attributes(user=user))
+    if explicit:
+        attrs = merge(attrs, Attributes.of(**explicit))
+    # The model is always the one the request names, whatever a context said.
+    return merge(attrs, Attributes(model=model))
