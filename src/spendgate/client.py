@@ -1,0 +1,281 @@
+"""The simple case: an OpenAI-compatible client with one cost tracking budget.
+
+    client = spendgate.Client(api_key="...", cost_tracking_budget=100)
+    client.chat.completions.create(model="gpt-4o", messages=[...])
+    client.spent, client.remaining
+
+It is an ``openai.OpenAI`` (``client.openai``) guarded by ``spendgate.wrap``
+with one global budget ``{"id": "client", "limit": cost_tracking_budget,
+"window": budget_window}``; every other attribute falls through to it.
+``openai`` is imported when a Client is made, not when spendgate is.
+"""
+
+from __future__ import annotations
+
+import warnings
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+from spendgate.budgets import Window
+from spendgate.errors import ConfigError, SpendgateError
+from spendgate.estimate import estimate_request
+from spendgate.guard import ON_EXCEED, Guard, OnExceed
+from spendgate.ledger import BudgetUsage, Ledger
+from spendgate.money import Money, MoneyError
+
+if TYPE_CHECKING:
+    import openai
+    from openai.resources import AsyncCompletions, AsyncEmbeddings, Completions, Embeddings
+    from openai.resources.chat import AsyncChat, Chat
+    from openai.resources.responses import AsyncResponses, Responses
+
+__all__ = ["BUDGET_ID", "AsyncClient", "BudgetTooSmallWarning", "Client"]
+
+#: The id of the Client's one budget in its ledger.
+BUDGET_ID: Final = "client"
+#: A short prompt: what "one request" means for the construction-time check.
+_PROBE: Final = [{"role": "user", "content": "Hello! Please answer briefly."}]
+
+
+class BudgetTooSmallWarning(UserWarning):
+    """The budget cannot pay for one request of the default model at its max output."""
+
+
+def _parse_budget(value: object) -> Money | None:
+    if value is None:
+        return None
+    if isinstance(value, float):
+        raise TypeError(
+            f"cost_tracking_budget={value!r} is a float, which cannot hold cents exactly; "
+            f'pass an int, a string or a Decimal (e.g. cost_tracking_budget="{value}")'
+        )
+    if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
+        raise TypeError(
+            f"cost_tracking_budget must be USD as an int, a string or a Decimal, got {type(value).__name__}"
+        )
+    try:
+        return Money.parse(value, what="cost_tracking_budget")
+    except MoneyError as exc:
+        raise ConfigError("cost_tracking_budget", str(exc).removeprefix("cost_tracking_budget: ")) from None
+
+
+def _plain(amount: Money) -> str:
+    text = amount.format().lstrip("$").replace(",", "")
+    return text[:-3] if text.endswith(".00") else text
+
+
+class _Base:
+    """What Client and AsyncClient share: the guard, the budget and the spend."""
+
+    guard: Guard
+    default_model: str
+    _owns_ledger: bool
+    _limit: Money | None
+
+    def _setup(
+        self,
+        cost_tracking_budget: object,
+        budget_window: str | None,
+        default_model: str,
+        ledger: Ledger | str,
+        on_exceed: OnExceed,
+    ) -> None:
+        limit = _parse_budget(cost_tracking_budget)
+        if on_exceed not in ON_EXCEED:
+            raise ConfigError("on_exceed", f"must be one of {', '.join(ON_EXCEED)}, got {on_exceed!r}")
+        if budget_window is not None and limit is None:
+            raise ConfigError("budget_window", "needs a cost_tracking_budget")
+        try:
+            window = Window.parse(budget_window)
+        except ValueError as exc:
+            raise ConfigError("budget_window", str(exc)) from None
+        budgets = []
+        if limit is not None:
+            budgets.append(
+                {
+                    "id": BUDGET_ID,
+                    "limit": str(limit.to_decimal()),
+                    "window": window.to_config(),
+                    "on_exceed": on_exceed,
+                }
+            )
+        self.default_model = default_model
+        self._limit = limit
+        self._owns_ledger = isinstance(ledger, str)
+        self.guard = Guard(ledger, budgets=budgets, on_exceed=on_exceed)
+        if limit is not None:
+            self._check_size(limit)
+
+    def _check_size(self, limit: Money) -> None:
+        try:
+            worst = estimate_request(
+                "chat",
+                {"model": self.default_model, "messages": _PROBE},
+                catalog=self.guard.catalog,
+                counter=self.guard.counter,
+            )
+        except SpendgateError:
+            return  # an unknown model is refused, with its own message, at the first call
+        available = self.guard.ledger.usage(BUDGET_ID).available
+        if worst.amount <= available:
+            return
+        affordable = worst.max_output_affordable(available)
+        left = "" if available == limit else f" ({_plain(available)} USD left)"
+        warnings.warn(
+            BudgetTooSmallWarning(
+                f"a {_plain(limit)} USD budget{left} affords at most {affordable} output tokens of "
+                f"{self.default_model} per request; requests without max_tokens reserve "
+                f"{worst.max_output_tokens} ({_plain(worst.amount)} USD) and will be refused: "
+                "set max_tokens on each request or raise cost_tracking_budget"
+            ),
+            stacklevel=4,
+        )
+
+    # -- spend ----------------------------------------------------------------------
+    def usage(self) -> BudgetUsage | None:
+        """The budget's current window (spent, reserved, limit, reset time), or None without one."""
+        if self._limit is None:
+            return None
+        return self.guard.ledger.usage(BUDGET_ID)
+
+    @property
+    def spent(self) -> Money:
+        """Settled spend: in the budget's current window, or everything logged without a budget."""
+        usage = self.usage()
+        if usage is not None:
+            return usage.spent
+        return sum(self.guard.ledger.usage_by("model").values(), Money(0))
+
+    @property
+    def remaining(self) -> Money | None:
+        """What the budget still affords (limit - spent - reserved), or None without a budget."""
+        usage = self.usage()
+        return None if usage is None else usage.available
+
+    @property
+    def limit(self) -> Money | None:
+        return self._limit
+
+    def _close_guard(self) -> None:
+        self.guard.close()
+        if self._owns_ledger:
+            self.guard.ledger.close()
+
+
+class Client(_Base):
+    """``openai.OpenAI``, with a cost tracking budget in USD (``None``: track only).
+
+    ``budget_window``: ``"hour"``, ``"day"``, ``"week"``, ``"month"`` (calendar, UTC)
+    or None for the ledger's lifetime. ``ledger="sqlite:///spend.db"`` keeps the
+    spend across restarts and shares it between processes. Other keyword
+    arguments go to ``openai.OpenAI`` (``max_retries``, ``timeout``, ...).
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        cost_tracking_budget: int | str | Decimal | None = None,
+        budget_window: str | None = None,
+        base_url: str | None = None,
+        default_model: str = "gpt-4o",
+        ledger: Ledger | str = "memory://",
+        on_exceed: OnExceed = "raise",
+        **openai_kwargs: Any,
+    ) -> None:
+        import openai
+
+        from spendgate.integrations.openai import guard_in_place
+
+        self._setup(cost_tracking_budget, budget_window, default_model, ledger, on_exceed)
+        client = openai.OpenAI(api_key=api_key, base_url=base_url, **openai_kwargs)
+        guard_in_place(client, self.guard, default_model=default_model)
+        self.openai: openai.OpenAI = client
+
+    @property
+    def chat(self) -> Chat:
+        return self.openai.chat
+
+    @property
+    def completions(self) -> Completions:
+        return self.openai.completions
+
+    @property
+    def embeddings(self) -> Embeddings:
+        return self.openai.embeddings
+
+    @property
+    def responses(self) -> Responses:
+        return self.openai.responses
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names not found on the Client: the rest of openai.OpenAI.
+        if name == "openai":
+            raise AttributeError(name)
+        return getattr(self.openai, name)
+
+    def close(self) -> None:
+        self.openai.close()
+        self._close_guard()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """``openai.AsyncOpenAI``, with a cost tracking budget in USD; see :class:`Client`."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        cost_tracking_budget: int | str | Decimal | None = None,
+        budget_window: str | None = None,
+        base_url: str | None = None,
+        default_model: str = "gpt-4o",
+        ledger: Ledger | str = "memory://",
+        on_exceed: OnExceed = "raise",
+        **openai_kwargs: Any,
+    ) -> None:
+        import openai
+
+        from spendgate.integrations.openai import guard_in_place
+
+        self._setup(cost_tracking_budget, budget_window, default_model, ledger, on_exceed)
+        client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, **openai_kwargs)
+        guard_in_place(client, self.guard, default_model=default_model)
+        self.openai: openai.AsyncOpenAI = client
+
+    @property
+    def chat(self) -> AsyncChat:
+        return self.openai.chat
+
+    @property
+    def completions(self) -> AsyncCompletions:
+        return self.openai.completions
+
+    @property
+    def embeddings(self) -> AsyncEmbeddings:
+        return self.openai.embeddings
+
+    @property
+    def responses(self) -> AsyncResponses:
+        return self.openai.responses
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "openai":
+            raise AttributeError(name)
+        return getattr(self.openai, name)
+
+    async def close(self) -> None:
+        await self.openai.close()
+        self._close_guard()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
