@@ -13,7 +13,8 @@ run spendgate cost --model gpt-4o --input 12000 --output 800 --cached 8000
 run spendgate cost --model gpt-5.4 --input 300000 --output 2000
 run spendgate cost --model gpt-4q --input 1000
 say "spendgate models --provider anthropic | head -5"
-spendgate models --provider anthropic | head -5
-if spendgate demo --help >/dev/null 2>&1; then
-  run spendgate demo --ledger "sqlite:///$(mktemp -d)/spend.db"
-fi
+spendgate models --provider anthropic > "${TMPDIR:-/tmp}/spendgate-models.txt"
+head -5 "${TMPDIR:-/tmp}/spendgate-models.txt"
+# A $0.05 daily budget on the embedded SQLite ledger, gpt-4o calls to a local
+# fake OpenAI-compatible upstream until the budget refuses.
+run spendgate demo --ledger "sqlite:///$(mktemp -d)/spend.db" --limit 0.05

@@ -1,5 +1,9 @@
 """spendgate: exact, concurrency-safe cost tracking and budgets for LLM API calls."""
 
+from spendgate.attribution import attribute
+from spendgate.budgets import Attributes, Budget, Window
+from spendgate.client import AsyncClient, BudgetTooSmallWarning, Client
+from spendgate.clock import ManualClock, SystemClock
 from spendgate.cost import Cost, cost_of
 from spendgate.errors import (
     BudgetExceededError,
@@ -9,6 +13,9 @@ from spendgate.errors import (
     UnknownModelPriceError,
 )
 from spendgate.estimate import Estimate, EstimateError, estimate_request
+from spendgate.guard import Admission, Guard
+from spendgate.integrations import wrap
+from spendgate.ledger import Ledger, LedgerUnavailableError, open_ledger
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog
 from spendgate.pricing.schema import ModelPrice
@@ -16,21 +23,36 @@ from spendgate.tokens import TokenCount, TokenCounter
 from spendgate.usage import Usage
 
 __all__ = [
+    "Admission",
+    "AsyncClient",
+    "Attributes",
+    "Budget",
     "BudgetExceededError",
+    "BudgetTooSmallWarning",
     "Catalog",
+    "Client",
     "ConfigError",
     "Cost",
     "CostTrackingBudgetExceededError",
     "Estimate",
     "EstimateError",
+    "Guard",
+    "Ledger",
+    "LedgerUnavailableError",
+    "ManualClock",
     "ModelPrice",
     "Money",
     "SpendgateError",
+    "SystemClock",
     "TokenCount",
     "TokenCounter",
     "UnknownModelPriceError",
     "Usage",
+    "Window",
+    "attribute",
     "cost_of",
     "estimate_request",
+    "open_ledger",
+    "wrap",
 ]
 __version__ = "0.1.0"

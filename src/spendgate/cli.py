@@ -300,5 +300,24 @@ def prices_info_cmd(catalog_path: str | None) -> None:
     click.echo(f"models:    {len(catalog)} across {len(catalog.providers())} providers")
 
 
+@main.command("demo")
+@click.option(
+    "--ledger",
+    "ledger_url",
+    default="sqlite:///spendgate-demo.db",
+    show_default=True,
+    help="Ledger URL (sqlite:///PATH or memory://).",
+)
+@click.option("--limit", default="0.05", show_default=True, help="The demo budget's limit in USD.")
+def demo_cmd(ledger_url: str, limit: str) -> None:
+    """Show a budget being enforced: gpt-4o calls to a local fake upstream until the budget refuses."""
+    from spendgate.demo import run_demo
+
+    try:
+        run_demo(ledger_url, limit, echo=click.echo)
+    except SpendgateError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
