@@ -111,6 +111,7 @@ class Guard:
             b if isinstance(b, Budget) else Budget.from_config(b, where=f"budgets[{i}]")
             for i, b in enumerate(budgets)
         ]
+        self._owns_ledger = isinstance(ledger, str)
         if isinstance(ledger, str):
             ledger = open_ledger(ledger, budgets=parsed, clock=clock)
         else:
@@ -377,13 +378,34 @@ class Guard:
         self._end(admission, cost, "ok")
         return cost
 
-    def settle_partial(self, admission: Admission, output_text: str, *, status: str = "cut") -> Cost:
-        """A stream that ended without usage: the whole prompt bound plus the output seen so far."""
+    def settle_partial(
+        self, admission: Admission, output_text: str, *, status: str = "cut", known: Usage | None = None
+    ) -> Cost:
+        """A stream that ended without its final usage: the output seen so far, and the prompt
+        as far as it is known (``known``: e.g. Anthropic's message_start), else its upper bound."""
         out = self.counter.count_text(admission.model, output_text).tokens
-        usage = Usage(input_tokens=admission.estimate.prompt.tokens, output_tokens=out)
+        if known is not None:
+            usage = Usage(
+                input_tokens=known.input_tokens,
+                cache_read_tokens=known.cache_read_tokens,
+                cache_write_tokens=known.cache_write_tokens,
+                cache_write_1h_tokens=known.cache_write_1h_tokens,
+                audio_input_tokens=known.audio_input_tokens,
+                output_tokens=max(out, known.output_tokens),
+            )
+        else:
+            usage = Usage(input_tokens=admission.estimate.prompt.tokens, output_tokens=out)
         cost = cost_of(usage, admission.estimate.price)
         self._end(admission, cost, status)
         return cost
+
+    def settle_reserved(self, admission: Admission, why: str) -> Money:
+        """No usage can be read from a response that was billed: charge the whole reservation."""
+        log.warning("spendgate: %s; charging the reserved worst case for %s", why, admission.request_id)
+        est = admission.estimate
+        bound = Usage(input_tokens=est.prompt.tokens, output_tokens=est.max_output_tokens * est.n)
+        self._end(admission, cost_of(bound, est.price), "unread", charge=admission.reserved)
+        return admission.reserved
 
     def release(self, admission: Admission, reason: str = "error") -> None:
         """The call failed and nothing was billed: free the reservation."""
@@ -401,22 +423,24 @@ class Guard:
             },
         )
 
-    def _end(self, admission: Admission, cost: Cost, status: str) -> None:
+    def _end(self, admission: Admission, cost: Cost, status: str, charge: Money | None = None) -> None:
         if admission.ended is not None:
             return
-        now = self.clock.now()
+        amount = cost.total if charge is None else charge
+        breakdown = cost.breakdown()
+        del breakdown["total"]
         record = RequestRecord(
             request_id=admission.request_id,
             attributes=admission.attributes,
-            cost=cost.total,
+            cost=amount,
             started_at=admission.started_at,
-            finished_at=now,
+            finished_at=self.clock.now(),
             model=admission.model,
             usage=cost.usage.as_dict(),
-            breakdown={k: v for k, v in cost.as_dict().items() if k != "total"},
+            breakdown=breakdown,
             status=status,
         )
-        outcome = self.ledger.settle(admission.request_id, cost.total, record)
+        outcome = self.ledger.settle(admission.request_id, amount, record)
         admission.ended = "settled"
         if outcome.overshoot:
             log.warning(
@@ -466,7 +490,10 @@ class Guard:
         return fields
 
     def close(self) -> None:
+        """Stop listening to the ledger, and close it if this guard opened it from a URL."""
         self._unsubscribe()
+        if self._owns_ledger:
+            self.ledger.close()
 
 
 def _instance_key(refusal: Refusal) -> str:

@@ -70,10 +70,10 @@ def expected(output: int, cached: int = 0, body: dict[str, Any] = BODY) -> Money
 
 
 def partial(guard: Guard, text_seen: str, body: dict[str, Any] = BODY) -> Money:
-    """A cut stream's charge: the prompt's bound plus the output seen so far."""
-    bound = estimate_request("messages", body, catalog=guard.catalog, counter=guard.counter).prompt.tokens
-    out = guard.counter.count_text(MODEL, text_seen).tokens
-    return cost_of(Usage(input_tokens=bound, output_tokens=out), PRICE).total
+    """A cut stream's charge: the input message_start reported (the fake's predictable count)
+    plus the output seen so far (at least message_start's placeholder of 1)."""
+    out = max(guard.counter.count_text(MODEL, text_seen).tokens, 1)
+    return cost_of(Usage(input_tokens=prompt_tokens_for("messages", body), output_tokens=out), PRICE).total
 
 
 def assert_settled(guard: Guard, cost: Money, *, status: str = "ok", requests: int = 1) -> None:

@@ -125,9 +125,7 @@ def _with_attributes(kwargs: dict[str, Any], attributes: Mapping[str, Any] | Non
 
 def _settle_worst(guard: Guard, admission: Admission, why: str) -> None:
     """No usage can be read: charge the reserved worst case (never under-count)."""
-    log.warning("spendgate: %s; charging the reserved worst case for %s", why, admission.request_id)
-    est = admission.estimate
-    guard.settle(admission, Usage(input_tokens=est.prompt.tokens, output_tokens=est.max_output_tokens))
+    guard.settle_reserved(admission, why)
 
 
 def _release_quietly(guard: Guard, admission: Admission, error: BaseException) -> None:
@@ -183,7 +181,9 @@ class _Tracker:
             if self.final:
                 self.guard.settle(self.admission, Usage.from_anthropic(self.usage))
             else:
-                self.guard.settle_partial(self.admission, "".join(self.texts), status=status)
+                # message_start already told the real input and cache tokens: use them.
+                known = Usage.from_anthropic(self.usage) if self.usage else None
+                self.guard.settle_partial(self.admission, "".join(self.texts), status=status, known=known)
         except Exception:
             if not quiet:
                 raise

@@ -284,7 +284,7 @@ def _finish(guard: Guard, admission: Admission, result: Any) -> Any:
             parsed = result.parse()
         except Exception:
             log.warning("spendgate could not parse the response of %s", admission.request_id, exc_info=True)
-            _settle_partial(guard, admission, "", "unparsed")
+            guard.settle_reserved(admission, "the response could not be parsed")
             return result
         if isinstance(parsed, Stream):
             result._parsed_by_type[result._cast_to] = GuardedStream(parsed, _StreamState(guard, admission))
@@ -303,7 +303,7 @@ async def _finish_async(guard: Guard, admission: Admission, result: Any) -> Any:
             parsed = await result.parse() if isinstance(result, AsyncAPIResponse) else result.parse()
         except Exception:
             log.warning("spendgate could not parse the response of %s", admission.request_id, exc_info=True)
-            _settle_partial(guard, admission, "", "unparsed")
+            guard.settle_reserved(admission, "the response could not be parsed")
             return result
         if isinstance(parsed, AsyncStream):
             result._parsed_by_type[result._cast_to] = AsyncGuardedStream(

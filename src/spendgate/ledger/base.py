@@ -249,15 +249,23 @@ class RequestRecord:
     status: str = "ok"
 
     def breakdown_strings(self) -> dict[str, str]:
+        """Exact decimal strings in USD (parts of a cost may be finer than a nano-USD)."""
         out: dict[str, str] = {}
-        for name, amount in self.breakdown.items():
-            if isinstance(amount, Decimal | str) and not isinstance(amount, Money):
-                amount = Money.parse(amount, allow_negative=True, what=f"breakdown {name}")  # noqa: PLW2901
-            if not isinstance(amount, Money):
+        for name, given in self.breakdown.items():
+            if isinstance(given, Money):
+                out[name] = str(given.to_decimal())
+                continue
+            amount: object = given
+            if isinstance(given, str):
+                try:
+                    amount = Decimal(given)
+                except ArithmeticError:
+                    raise TypeError(f"breakdown {name}: {given!r} is not a decimal amount") from None
+            if not isinstance(amount, Decimal) or not amount.is_finite():
                 raise TypeError(
-                    f"breakdown {name}: expected Money, Decimal or a decimal string, got {amount!r}"
+                    f"breakdown {name}: expected Money, Decimal or a decimal string, got {given!r}"
                 )
-            out[name] = f"{amount.to_decimal().normalize():f}"
+            out[name] = f"{amount:f}"
         return out
 
 
