@@ -253,7 +253,7 @@ class RequestRecord:
         out: dict[str, str] = {}
         for name, given in self.breakdown.items():
             if isinstance(given, Money):
-                out[name] = str(given.to_decimal())
+                out[name] = f"{given.to_decimal().normalize():f}"
                 continue
             amount: object = given
             if isinstance(given, str):
@@ -265,7 +265,7 @@ class RequestRecord:
                 raise TypeError(
                     f"breakdown {name}: expected Money, Decimal or a decimal string, got {given!r}"
                 )
-            out[name] = f"{amount:f}"
+            out[name] = f"{amount.normalize():f}"
         return out
 
 
