@@ -195,10 +195,16 @@ def _worst_rates(price: ModelPrice, prompt_bound: int, service_tier: object) -> 
 
 
 def _mentions(obj: Any, key: str) -> bool:
-    if isinstance(obj, Mapping):
-        return key in obj or any(_mentions(v, key) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return any(_mentions(v, key) for v in obj)
+    """Whether ``key`` is a key of any mapping nested in ``obj`` (iterative: bodies can be deep)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if key in item:
+                return True
+            stack.extend(v for v in item.values() if isinstance(v, Mapping | list | tuple))
+        elif isinstance(item, list | tuple):
+            stack.extend(v for v in item if isinstance(v, Mapping | list | tuple))
     return False
 
 

@@ -17,6 +17,7 @@ for each bound and allowance is in ``docs/tokens.md``.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib.util
 import json
@@ -207,6 +208,7 @@ _LEGACY_0301 = re.compile(r"^gpt-3\.?5-turbo-0301")
 _COMPLETION_ONLY = re.compile(r"^(?:gpt-3\.?5-turbo-instruct|text-embedding-|davinci-002|babbage-002)")
 
 
+@functools.lru_cache(maxsize=4096)
 def _split_model(model: str) -> tuple[tuple[str, ...], str]:
     """``"openrouter/openai/gpt-4o"`` -> ``(("openrouter", "openai"), "gpt-4o")``, fine-tunes unwrapped."""
     parts = model.strip().lower().split("/")
@@ -218,6 +220,7 @@ def _split_model(model: str) -> tuple[tuple[str, ...], str]:
     return tuple(p for p in parts[:-1] if p), base
 
 
+@functools.lru_cache(maxsize=4096)  # on every request's path; model names are few
 def encoding_name_for_model(model: str) -> str | None:
     """The OpenAI encoding of ``model``, or None when no exact tokenizer applies (Claude, Gemini, ...).
 
