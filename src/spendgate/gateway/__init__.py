@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: ``spendgate serve --config spendgate.yaml``."""

@@ -1,0 +1,94 @@
+"""What the gateway runs with, as plain immutable values.
+
+``config.py`` builds a ``GatewaySettings`` from YAML (validated, with errors
+naming the key); the app, the admin API and the CLI only ever see these
+types, so each can be built and tested on its own.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from spendgate.budgets import Attributes, Budget
+
+UpstreamKind = Literal["openai", "anthropic"]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A provider or any OpenAI-compatible server (Azure, vLLM, Ollama, the fake upstream)."""
+
+    name: str
+    kind: UpstreamKind
+    base_url: str  # e.g. "https://api.openai.com/v1", "https://api.anthropic.com"
+    api_key: str | None = None  # resolved from the environment at load time; never logged
+    timeout: float = 600.0  # seconds for a whole upstream call
+    connect_timeout: float = 10.0
+    headers: Mapping[str, str] = field(default_factory=dict)  # extra headers (e.g. anthropic-version)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A public model name (a glob such as ``claude-*`` allowed) served by an upstream."""
+
+    model: str
+    upstream: str
+    upstream_model: str | None = None  # None: the same name as asked
+
+    def matches(self, model: str) -> bool:
+        return fnmatch.fnmatchcase(model, self.model)
+
+    def target(self, model: str) -> str:
+        return self.upstream_model or model
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 4000
+    ledger: str = "sqlite:///spendgate.db"
+    admin_token: str | None = None  # resolved from the environment or config; never logged
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
+    budgets: tuple[Budget, ...] = ()
+    prices: Mapping[str, Any] = field(default_factory=dict)  # price overrides, Catalog.set_price shape
+    unknown_model: Literal["refuse", "default_price", "free"] = "refuse"
+    on_exceed: Literal["raise", "wait", "clamp"] | None = None
+    max_wait: float = 30.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    request_timeout: float = 900.0  # a whole client request, waiting included
+    lease: float = 900.0  # ledger lease for a request in flight
+    keys_required: bool = True  # False only for local demos: unauthenticated requests get no key attribute
+
+    def route(self, model: str) -> tuple[Upstream, str] | None:
+        """The upstream and upstream model name for a public model name; first matching route wins."""
+        for route in self.routes:
+            if route.matches(model):
+                upstream = self.upstreams.get(route.upstream)
+                if upstream is not None:
+                    return upstream, route.target(model)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualKey:
+    """A key the gateway hands out. The secret itself is never stored, only its hash."""
+
+    id: str  # stable public id, e.g. "key_3f9a..."; what budgets select on (dimension "key")
+    hint: str  # the first characters of the secret, to recognise it in lists ("sg-abcd…")
+    attributes: Attributes  # user, team, project, customer, tags; `key` is set to `id`
+    models: tuple[str, ...] = ()  # glob patterns this key may use; empty = every routed model
+    expires_at: datetime | None = None
+    disabled: bool = False
+    created_at: datetime | None = None
+    name: str | None = None
+
+    def allows(self, model: str) -> bool:
+        return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def usable(self, now: datetime) -> bool:
+        return not self.disabled and (self.expires_at is None or now < self.expires_at)
