@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
@@ -174,14 +174,10 @@ class Guard:
         on_exceed: OnExceed | None = None,
     ) -> Admission:
         """Reserve the worst case of ``request`` in every matching budget, or raise/wait/clamp."""
-        rid, attrs, estimate, body, added = self.prepare(
-            endpoint, request, attributes=attributes, request_id=request_id
-        )
-        started = time.monotonic()
-        result, estimate, clamped = self._first_try(rid, attrs, estimate, on_exceed)
-        if isinstance(result, Refusal):
-            result = self._wait_sync(rid, attrs, estimate, result)
-        return self._admitted(endpoint, rid, attrs, estimate, body, added, result, clamped, started)
+        begun = self._begin(endpoint, request, attributes, request_id, on_exceed)
+        if isinstance(begun.result, Refusal):
+            begun.result = self._wait_sync(begun.request_id, begun.attributes, begun.estimate, begun.result)
+        return self._admitted(endpoint, begun)
 
     async def admit_async(
         self,
@@ -193,14 +189,27 @@ class Guard:
         on_exceed: OnExceed | None = None,
     ) -> Admission:
         """``admit`` for asyncio: waiting suspends the task, never the loop."""
+        begun = self._begin(endpoint, request, attributes, request_id, on_exceed)
+        if isinstance(begun.result, Refusal):
+            begun.result = await self._wait_async(
+                begun.request_id, begun.attributes, begun.estimate, begun.result
+            )
+        return self._admitted(endpoint, begun)
+
+    def _begin(
+        self,
+        endpoint: Endpoint,
+        request: Mapping[str, Any],
+        attributes: Mapping[str, Any] | Attributes | None,
+        request_id: str | None,
+        on_exceed: OnExceed | None,
+    ) -> _Begun:
         rid, attrs, estimate, body, added = self.prepare(
             endpoint, request, attributes=attributes, request_id=request_id
         )
         started = time.monotonic()
         result, estimate, clamped = self._first_try(rid, attrs, estimate, on_exceed)
-        if isinstance(result, Refusal):
-            result = await self._wait_async(rid, attrs, estimate, result)
-        return self._admitted(endpoint, rid, attrs, estimate, body, added, result, clamped, started)
+        return _Begun(rid, attrs, estimate, body, added, result, clamped, started)
 
     def _first_try(
         self, rid: str, attrs: Attributes, estimate: Estimate, on_exceed: OnExceed | None
@@ -235,33 +244,24 @@ class Guard:
             refusal = result
         raise refusal.to_error()
 
-    def _admitted(
-        self,
-        endpoint: Endpoint,
-        rid: str,
-        attrs: Attributes,
-        estimate: Estimate,
-        body: dict[str, Any],
-        added: bool,
-        reservation: Reservation,
-        clamped: int | None,
-        started: float,
-    ) -> Admission:
-        if clamped is not None:
+    def _admitted(self, endpoint: Endpoint, begun: _Begun) -> Admission:
+        assert isinstance(begun.result, Reservation)
+        body = begun.body
+        if begun.clamped is not None:
             fields = _MAX_OUTPUT_FIELDS[endpoint]
             name = next((f for f in fields if f in body), fields[0])
-            body[name] = clamped
+            body[name] = begun.clamped
         return Admission(
-            request_id=rid,
+            request_id=begun.request_id,
             endpoint=endpoint,
-            model=estimate.model,
-            attributes=attrs,
-            estimate=estimate,
-            reservation=reservation,
+            model=begun.estimate.model,
+            attributes=begun.attributes,
+            estimate=begun.estimate,
+            reservation=begun.result,
             request=body,
-            added_stream_usage=added,
-            clamped_to=clamped,
-            waited_seconds=time.monotonic() - started,
+            added_stream_usage=begun.added_usage,
+            clamped_to=begun.clamped,
+            waited_seconds=time.monotonic() - begun.started,
             started_at=self.clock.now(),
         )
 
@@ -299,20 +299,13 @@ class Guard:
     def _wait_sync(self, rid: str, attrs: Attributes, estimate: Estimate, refusal: Refusal) -> Reservation:
         waiter = SyncWaiter()
         deadline = self._deadline()
-        key = f"{refusal.budget_id}|{_instance_key(refusal)}"
+        key = _line_key(refusal)
         self._lines.join(key, waiter)
         try:
             while True:
-                if self._lines.is_head(key, waiter):
-                    result = self.ledger.reserve(rid, attrs, estimate.amount, self.lease)
-                    if isinstance(result, Reservation):
-                        return result
-                    refusal = result
-                    new_key = f"{result.budget_id}|{_instance_key(result)}"
-                    if new_key != key:  # now another budget is short: wait in its line
-                        self._lines.leave(key, waiter)
-                        key = new_key
-                        self._lines.join(key, waiter)
+                got, refusal, key = self._try_as_head(key, waiter, rid, attrs, estimate, refusal)
+                if got is not None:
+                    return got
                 if self.clock.now() >= deadline:
                     raise self._gave_up(refusal)
                 waiter.wait(self._tick(refusal))
@@ -324,25 +317,39 @@ class Guard:
     ) -> Reservation:
         waiter = AsyncWaiter()
         deadline = self._deadline()
-        key = f"{refusal.budget_id}|{_instance_key(refusal)}"
+        key = _line_key(refusal)
         self._lines.join(key, waiter)
         try:  # a cancelled waiter leaves its line here and holds nothing
             while True:
-                if self._lines.is_head(key, waiter):
-                    result = self.ledger.reserve(rid, attrs, estimate.amount, self.lease)
-                    if isinstance(result, Reservation):
-                        return result
-                    refusal = result
-                    new_key = f"{result.budget_id}|{_instance_key(result)}"
-                    if new_key != key:
-                        self._lines.leave(key, waiter)
-                        key = new_key
-                        self._lines.join(key, waiter)
+                got, refusal, key = self._try_as_head(key, waiter, rid, attrs, estimate, refusal)
+                if got is not None:
+                    return got
                 if self.clock.now() >= deadline:
                     raise self._gave_up(refusal)
                 await waiter.wait(self._tick(refusal))
         finally:
             self._lines.leave(key, waiter)
+
+    def _try_as_head(
+        self,
+        key: str,
+        waiter: SyncWaiter | AsyncWaiter,
+        rid: str,
+        attrs: Attributes,
+        estimate: Estimate,
+        refusal: Refusal,
+    ) -> tuple[Reservation | None, Refusal, str]:
+        """Only the head of a line reserves; a refusal by another budget moves to that budget's line."""
+        if not self._lines.is_head(key, waiter):
+            return None, refusal, key
+        result = self.ledger.reserve(rid, attrs, estimate.amount, self.lease)
+        if isinstance(result, Reservation):
+            return result, refusal, key
+        new_key = _line_key(result)
+        if new_key != key:
+            self._lines.leave(key, waiter)
+            self._lines.join(new_key, waiter)
+        return None, result, new_key
 
     def _tick(self, refusal: Refusal) -> float:
         if refusal.retry_after is not None:
@@ -350,18 +357,11 @@ class Guard:
         return self.poll_interval
 
     def _gave_up(self, refusal: Refusal) -> BudgetExceededError:
+        """The error after waiting in vain, with the budget's numbers as they are now."""
         fresh = self.ledger.usage(refusal.budget_id, refusal.instance or None)
-        return BudgetExceededError(
-            budget_id=refusal.budget_id,
-            selector=refusal.selector,
-            limit=fresh.limit,
-            spent=fresh.spent,
-            reserved=fresh.reserved,
-            requested=refusal.needed,
-            resets_at=fresh.window_end,
-            retry_after=refusal.retry_after,
-            budget_name=refusal.label,
-        )
+        return replace(
+            refusal, spent=fresh.spent, reserved=fresh.reserved, limit=fresh.limit, resets_at=fresh.window_end
+        ).to_error()
 
     def poke(self) -> None:
         """Make every waiter look again now (after a manual clock moved, in tests)."""
@@ -496,5 +496,20 @@ class Guard:
             self.ledger.close()
 
 
-def _instance_key(refusal: Refusal) -> str:
-    return instance_key(refusal.instance)
+def _line_key(refusal: Refusal) -> str:
+    """The wait line of the budget instance that refused."""
+    return f"{refusal.budget_id}|{instance_key(refusal.instance)}"
+
+
+@dataclass(slots=True)
+class _Begun:
+    """A request after its first try at the ledger (admitted, or about to wait)."""
+
+    request_id: str
+    attributes: Attributes
+    estimate: Estimate
+    body: dict[str, Any]
+    added_usage: bool
+    result: Reservation | Refusal
+    clamped: int | None
+    started: float

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from spendgate.errors import ConfigError, UnknownModelPriceError
-from spendgate.pricing.schema import ModelPrice, Rates, RateTable
+from spendgate.pricing.schema import RATE_FIELDS, ModelPrice, Rates, RateTable
 
 log = logging.getLogger("spendgate.pricing")
 
@@ -289,17 +289,7 @@ def _with_prices_key(data: Mapping[str, Any]) -> Mapping[str, Any]:
     """Config may give rates at the top level (``{input: "2.5", output: "10"}``)."""
     if "prices" in data:
         return data
-    rate_keys = {
-        "input",
-        "output",
-        "cache_read",
-        "cache_write",
-        "cache_write_1h",
-        "reasoning",
-        "audio_input",
-        "audio_output",
-        "tiers",
-    }
+    rate_keys = {*RATE_FIELDS, "tiers"}
     prices = {k: v for k, v in data.items() if k in rate_keys}
     rest = {k: v for k, v in data.items() if k not in rate_keys}
     return {**rest, "prices": prices}
