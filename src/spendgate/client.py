@@ -69,7 +69,6 @@ class _Base:
 
     guard: Guard
     default_model: str
-    _owns_ledger: bool
     _limit: Money | None
 
     def _setup(
@@ -101,7 +100,6 @@ class _Base:
             )
         self.default_model = default_model
         self._limit = limit
-        self._owns_ledger = isinstance(ledger, str)
         self.guard = Guard(ledger, budgets=budgets, on_exceed=on_exceed)
         if limit is not None:
             self._check_size(limit)
@@ -157,9 +155,7 @@ class _Base:
         return self._limit
 
     def _close_guard(self) -> None:
-        self.guard.close()
-        if self._owns_ledger:
-            self.guard.ledger.close()
+        self.guard.close()  # closes the ledger too when it was opened from a URL here
 
 
 class Client(_Base):

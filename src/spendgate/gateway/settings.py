@@ -25,7 +25,7 @@ class Upstream:
     name: str
     kind: UpstreamKind
     base_url: str  # e.g. "https://api.openai.com/v1", "https://api.anthropic.com"
-    api_key: str | None = None  # resolved from the environment at load time; never logged
+    api_key: str | None = field(default=None, repr=False)  # resolved from the environment; never logged
     timeout: float = 600.0  # seconds for a whole upstream call
     connect_timeout: float = 10.0
     headers: Mapping[str, str] = field(default_factory=dict)  # extra headers (e.g. anthropic-version)
@@ -51,11 +51,12 @@ class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 4000
     ledger: str = "sqlite:///spendgate.db"
-    admin_token: str | None = None  # resolved from the environment or config; never logged
+    admin_token: str | None = field(default=None, repr=False)  # from the environment or config; never logged
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     budgets: tuple[Budget, ...] = ()
     prices: Mapping[str, Any] = field(default_factory=dict)  # price overrides, Catalog.set_price shape
+    default_price: Mapping[str, Any] | None = None  # Catalog.set_price shape; for unknown_model "default_price"
     unknown_model: Literal["refuse", "default_price", "free"] = "refuse"
     on_exceed: Literal["raise", "wait", "clamp"] | None = None
     max_wait: float = 30.0
