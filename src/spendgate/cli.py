@@ -319,5 +319,16 @@ def demo_cmd(ledger_url: str, limit: str) -> None:
         _fail(str(exc), EXIT_BAD_INPUT)
 
 
+def _register_gateway_commands() -> None:
+    """keys, budgets and usage (they need no gateway extra); serve when the extra is installed."""
+    from spendgate.gateway.cli_admin import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_gateway_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -56,7 +56,7 @@ class GatewaySettings:
     routes: tuple[Route, ...] = ()
     budgets: tuple[Budget, ...] = ()
     prices: Mapping[str, Any] = field(default_factory=dict)  # price overrides, Catalog.set_price shape
-    default_price: Mapping[str, Any] | None = None  # Catalog.set_price shape; for unknown_model "default_price"
+    default_price: Mapping[str, Any] | None = None  # set_price shape, for unknown_model "default_price"
     unknown_model: Literal["refuse", "default_price", "free"] = "refuse"
     on_exceed: Literal["raise", "wait", "clamp"] | None = None
     max_wait: float = 30.0

@@ -1,0 +1,400 @@
+"""``spendgate keys|budgets|usage``: manage virtual keys and budgets in the ledger file.
+
+Registered on the main group by spendgate.cli (``main.add_command(...)`` for
+each of ``COMMANDS``). The ledger is ``--ledger URL``, else the ``ledger:`` of
+``--config FILE``, else ``$SPENDGATE_LEDGER``, else ``sqlite:///spendgate.db``.
+Exit codes follow spendgate.cli: 4 bad input (including an unknown key or
+budget id), 1 the ledger cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from spendgate.budgets import DIMENSIONS
+from spendgate.errors import ConfigError
+from spendgate.gateway.keys import KeyStore, open_keystore
+from spendgate.gateway.views import (
+    budget_json,
+    key_budget,
+    key_budgets,
+    key_json,
+    money,
+    parse_instance,
+    parse_time,
+)
+from spendgate.ledger import Ledger, LedgerUnavailableError, open_ledger
+from spendgate.money import Money, MoneyError
+
+__all__ = ["COMMANDS", "budgets_group", "keys_group", "resolve_ledger_url", "usage_cmd"]
+
+# The same numbers as spendgate.cli (not imported from there: it imports this module).
+EXIT_UNAVAILABLE = 1
+EXIT_BAD_INPUT = 4
+DEFAULT_LEDGER = "sqlite:///spendgate.db"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    click.echo(f"spendgate: error: {message}", err=True)
+    sys.exit(code)
+
+
+def resolve_ledger_url(ledger: str | None, config: str | None) -> str:
+    """--ledger, else the config's ``ledger:``, else $SPENDGATE_LEDGER, else the default file."""
+    if ledger:
+        return ledger
+    if config:
+        from spendgate.gateway.config import read_ledger_url
+
+        return read_ledger_url(config)
+    return os.environ.get("SPENDGATE_LEDGER") or DEFAULT_LEDGER
+
+
+def ledger_options(func: F) -> F:
+    func = click.option(
+        "--ledger",
+        "ledger_url",
+        metavar="URL",
+        default=None,
+        help="Ledger URL (default: the config's ledger, else $SPENDGATE_LEDGER, else sqlite:///spendgate.db).",
+    )(func)
+    return click.option(
+        "--config",
+        "config_path",
+        metavar="FILE",
+        default=None,
+        help="Gateway config file to read `ledger:` from.",
+    )(func)
+
+
+@contextmanager
+def _opened(
+    ledger_url: str | None, config_path: str | None, *, keys: bool
+) -> Iterator[tuple[Ledger, KeyStore | None]]:
+    try:
+        url = resolve_ledger_url(ledger_url, config_path)
+        ledger = open_ledger(url)
+    except LedgerUnavailableError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    except ConfigError as exc:
+        _fail(str(exc))
+    store: KeyStore | None = None
+    try:
+        if keys:
+            try:
+                store = open_keystore(url)
+            except ConfigError as exc:
+                _fail(str(exc))
+        try:
+            yield ledger, store
+        except LedgerUnavailableError as exc:
+            _fail(str(exc), EXIT_UNAVAILABLE)
+    finally:
+        if store is not None:
+            store.close()
+        ledger.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Virtual keys for the gateway: create, list, disable, enable, rotate, delete."""
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+@keys_group.command("create")
+@click.option("--user", default=None, help="Who the key belongs to (budgets select on it).")
+@click.option("--team", default=None)
+@click.option("--project", default=None)
+@click.option("--customer", default=None, help="Your end customer, if the key is theirs.")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeat, or comma-separate).")
+@click.option(
+    "--models", "models", multiple=True, help="Allowed model patterns, e.g. gpt-4o,claude-* (default: all)."
+)
+@click.option("--budget", default=None, metavar="USD", help="Give the key its own budget of this many USD.")
+@click.option(
+    "--window",
+    default="month",
+    show_default=True,
+    help="The key budget's window: hour, day, week, month, none.",
+)
+@click.option(
+    "--expires",
+    default=None,
+    metavar="ISO",
+    help="Expiry, e.g. 2027-01-01 (UTC) or 2027-01-01T09:00:00+02:00.",
+)
+@click.option("--name", default=None, help="A label for people.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with the secret).")
+@ledger_options
+def keys_create_cmd(
+    user: str | None,
+    team: str | None,
+    project: str | None,
+    customer: str | None,
+    tags: tuple[str, ...],
+    models: tuple[str, ...],
+    budget: str | None,
+    window: str,
+    expires: str | None,
+    name: str | None,
+    as_json: bool,
+    ledger_url: str | None,
+    config_path: str | None,
+) -> None:
+    """Create a virtual key. Its secret is printed once: store it now, it cannot be shown again."""
+    try:
+        expires_at = parse_time(expires, "--expires") if expires else None
+        if budget is not None:
+            key_budget("key_check", budget, window)  # refuse a bad amount before a key exists
+    except ConfigError as exc:
+        _fail(str(exc).replace("budget.limit", "--budget").replace("budget.window", "--window"))
+    except ValueError as exc:
+        _fail(str(exc))
+    if expires_at is not None and expires_at <= _now():
+        _fail(f"--expires: {expires} is in the past")
+    with _opened(ledger_url, config_path, keys=True) as (ledger, store):
+        assert store is not None
+        try:
+            key, secret = store.create(
+                user=user,
+                team=team,
+                project=project,
+                customer=customer,
+                tags=_split(tags),
+                models=_split(models),
+                expires_at=expires_at,
+                name=name,
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+        usage = None
+        if budget is not None:
+            ledger.put_budget(key_budget(key.id, budget, window))
+            usage = ledger.usage(f"key:{key.id}")
+        if as_json:
+            _echo_json({"secret": secret, **key_json(key, _now(), usage)})
+            return
+        click.echo(f"key id: {key.id}")
+        click.echo(f"secret: {secret}")
+        click.echo("Store the secret now: spendgate keeps only its hash and cannot show it again.")
+        if usage is not None:
+            click.echo(f"budget: {usage.budget_id}: {money(usage.limit)} USD, {usage.label}")
+
+
+@keys_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@ledger_options
+def keys_list_cmd(as_json: bool, ledger_url: str | None, config_path: str | None) -> None:
+    """List keys (never their secrets) with the spend of each key's own budget."""
+    with _opened(ledger_url, config_path, keys=True) as (ledger, store):
+        assert store is not None
+        keys = store.list()
+        usages = key_budgets(ledger, keys)
+        now = _now()
+        rows = [key_json(key, now, usages.get(key.id)) for key in keys]
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no keys yet; create one with `spendgate keys create --user NAME`")
+        return
+    click.echo(f"{'ID':<21} {'HINT':<9} {'STATE':<8} {'ATTRIBUTES':<34} {'MODELS':<20} SPEND")
+    for row in rows:
+        attrs = ", ".join(f"{k}={row[k]}" for k in ("user", "team", "project", "customer") if row[k])
+        if row["tags"]:
+            attrs += (", " if attrs else "") + "tags=" + "|".join(row["tags"])
+        spend = "-"
+        if row["budget"]:
+            b = row["budget"]
+            spend = f"{b['spent']}/{b['limit']} USD ({b['percent']}%)"
+        click.echo(
+            f"{row['id']:<21} {row['hint']:<9} {row['state']:<8} {attrs or '-':<34} "
+            f"{','.join(row['models']) or '*':<20} {spend}"
+        )
+
+
+def _key_action(verb: str, action: Callable[[KeyStore, str], Any]) -> Callable[..., None]:
+    @ledger_options
+    @click.argument("key_id")
+    def command(key_id: str, ledger_url: str | None, config_path: str | None) -> None:
+        with _opened(ledger_url, config_path, keys=True) as (_, store):
+            assert store is not None
+            try:
+                result = action(store, key_id)
+            except KeyError:
+                _fail(f"no key {key_id!r}; see `spendgate keys list`")
+        if verb == "rotate":
+            key, secret = result
+            click.echo(f"key id: {key.id}")
+            click.echo(f"secret: {secret}")
+            click.echo("The old secret no longer works (other gateway instances: within seconds).")
+        else:
+            click.echo(f"{verb} {key_id}")
+
+    return command
+
+
+def _delete(store: KeyStore, key_id: str) -> bool:
+    if not store.delete(key_id):
+        raise KeyError(key_id)
+    return True
+
+
+keys_group.command("disable", help="Disable a key (it stops working within seconds everywhere).")(
+    _key_action("disabled", lambda s, k: s.disable(k))
+)
+keys_group.command("enable", help="Enable a disabled key again.")(
+    _key_action("enabled", lambda s, k: s.enable(k))
+)
+keys_group.command("rotate", help="Give a key a new secret; the old one stops working.")(
+    _key_action("rotate", lambda s, k: s.rotate(k))
+)
+keys_group.command("delete", help="Delete a key (its spend stays in the request log).")(
+    _key_action("deleted", _delete)
+)
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+
+
+@click.group("budgets")
+def budgets_group() -> None:
+    """Budgets in the ledger: list with spend, change a limit, reset a window."""
+
+
+@budgets_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@ledger_options
+def budgets_list_cmd(as_json: bool, ledger_url: str | None, config_path: str | None) -> None:
+    """Every budget (and wildcard instance with spend) in its current window."""
+    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+        rows = [budget_json(u) for u in ledger.list_budgets()]
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no budgets; add them to the config's budgets: or with `spendgate keys create --budget`")
+        return
+    click.echo(f"{'ID':<26} {'LABEL':<34} {'SPENT':>12} {'RESERVED':>12} {'LIMIT':>10} {'%':>4}  RESETS AT")
+    for r in rows:
+        ident = r["id"] + (
+            f"[{','.join(f'{k}={v}' for k, v in r['instance'].items())}]" if r["instance"] else ""
+        )
+        click.echo(
+            f"{ident:<26} {r['label']:<34} {r['spent']:>12} {r['reserved']:>12} {r['limit']:>10} "
+            f"{r['percent']:>3}%  {r['resets_at'] or 'never'}"
+        )
+
+
+@budgets_group.command("set-limit")
+@click.argument("budget_id")
+@click.argument("amount")
+@ledger_options
+def budgets_set_limit_cmd(
+    budget_id: str, amount: str, ledger_url: str | None, config_path: str | None
+) -> None:
+    """Raise or lower BUDGET_ID's limit to AMOUNT USD, now, for every process (waiting requests wake)."""
+    try:
+        limit = Money.parse(amount, what="AMOUNT")
+    except MoneyError as exc:
+        _fail(str(exc))
+    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+        try:
+            ledger.set_limit(budget_id, limit)
+        except KeyError:
+            _fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
+    click.echo(f"{budget_id}: limit {money(limit)} USD")
+
+
+@budgets_group.command("reset")
+@click.argument("budget_id")
+@click.option(
+    "--instance", "instance", multiple=True, metavar="DIM=VALUE", help="Reset one instance, e.g. user=alice."
+)
+@ledger_options
+def budgets_reset_cmd(
+    budget_id: str, instance: tuple[str, ...], ledger_url: str | None, config_path: str | None
+) -> None:
+    """Zero BUDGET_ID's spend in its current window (every instance, or one)."""
+    try:
+        values = parse_instance(instance) or None
+    except ConfigError as exc:
+        _fail(str(exc).replace("instance:", "--instance:"))
+    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+        try:
+            ledger.reset(budget_id, values)
+        except KeyError:
+            _fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
+        except ValueError as exc:
+            _fail(str(exc))
+    click.echo(f"{budget_id}: reset" + (f" ({', '.join(instance)})" if instance else ""))
+
+
+# -- usage -------------------------------------------------------------------------------------------
+
+
+@click.command("usage")
+@click.option("--by", "dimension", type=click.Choice(DIMENSIONS), default="user", show_default=True)
+@click.option("--since", default=None, metavar="ISO", help="From this instant (UTC if no offset).")
+@click.option("--until", default=None, metavar="ISO", help="Up to (not including) this instant.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@ledger_options
+def usage_cmd(
+    dimension: str,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+    ledger_url: str | None,
+    config_path: str | None,
+) -> None:
+    """Spend per user, team, key, model, project, customer or tag, from the request log."""
+    try:
+        start = parse_time(since, "--since") if since else None
+        end = parse_time(until, "--until") if until else None
+    except ValueError as exc:
+        _fail(str(exc))
+    if start and end and end <= start:
+        _fail("--until must be after --since")
+    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+        totals = ledger.usage_by(dimension, start, end)
+    rows = sorted(totals.items(), key=lambda item: (-item[1].nanos, item[0]))
+    if as_json:
+        _echo_json(
+            {"by": dimension, "usage": [{dimension: value, "cost": money(cost)} for value, cost in rows]}
+        )
+        return
+    if not rows:
+        click.echo("no requests logged in that range")
+        return
+    width = max(len(dimension), *(len(value) for value, _ in rows))
+    click.echo(f"{dimension.upper():<{width}}  COST (USD)")
+    for value, cost in rows:
+        click.echo(f"{value:<{width}}  {money(cost)}")
+    click.echo(f"{'total':<{width}}  {money(sum((c for _, c in rows), Money(0)))}")
+
+
+COMMANDS: tuple[click.Command, ...] = (keys_group, budgets_group, usage_cmd)

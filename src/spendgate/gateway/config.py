@@ -1,0 +1,592 @@
+"""The gateway's YAML config -> ``GatewaySettings``, validated, with errors naming file, line and key.
+
+    settings = load_settings("spendgate.yaml")
+
+Every problem raises ``GatewayConfigError`` (a ``ConfigError``) whose ``key``
+is the dotted/indexed path (``budgets[2].limit``) and whose message reads
+``spendgate.yaml:12: upstreams.openai.base_url: must be an http(s) URL``.
+The format is documented in docs/gateway-config.md.
+
+Secrets never live in the file: upstream API keys and the admin token come
+from environment variables named in it (an inline ``admin_token`` is accepted,
+with a warning). An upstream whose key variable is unset is refused at load
+time, unless it is marked ``api_key_optional: true`` or its host is the local
+machine (Ollama, vLLM, the fake upstream), so a typo never shows up later as
+401s from the provider.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final, cast
+from urllib.parse import urlsplit
+
+import yaml
+
+from spendgate.budgets import Budget
+from spendgate.errors import ConfigError
+from spendgate.gateway.settings import GatewaySettings, Route, Upstream, UpstreamKind
+
+__all__ = [
+    "DEFAULT_ADMIN_TOKEN_ENV",
+    "GatewayConfigError",
+    "load_settings",
+    "parse_settings",
+    "read_ledger_url",
+]
+
+log = logging.getLogger("spendgate.gateway.config")
+
+DEFAULT_ADMIN_TOKEN_ENV: Final = "SPENDGATE_ADMIN_TOKEN"
+_TOP_KEYS: Final = (
+    "listen",
+    "ledger",
+    "admin_token_env",
+    "admin_token",
+    "keys",
+    "upstreams",
+    "routes",
+    "budgets",
+    "prices",
+    "defaults",
+)
+_LISTEN_KEYS: Final = ("host", "port")
+_KEYS_KEYS: Final = ("required",)
+_UPSTREAM_KEYS: Final = (
+    "kind",
+    "base_url",
+    "api_key_env",
+    "api_key_optional",
+    "timeout",
+    "connect_timeout",
+    "headers",
+)
+_ROUTE_KEYS: Final = ("model", "upstream", "upstream_model")
+_DEFAULT_KEYS: Final = (
+    "on_exceed",
+    "max_wait",
+    "unknown_model",
+    "default_price",
+    "max_body_bytes",
+    "request_timeout",
+    "lease",
+)
+_KINDS: Final = ("openai", "anthropic")
+_ON_EXCEED: Final = ("raise", "wait", "clamp")
+_UNKNOWN_MODEL: Final = ("refuse", "default_price", "free")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LOCAL_HOSTS: Final = ("localhost", "host.docker.internal")
+
+
+class GatewayConfigError(ConfigError):
+    """A ConfigError that also knows the file and line it points at."""
+
+    def __init__(self, key: str, problem: str, *, source: str | None = None, line: int | None = None) -> None:
+        super().__init__(key, problem)
+        self.source = source
+        self.line = line
+        where = f"{source}:{line}: " if source and line else f"{source}: " if source else ""
+        body = f"{key}: {problem}" if key else problem
+        self.args = (where + body,)
+
+
+# -- YAML with line numbers -----------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load, except that YAML floats become Decimal: money in config stays exact."""
+
+
+def _decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal:
+    text = str(loader.construct_scalar(cast(yaml.ScalarNode, node))).replace("_", "").lower()
+    if text in (".inf", "+.inf", "-.inf", ".nan"):
+        return Decimal("NaN") if text == ".nan" else Decimal(text.replace(".", ""))
+    return Decimal(text)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _decimal)
+
+
+def _lines(node: yaml.Node | None, path: str, out: dict[str, int], source: str) -> None:
+    """Map every key path to its 1-based line; refuse duplicate keys (YAML keeps the last silently)."""
+    if node is None:
+        return
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = f"{path}.{key}" if path else key
+            if key in seen:
+                raise GatewayConfigError(
+                    child, "listed twice", source=source, line=key_node.start_mark.line + 1
+                )
+            seen.add(key)
+            out[child] = key_node.start_mark.line + 1
+            _lines(value_node, child, out, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _lines(item, f"{path}[{index}]", out, source)
+
+
+# -- entry points ------------------------------------------------------------------------
+
+
+def load_settings(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> GatewaySettings:
+    """Read and validate a YAML config file."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GatewayConfigError("", f"cannot read config: {exc.strerror or exc}", source=source) from None
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise GatewayConfigError("", f"not valid YAML: {problem}", source=source, line=line) from None
+    lines: dict[str, int] = {}
+    _lines(root, "", lines, source)
+    if data is None:
+        data = {}
+    return _parse(data, source=source, lines=lines, environ=environ)
+
+
+def read_ledger_url(path: str | os.PathLike[str]) -> str:
+    """Only the ``ledger:`` of a config file (the admin CLI needs no upstream keys in its environment)."""
+    source = os.fspath(path)
+    try:
+        data = yaml.load(Path(source).read_text(encoding="utf-8"), Loader=_Loader)
+    except OSError as exc:
+        raise GatewayConfigError("", f"cannot read config: {exc.strerror or exc}", source=source) from None
+    except yaml.YAMLError as exc:
+        raise GatewayConfigError("", f"not valid YAML: {exc}", source=source) from None
+    if not isinstance(data, Mapping) or data.get("ledger") is None:
+        return GatewaySettings().ledger
+    return _ledger_url(_Reader(source, {}), data["ledger"])
+
+
+def parse_settings(
+    data: Mapping[str, Any], *, source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> GatewaySettings:
+    """Validate an already-parsed config mapping (no line numbers)."""
+    return _parse(data, source=source, lines={}, environ=environ)
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+class _Reader:
+    """Error helpers that know the source and the line of each key path."""
+
+    def __init__(self, source: str, lines: Mapping[str, int]) -> None:
+        self.source = source
+        self.lines = lines
+
+    def line_of(self, key: str) -> int | None:
+        probe = key
+        while probe:
+            if probe in self.lines:
+                return self.lines[probe]
+            cut = max(probe.rfind("."), probe.rfind("["))
+            probe = probe[:cut] if cut > 0 else ""
+        return self.lines.get("")
+
+    def error(self, key: str, problem: str) -> GatewayConfigError:
+        return GatewayConfigError(key, problem, source=self.source, line=self.line_of(key))
+
+    def rewrap(self, exc: ConfigError, line_key: str | None = None) -> GatewayConfigError:
+        return GatewayConfigError(
+            exc.key, exc.problem, source=self.source, line=self.line_of(line_key or exc.key)
+        )
+
+    def mapping(self, value: object, key: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.error(key, f"must be a mapping, got {_kind(value)}")
+        return value
+
+    def known(self, data: Mapping[str, Any], allowed: Iterable[str], prefix: str) -> None:
+        allowed = tuple(allowed)
+        for key in data:
+            if key not in allowed:
+                name = str(key)
+                close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise self.error(
+                    f"{prefix}.{name}" if prefix else name,
+                    f"unknown key{hint} (known: {', '.join(allowed)})",
+                )
+
+    def string(self, value: object, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, f"must be a non-empty string, got {_kind(value)}")
+        return value.strip()
+
+    def boolean(self, value: object, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {_kind(value)}")
+        return value
+
+    def seconds(self, value: object, key: str, *, zero_ok: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            raise self.error(key, f"must be a number of seconds, got {_kind(value)}")
+        number = float(value)
+        if not (number >= 0 if zero_ok else number > 0) or not math.isfinite(number):
+            raise self.error(key, f"must be a {'' if zero_ok else 'positive '}number of seconds, got {value}")
+        return number
+
+    def whole(self, value: object, key: str, *, low: int, high: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"must be a whole number, got {_kind(value)}")
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise self.error(key, f"must be {bound}, got {value}")
+        return value
+
+    def choice(self, value: object, key: str, choices: Iterable[str]) -> str:
+        choices = tuple(choices)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    def env_name(self, value: object, key: str) -> str:
+        name = self.string(value, key)
+        if not _ENV_NAME.match(name):
+            raise self.error(key, f"must be an environment variable name like OPENAI_API_KEY, got {name!r}")
+        return name
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, int | float | Decimal):
+        return f"the number {value}"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+def _parse(
+    data: object, *, source: str, lines: Mapping[str, int], environ: Mapping[str, str] | None
+) -> GatewaySettings:
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    r = _Reader(source, lines)
+    top = r.mapping(data, "")
+    r.known(top, _TOP_KEYS, "")
+
+    host, port = "127.0.0.1", 4000
+    if "listen" in top:
+        listen = r.mapping(top["listen"], "listen")
+        r.known(listen, _LISTEN_KEYS, "listen")
+        if "host" in listen:
+            host = r.string(listen["host"], "listen.host")
+        if "port" in listen:
+            port = r.whole(listen["port"], "listen.port", low=0, high=65535)
+
+    ledger = "sqlite:///spendgate.db"
+    if "ledger" in top:
+        ledger = _ledger_url(r, top["ledger"])
+
+    admin_token = _admin_token(r, top, env)
+
+    keys_required = True
+    if "keys" in top:
+        keys = r.mapping(top["keys"], "keys")
+        r.known(keys, _KEYS_KEYS, "keys")
+        if "required" in keys:
+            keys_required = r.boolean(keys["required"], "keys.required")
+
+    upstreams = _upstreams(r, top.get("upstreams"), env)
+    routes = _routes(r, top.get("routes"), upstreams)
+    budgets = _budgets(r, top.get("budgets"))
+    prices = _prices(r, top.get("prices"))
+
+    defaults: Mapping[str, Any] = {}
+    if "defaults" in top:
+        defaults = r.mapping(top["defaults"], "defaults")
+        r.known(defaults, _DEFAULT_KEYS, "defaults")
+    on_exceed = None
+    if defaults.get("on_exceed") is not None:
+        on_exceed = r.choice(defaults["on_exceed"], "defaults.on_exceed", _ON_EXCEED)
+    unknown_model = r.choice(
+        defaults.get("unknown_model", "refuse"), "defaults.unknown_model", _UNKNOWN_MODEL
+    )
+    default_price: Mapping[str, Any] | None = None
+    if "default_price" in defaults:
+        raw = r.mapping(defaults["default_price"], "defaults.default_price")
+        _check_price(r, "(default)", raw, "defaults.default_price")
+        default_price = dict(raw)
+    if unknown_model == "default_price" and default_price is None:
+        raise r.error(
+            "defaults.default_price",
+            'required when unknown_model is default_price, e.g. {input: "5", output: "15"} (USD per 1M tokens)',
+        )
+    base = GatewaySettings()
+    return GatewaySettings(
+        host=host,
+        port=port,
+        ledger=ledger,
+        admin_token=admin_token,
+        upstreams=upstreams,
+        routes=routes,
+        budgets=budgets,
+        prices=prices,
+        default_price=default_price,
+        unknown_model=cast(Any, unknown_model),
+        on_exceed=cast(Any, on_exceed),
+        max_wait=_default(r, defaults, "max_wait", base.max_wait, r.seconds, zero_ok=True),
+        max_body_bytes=(
+            r.whole(defaults["max_body_bytes"], "defaults.max_body_bytes", low=1)
+            if "max_body_bytes" in defaults
+            else base.max_body_bytes
+        ),
+        request_timeout=_default(r, defaults, "request_timeout", base.request_timeout, r.seconds),
+        lease=_default(r, defaults, "lease", base.lease, r.seconds),
+        keys_required=keys_required,
+    )
+
+
+def _default(
+    r: _Reader,
+    defaults: Mapping[str, Any],
+    name: str,
+    fallback: float,
+    check: Callable[..., float],
+    **options: Any,
+) -> float:
+    return check(defaults[name], f"defaults.{name}", **options) if name in defaults else fallback
+
+
+def _ledger_url(r: _Reader, value: object) -> str:
+    from spendgate.ledger import known_schemes
+
+    url = r.string(value, "ledger")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in known_schemes():
+        shown = url.rsplit("@", maxsplit=1)[-1]  # a URL may carry a password: never echo it
+        known = ", ".join(s + "://" for s in known_schemes())
+        raise r.error("ledger", f"unknown ledger URL {shown!r}; known schemes: {known}")
+    if scheme.lower() == "sqlite" and (not rest.startswith("/") or len(rest) < 2):
+        raise r.error("ledger", f"write a SQLite ledger URL as sqlite:///path/to/spendgate.db, got {url!r}")
+    return url
+
+
+def _admin_token(r: _Reader, top: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    explicit = "admin_token_env" in top
+    name = r.env_name(top["admin_token_env"], "admin_token_env") if explicit else DEFAULT_ADMIN_TOKEN_ENV
+    from_env = env.get(name) or None
+    inline = None
+    if "admin_token" in top and top["admin_token"] is not None:
+        inline = r.string(top["admin_token"], "admin_token")
+        log.warning(
+            "spendgate: %s: admin_token is written in the config file; prefer admin_token_env "
+            "(a secret in a file ends up in backups and version control)",
+            r.source,
+        )
+    token = from_env or inline
+    if token is None and explicit:
+        # Naming a variable says the admin API is wanted: an unset one is a mistake, not "disabled".
+        raise r.error("admin_token_env", f"environment variable {name} is not set")
+    if token is not None and len(token) < 16:
+        log.warning("spendgate: the admin token is shorter than 16 characters; use a long random one")
+    return token
+
+
+def _upstreams(r: _Reader, value: object, env: Mapping[str, str]) -> dict[str, Upstream]:
+    if value is None:
+        raise r.error("upstreams", "missing: name at least one upstream (e.g. openai) to send requests to")
+    section = r.mapping(value, "upstreams")
+    if not section:
+        raise r.error("upstreams", "empty: name at least one upstream")
+    out: dict[str, Upstream] = {}
+    for raw_name, raw in section.items():
+        name = str(raw_name)
+        where = f"upstreams.{name}"
+        if not _NAME.match(name):
+            raise r.error(where, "an upstream name is letters, digits, '_', '.', '-' (up to 64)")
+        item = r.mapping(raw, where)
+        r.known(item, _UPSTREAM_KEYS, where)
+        if "kind" not in item:
+            raise r.error(f"{where}.kind", f"missing: one of {', '.join(_KINDS)}")
+        kind = r.choice(item["kind"], f"{where}.kind", _KINDS)
+        if "base_url" not in item:
+            raise r.error(f"{where}.base_url", "missing: the upstream's URL, e.g. https://api.openai.com/v1")
+        base_url = _http_url(r, item["base_url"], f"{where}.base_url")
+        optional = (
+            r.boolean(item["api_key_optional"], f"{where}.api_key_optional")
+            if "api_key_optional" in item
+            else False
+        )
+        api_key: str | None = None
+        if item.get("api_key_env") is not None:
+            var = r.env_name(item["api_key_env"], f"{where}.api_key_env")
+            api_key = env.get(var) or None
+            if api_key is None and not (optional or _is_local(base_url)):
+                raise r.error(
+                    f"{where}.api_key_env",
+                    f"environment variable {var} is not set; export it, or mark the upstream "
+                    "api_key_optional: true if it needs no key",
+                )
+        elif not (optional or _is_local(base_url)):
+            raise r.error(
+                f"{where}.api_key_env",
+                "missing: name the environment variable holding this upstream's API key "
+                "(or set api_key_optional: true)",
+            )
+        headers: dict[str, str] = {}
+        if "headers" in item:
+            raw_headers = r.mapping(item["headers"], f"{where}.headers")
+            for header, header_value in raw_headers.items():
+                key = f"{where}.headers.{header}"
+                if not isinstance(header_value, str | int) or isinstance(header_value, bool):
+                    raise r.error(key, f"must be a string, got {_kind(header_value)}")
+                if str(header).lower() in ("authorization", "x-api-key", "api-key"):
+                    raise r.error(key, "credentials come from api_key_env, never from the config file")
+                headers[str(header)] = str(header_value)
+        out[name] = Upstream(
+            name=name,
+            kind=cast(UpstreamKind, kind),
+            base_url=base_url,
+            api_key=api_key,
+            timeout=r.seconds(item["timeout"], f"{where}.timeout") if "timeout" in item else 600.0,
+            connect_timeout=(
+                r.seconds(item["connect_timeout"], f"{where}.connect_timeout")
+                if "connect_timeout" in item
+                else 10.0
+            ),
+            headers=headers,
+        )
+    return out
+
+
+def _http_url(r: _Reader, value: object, key: str) -> str:
+    url = r.string(value, key)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise r.error(key, f"must be an http(s) URL, got {url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise r.error(key, f"must be an http(s) URL, got {url!r}")
+    if parts.username or parts.password:
+        raise r.error(key, "must not carry credentials; use api_key_env")
+    if parts.query or parts.fragment:
+        raise r.error(key, f"must not have a query or fragment, got {url!r}")
+    return url.rstrip("/")
+
+
+def _is_local(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host in _LOCAL_HOSTS or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _routes(r: _Reader, value: object, upstreams: Mapping[str, Upstream]) -> tuple[Route, ...]:
+    if value is None:
+        raise r.error(
+            "routes", 'missing: map model names to upstreams, e.g. [{model: "gpt-*", upstream: openai}]'
+        )
+    if not isinstance(value, list):
+        raise r.error("routes", f"must be a list of {{model, upstream}} entries, got {_kind(value)}")
+    out: list[Route] = []
+    for index, raw in enumerate(value):
+        where = f"routes[{index}]"
+        item = r.mapping(raw, where)
+        r.known(item, _ROUTE_KEYS, where)
+        for required in ("model", "upstream"):
+            if required not in item:
+                raise r.error(f"{where}.{required}", "missing")
+        model = r.string(item["model"], f"{where}.model")
+        upstream = r.string(item["upstream"], f"{where}.upstream")
+        if upstream not in upstreams:
+            close = difflib.get_close_matches(upstream, list(upstreams), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise r.error(
+                f"{where}.upstream", f"no upstream named {upstream!r}{hint} (known: {', '.join(upstreams)})"
+            )
+        target = None
+        if item.get("upstream_model") is not None:
+            target = r.string(item["upstream_model"], f"{where}.upstream_model")
+            if any(c in model for c in "*?["):
+                raise r.error(
+                    f"{where}.upstream_model",
+                    f"a glob route ({model!r}) cannot rename models; give an exact model name",
+                )
+        out.append(Route(model=model, upstream=upstream, upstream_model=target))
+    return tuple(out)
+
+
+def _budgets(r: _Reader, value: object) -> tuple[Budget, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise r.error("budgets", f"must be a list of budgets, got {_kind(value)}")
+    out: list[Budget] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(value):
+        where = f"budgets[{index}]"
+        try:
+            budget = Budget.from_config(raw, where=where)
+        except ConfigError as exc:
+            raise r.rewrap(exc) from None
+        if budget.id in seen:
+            raise r.error(
+                f"{where}.id", f"budget id {budget.id!r} is also used by budgets[{seen[budget.id]}]"
+            )
+        seen[budget.id] = index
+        out.append(budget)
+    return tuple(out)
+
+
+def _prices(r: _Reader, value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    section = r.mapping(value, "prices")
+    out: dict[str, Any] = {}
+    for raw_name, raw in section.items():
+        name = str(raw_name)
+        where = f"prices.{name}"
+        item = r.mapping(raw, where)
+        _check_price(r, name, item, where)
+        out[name] = dict(item)
+    return out
+
+
+def _check_price(r: _Reader, name: str, price: Mapping[str, Any], where: str) -> None:
+    """Validate by applying the override to a throwaway catalog: the same code the gateway will run."""
+    from spendgate.pricing.catalog import Catalog
+
+    try:
+        Catalog.builtin().apply_overrides({name: dict(price)})
+    except ConfigError as exc:
+        raise GatewayConfigError(
+            exc.key if where.startswith("prices") else where,
+            exc.problem,
+            source=r.source,
+            line=r.line_of(where),
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise r.error(where, str(exc)) from None
