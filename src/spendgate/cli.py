@@ -325,6 +325,25 @@ def _register_gateway_commands() -> None:
 
     for command in COMMANDS:
         main.add_command(command)
+    main.add_command(serve_cmd)
+
+
+@click.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="The gateway's YAML config.")
+@click.option("--host", default=None, help="Listen address (default: the config's, else 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Listen port (0 picks a free one).")
+@click.option("--demo", is_flag=True, help="Start a fake upstream and route every model to it.")
+def serve_cmd(config_path: str | None, host: str | None, port: int | None, demo: bool) -> None:
+    """Run the OpenAI-compatible gateway."""
+    try:  # imported here: the gateway's dependencies cost every other command 0.15 s
+        from spendgate.gateway.server import serve
+    except ImportError as exc:
+        _fail(f"the gateway needs {exc.name}: pip install 'spendgate[gateway]'", EXIT_BAD_INPUT)
+        return
+    try:
+        serve(config_path, demo=demo, host=host, port=port)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
 
 
 _register_gateway_commands()

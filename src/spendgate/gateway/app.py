@@ -1,0 +1,337 @@
+"""The gateway's ASGI app: the /v1 proxy routes, models, health, metrics and the admin API.
+
+The /v1 POST routes are dispatched by a dict lookup straight to ``proxy.handle``
+(measured: a framework router and Request/Response objects cost more than the
+rest of the gateway's own work on a call); everything else goes through a
+Starlette router.
+
+A ``GatewayState`` is everything a request needs (settings, guard, keys, the
+upstream client, metrics). A reload builds a new one and swaps it in with one
+assignment: a request takes the state once, when it starts, and keeps it to
+the end, so in-flight requests finish with the settings they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route, Router
+
+from spendgate.gateway import proxy
+from spendgate.gateway.metrics import CONTENT_TYPE, Metrics
+from spendgate.gateway.settings import GatewaySettings, VirtualKey
+from spendgate.gateway.upstream_client import UpstreamClient
+from spendgate.guard import Guard
+from spendgate.ledger import Ledger, open_ledger
+from spendgate.pricing.catalog import Catalog
+
+log = logging.getLogger("spendgate.gateway")
+
+ASGIApp = Callable[[proxy.Scope, proxy.Receive, proxy.Send], Awaitable[None]]
+
+MAX_LISTED_MODELS = 1000
+_GLOB = frozenset("*?[")
+
+
+class KeyLookup(Protocol):
+    """What the proxy needs of a key store (``spendgate.gateway.keys.KeyStore`` has it)."""
+
+    def authenticate(self, secret: str) -> VirtualKey | None: ...
+
+
+class NoKeys:
+    """A key store that knows no key (the store could not be opened, or keys are not used)."""
+
+    def authenticate(self, secret: str) -> VirtualKey | None:
+        return None
+
+
+@dataclass(eq=False)
+class GatewayState:
+    settings: GatewaySettings
+    guard: Guard
+    keys: KeyLookup
+    client: UpstreamClient
+    metrics: Metrics
+    #: Closed by ``aclose`` (False when shared with the state that replaced this one).
+    owns_ledger: bool = True
+    owns_client: bool = True
+    #: ``keys.lookup`` when the store has it (disabled and expired keys too: precise 401s).
+    find_key: Callable[[str], VirtualKey | None] = field(init=False, repr=False)
+    _models: list[tuple[str, str]] | None = field(default=None, repr=False)
+    _admin: ASGIApp | None = field(default=None, repr=False)
+    _admin_tried: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        lookup = getattr(self.keys, "lookup", None)
+        self.find_key = lookup if callable(lookup) else self.keys.authenticate
+
+    @classmethod
+    def build(
+        cls,
+        settings: GatewaySettings,
+        *,
+        keys: KeyLookup | None = None,
+        metrics: Metrics | None = None,
+        client: UpstreamClient | None = None,
+        ledger: Ledger | None = None,
+        catalog: Catalog | None = None,
+    ) -> GatewayState:
+        """A state for ``settings``; ``ledger``/``client``/``metrics`` are reused when given."""
+        owns_ledger = ledger is None
+        if ledger is None:
+            ledger = open_ledger(settings.ledger, budgets=settings.budgets)
+        if catalog is None:
+            catalog = Catalog.default()
+            if settings.default_price is not None:
+                # set_price validates the config shape; the default is not a model, so it goes again.
+                catalog.default_price = catalog.set_price("spendgate-default-price", settings.default_price)
+                catalog.remove_price("spendgate-default-price")
+            catalog.unknown_model = settings.unknown_model
+        if settings.prices:
+            catalog.apply_overrides(settings.prices)
+        guard = Guard(
+            ledger,
+            budgets=settings.budgets,
+            catalog=catalog,
+            on_exceed=settings.on_exceed,
+            max_wait=settings.max_wait,
+            lease=settings.lease,
+        )
+        return cls(
+            settings=settings,
+            guard=guard,
+            keys=keys if keys is not None else NoKeys(),
+            client=client if client is not None else UpstreamClient(),
+            metrics=metrics if metrics is not None else Metrics(),
+            owns_ledger=owns_ledger,
+            owns_client=client is None,
+        )
+
+    def successor(self, settings: GatewaySettings, *, keys: KeyLookup | None = None) -> GatewayState:
+        """The state for reloaded ``settings``: the same client, metrics and, when its URL is
+        unchanged, the same ledger and keys (ownership moves to the successor)."""
+        same_ledger = settings.ledger == self.settings.ledger
+        new = GatewayState.build(
+            settings,
+            keys=keys if keys is not None else (self.keys if same_ledger else None),
+            metrics=self.metrics,
+            client=self.client,
+            ledger=self.ledger if same_ledger else None,
+        )
+        new.owns_client, self.owns_client = self.owns_client, False
+        if same_ledger:
+            new.owns_ledger, self.owns_ledger = self.owns_ledger, False
+        return new
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.guard.ledger
+
+    def routed_models(self) -> list[tuple[str, str]]:
+        """(model, upstream) for every exact route, and catalog models that glob routes match."""
+        if self._models is None:
+            settings = self.settings
+            seen: dict[str, str] = {}
+            for route in settings.routes:
+                if route.upstream not in settings.upstreams:
+                    continue
+                if not _GLOB.intersection(route.model):
+                    seen.setdefault(route.model, route.upstream)
+                    continue
+                for price in self.guard.catalog.models():
+                    if len(seen) >= MAX_LISTED_MODELS:
+                        break
+                    if route.matches(price.name):
+                        seen.setdefault(price.name, route.upstream)
+            self._models = sorted(seen.items())[:MAX_LISTED_MODELS]
+        return self._models
+
+    def admin_app(self) -> ASGIApp | None:
+        if not self._admin_tried:
+            self._admin_tried = True
+            try:
+                from spendgate.gateway.admin import create_admin_app
+                from spendgate.gateway.keys import KeyStore
+            except ImportError:
+                log.info("spendgate.gateway.admin is not available: /admin is off")
+                return None
+            if not isinstance(self.keys, KeyStore):
+                log.warning("no key store: /admin is off")
+            else:
+                token = self.settings.admin_token
+                self._admin = create_admin_app(keys=self.keys, ledger=self.ledger, admin_token=lambda: token)
+        return self._admin
+
+    async def aclose(self) -> None:
+        self.guard.close()  # unsubscribes; the guard never owns a ledger passed to it
+        if self.owns_client:
+            await self.client.aclose()
+        if self.owns_ledger:
+            self.ledger.close()
+        closer = getattr(self.keys, "close", None)
+        if callable(closer) and self.owns_ledger:
+            closer()
+
+
+class GatewayApp:
+    """The ASGI app. ``swap(state)`` replaces the state for requests that start afterwards."""
+
+    def __init__(self, source: GatewayState | Callable[[], GatewayState]) -> None:
+        self._factory: Callable[[], GatewayState] | None = None
+        self._state: GatewayState | None = None
+        if isinstance(source, GatewayState):
+            self._state = source
+        else:
+            self._factory = source
+        self._inflight: dict[GatewayState, int] = {}
+        self._retired: list[GatewayState] = []
+        self._router = Router(
+            routes=[
+                Route("/healthz", self._healthz, methods=["GET", "HEAD"]),
+                Route("/readyz", self._readyz, methods=["GET", "HEAD"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Mount("/admin", app=self._admin),
+            ]
+        )
+
+    @property
+    def state(self) -> GatewayState:
+        if self._state is None:
+            assert self._factory is not None
+            self._state = self._factory()
+        return self._state
+
+    def swap(self, new: GatewayState) -> GatewayState:
+        """Make ``new`` the state of new requests; the old one closes once its requests end."""
+        old = self.state
+        self._state = new
+        if old is not new:
+            self._retired.append(old)
+            self._close_idle()
+        return old
+
+    def _close_idle(self) -> None:
+        for old in list(self._retired):
+            if not self._inflight.get(old):
+                self._retired.remove(old)
+                task = asyncio.get_running_loop().create_task(old.aclose())
+                task.add_done_callback(_log_failure)
+
+    async def aclose(self) -> None:
+        for old in self._retired:
+            await old.aclose()
+        self._retired.clear()
+        if self._state is not None:
+            await self._state.aclose()
+
+    async def __call__(self, scope: proxy.Scope, receive: proxy.Receive, send: proxy.Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            spec = proxy.ENDPOINTS.get(scope["path"])
+            if spec is not None and scope["method"] == "POST":
+                state = self.state  # taken once: a reload does not change it under this request
+                counts = self._inflight
+                counts[state] = counts.get(state, 0) + 1
+                try:
+                    await proxy.handle(state, spec, scope, receive, send)
+                finally:
+                    left = counts[state] - 1
+                    if left:
+                        counts[state] = left
+                    else:
+                        del counts[state]
+                        if self._retired:
+                            self._close_idle()
+                return
+            await self._router(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self._router(scope, receive, send)
+
+    async def _lifespan(self, receive: proxy.Receive, send: proxy.Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    _ = self.state
+                except Exception as exc:
+                    log.exception("gateway startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                # uvicorn calls this after in-flight requests finished (and settled).
+                try:
+                    await self.aclose()
+                except Exception as exc:
+                    log.exception("gateway shutdown failed")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- the other routes -------------------------------------------------------------------
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        try:
+            budgets = self.state.ledger.list_budgets()
+        except Exception as exc:
+            log.warning("readyz: the ledger did not answer: %s", exc)
+            return JSONResponse({"status": "unavailable", "ledger": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ready", "budgets": len(budgets)})
+
+    async def _metrics(self, request: Request) -> Response:
+        state = self.state
+        return Response(state.metrics.render(state.ledger), media_type=CONTENT_TYPE)
+
+    async def _models(self, request: Request) -> Response:
+        state = self.state
+        secret: str | None = None
+        auth = request.headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            secret = auth[7:].strip() or None
+        secret = secret or request.headers.get("x-api-key") or None
+        try:
+            key = proxy._authenticate(state, secret)
+        except proxy.GatewayError as err:
+            return JSONResponse(err.payload(False), status_code=err.status)
+        data = [
+            {"id": model, "object": "model", "created": 0, "owned_by": upstream}
+            for model, upstream in state.routed_models()
+            if key is None or key.allows(model)
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _admin(self, scope: proxy.Scope, receive: proxy.Receive, send: proxy.Send) -> None:
+        app = self.state.admin_app()
+        if app is None:
+            response = JSONResponse(
+                {"error": {"message": "The admin API is not available."}}, status_code=404
+            )
+            await response(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        exc = task.exception()
+        if exc is not None:
+            log.error("closing a replaced gateway state failed: %r", exc)
+
+
+def create_app(source: GatewayState | Callable[[], GatewayState]) -> GatewayApp:
+    """The gateway's ASGI app over a state, or a factory called at startup."""
+    return GatewayApp(source)

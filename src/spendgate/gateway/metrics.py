@@ -1,0 +1,89 @@
+"""Prometheus metrics of the gateway, in their own registry (never the process-global one).
+
+``cost_usd_total`` is a float Counter because that is how Prometheus exports
+money; it is for dashboards only. The ledger keeps the exact amounts (integer
+nano-USD) and is the record to bill from.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from spendgate.ledger import Ledger
+    from spendgate.usage import Usage
+
+log = logging.getLogger("spendgate.gateway.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Proxy latencies sit around a millisecond; provider calls around seconds.
+_REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Every metric the gateway exports; shared by successive states across reloads."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "spendgate_requests", "Requests answered", ("route", "model", "status"), registry=r
+        )
+        self.tokens = Counter("spendgate_tokens", "Tokens settled", ("model", "kind"), registry=r)
+        self.cost = Counter(
+            "spendgate_cost_usd",
+            "Settled cost in USD (float, for dashboards; the ledger holds exact amounts)",
+            ("model", "key"),
+            registry=r,
+        )
+        self.budget_ratio = Gauge(
+            "spendgate_budget_usage_ratio",
+            "Spent plus reserved over the limit, per budget instance, at scrape time",
+            ("budget",),
+            registry=r,
+        )
+        self.refusals = Counter("spendgate_refusals", "Requests refused", ("reason",), registry=r)
+        self.request_duration = Histogram(
+            "spendgate_request_duration_seconds",
+            "Time from request to the end of the response, as the gateway sees it",
+            ("route",),
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "spendgate_upstream_duration_seconds",
+            "Time from sending to the upstream to its response headers",
+            ("upstream",),
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+
+    def settled(self, model: str, key: str | None, usage: Usage | None, cost_usd: float) -> None:
+        if usage is not None:
+            if usage.input_tokens:
+                self.tokens.labels(model, "input").inc(usage.input_tokens)
+            if usage.output_tokens:
+                self.tokens.labels(model, "output").inc(usage.output_tokens)
+            if usage.cache_read_tokens:
+                self.tokens.labels(model, "cache_read").inc(usage.cache_read_tokens)
+        self.cost.labels(model, key or "").inc(cost_usd)
+
+    def render(self, ledger: Ledger | None) -> bytes:
+        """The exposition text; budget ratios are read from the ledger now."""
+        if ledger is not None:
+            try:
+                usages = ledger.list_budgets()
+            except Exception:
+                log.warning("metrics: the ledger did not answer list_budgets", exc_info=True)
+            else:
+                self.budget_ratio.clear()  # drop instances whose window passed
+                for u in usages:
+                    name = u.budget_id + (f"[{u.instance_key}]" if u.instance else "")
+                    used = u.spent.nanos + u.reserved.nanos
+                    ratio = used / u.limit.nanos if u.limit.nanos > 0 else (1.0 if used else 0.0)
+                    self.budget_ratio.labels(name).set(ratio)
+        return generate_latest(self.registry)

@@ -1,0 +1,198 @@
+"""``spendgate serve``: the gateway under uvicorn (one worker, httptools), with SIGHUP reload.
+
+Shutdown is uvicorn's graceful one: stop accepting, let in-flight requests
+finish (and settle), then the app's lifespan shutdown closes the ledger.
+SIGHUP re-reads the config: on an error the old settings stay (the error,
+naming the key, is logged); on success the new state is swapped in for new
+requests while in-flight ones keep theirs.
+
+Prints ``spendgate gateway ready on http://HOST:PORT`` once listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from spendgate.gateway.app import GatewayApp, GatewayState, KeyLookup, NoKeys, create_app
+from spendgate.gateway.settings import GatewaySettings, Route, Upstream
+
+if TYPE_CHECKING:
+    from spendgate.testing.process import FakeUpstream
+
+log = logging.getLogger("spendgate.gateway")
+
+DEMO_LEDGER = "sqlite:///spendgate-demo.db"
+DEMO_LIMIT = "1.00"  # USD per day for the demo key
+
+
+def _load(path: str) -> GatewaySettings:
+    from spendgate.gateway.config import load_settings
+
+    return load_settings(path)
+
+
+def _open_keys(settings: GatewaySettings) -> KeyLookup:
+    try:
+        from spendgate.gateway.keys import open_keystore
+    except ImportError:
+        log.warning("spendgate.gateway.keys is not available: no virtual key will be accepted")
+        return NoKeys()
+    try:
+        store: KeyLookup = open_keystore(settings.ledger)
+    except Exception as exc:  # a ledger kind without a key store: say so, answer 401s
+        log.error("cannot open the virtual key store: %s", exc)
+        return NoKeys()
+    return store
+
+
+def _demo_settings(base: GatewaySettings | None, fake: FakeUpstream) -> GatewaySettings:
+    settings = base if base is not None else GatewaySettings(ledger=DEMO_LEDGER, host="127.0.0.1")
+    upstreams = {
+        "demo-openai": Upstream(name="demo-openai", kind="openai", base_url=fake.base_url, api_key="demo"),
+        "demo-anthropic": Upstream(
+            name="demo-anthropic", kind="anthropic", base_url=fake.root_url, api_key="demo"
+        ),
+    }
+    routes = (Route(model="claude-*", upstream="demo-anthropic"), Route(model="*", upstream="demo-openai"))
+    return dataclasses.replace(settings, upstreams=upstreams, routes=routes)
+
+
+def _demo_key(state: GatewayState) -> str | None:
+    """A key with its own small daily budget; None when the key store cannot make one."""
+    create = getattr(state.keys, "create", None)
+    if not callable(create):
+        return None
+    from spendgate.budgets import Budget
+
+    key, secret = create(user="demo", name="demo")
+    state.ledger.put_budget(
+        Budget.from_config(
+            {"id": f"demo-{key.id}", "selector": {"key": key.id}, "limit": DEMO_LIMIT, "window": "day"}
+        )
+    )
+    return str(secret)
+
+
+async def _run(app: GatewayApp, host: str, port: int, reload_path: str | None, on_ready: Any) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="asyncio",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        workers=1,
+        timeout_graceful_shutdown=30,
+        timeout_keep_alive=30,
+        backlog=2048,
+    )
+    server = uvicorn.Server(config)
+    loop = asyncio.get_running_loop()
+    reloading: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        assert reload_path is not None
+        try:
+            settings = await asyncio.to_thread(_load, reload_path)
+            old = app.state
+            keys = None if settings.ledger == old.settings.ledger else _open_keys(settings)
+            new = old.successor(settings, keys=keys)
+        except Exception as exc:
+            # ConfigError's message names the key path (and line); keep serving the old settings.
+            log.error("reload of %s failed, keeping the old settings: %s", reload_path, exc)
+            print(f"spendgate gateway reload failed: {exc}", file=sys.stderr, flush=True)
+            return
+        app.swap(new)
+        log.warning("reloaded %s", reload_path)
+        print("spendgate gateway reloaded", flush=True)
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    if reload_path is not None and hasattr(signal, "SIGHUP"):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+    async def announce() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.01)
+        bound = port
+        for srv in server.servers:
+            for sock in srv.sockets:
+                bound = sock.getsockname()[1]
+        on_ready(host, bound)
+
+    announcing = loop.create_task(announce())
+    try:
+        await server.serve()
+    finally:
+        announcing.cancel()
+
+
+def serve(
+    settings_path: str | None,
+    *,
+    demo: bool = False,
+    host: str | None = None,
+    port: int | None = None,
+) -> None:
+    """Run the gateway until SIGINT/SIGTERM."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    base = _load(settings_path) if settings_path else None
+    fake: FakeUpstream | None = None
+    try:
+        if demo:
+            from spendgate.testing.process import FakeUpstream
+
+            fake = FakeUpstream.start()
+            settings = _demo_settings(base, fake)
+        elif base is None:
+            raise click.UsageError("give --config FILE (or --demo)")
+        else:
+            settings = base
+        keys = _open_keys(settings)
+        if demo and isinstance(keys, NoKeys):
+            settings = dataclasses.replace(settings, keys_required=False)
+        state = GatewayState.build(settings, keys=keys)
+        secret = _demo_key(state) if demo else None
+        app = create_app(state)
+        bind_host = host or settings.host
+        bind_port = settings.port if port is None else port
+
+        def ready(h: str, p: int) -> None:
+            if demo:
+                print(f"demo upstream: {fake.root_url if fake else '?'}", flush=True)
+                print(f"OPENAI_BASE_URL=http://{h}:{p}/v1", flush=True)
+                if secret is not None:
+                    print(f"demo key (shown once, budget {DEMO_LIMIT} USD/day): {secret}", flush=True)
+                else:
+                    print("no key store: requests need no key in this demo", flush=True)
+            print(f"spendgate gateway ready on http://{h}:{p}", flush=True)
+
+        # uvicorn re-raises SIGINT after its graceful shutdown: a normal stop, not an error.
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_run(app, bind_host, bind_port, settings_path, ready))
+    finally:
+        if fake is not None:
+            fake.stop()
+
+
+if __name__ == "__main__":
+    from spendgate.cli import serve_cmd
+
+    serve_cmd()

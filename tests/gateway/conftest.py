@@ -1,0 +1,207 @@
+"""The gateway as a real process in front of the fake upstream process, and helpers to check it."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spendgate.cost import cost_of
+from spendgate.gateway.keys import open_keystore
+from spendgate.gateway.settings import VirtualKey
+from spendgate.ledger import Ledger, open_ledger
+from spendgate.money import Money
+from spendgate.pricing.catalog import Catalog
+from spendgate.testing import FakeUpstream, prompt_tokens_for
+from spendgate.usage import Usage
+
+READY = "spendgate gateway ready on "
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+class Gateway:
+    """A running ``python -m spendgate.gateway.server`` process."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str, ledger_url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.base_url = url + "/v1"
+        self.ledger_url = ledger_url
+
+    @classmethod
+    def start(cls, config: dict[str, Any], path: Path, env: dict[str, str] | None = None) -> Gateway:
+        path.write_text(json.dumps(config))  # JSON is YAML
+        argv = [sys.executable, "-m", "spendgate.gateway.server", "--config", str(path), "--port", "0"]
+        child_env = dict(os.environ)
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, child_env.get("PYTHONPATH", "")) if p)
+        child_env.update(env or {})
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=child_env)
+        try:
+            url = _wait_ready(proc, 20.0)
+        except BaseException:
+            _stop(proc)
+            raise
+        return cls(proc, url, config["ledger"])
+
+    def ledger(self) -> Ledger:
+        return open_ledger(self.ledger_url)
+
+    def stop(self) -> int:
+        return _stop(self.proc)
+
+
+def _wait_ready(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if sel.select(min(left, 0.5)):
+                line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"gateway exited early ({proc.wait(5)}): {seen}")
+                seen.append(line)
+                if line.startswith(READY):
+                    return line[len(READY) :].strip()
+            elif proc.poll() is not None:
+                raise RuntimeError(f"gateway exited early ({proc.returncode}): {seen}")
+    raise RuntimeError(f"gateway not ready within {timeout} s: {seen}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
+
+
+def base_config(up: FakeUpstream, ledger_url: str, **extra: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "ledger": ledger_url,
+        "upstreams": {
+            "fake": {"kind": "openai", "base_url": up.base_url},
+            "fake-anthropic": {"kind": "anthropic", "base_url": up.root_url},
+            "down": {
+                "kind": "openai",
+                "base_url": f"http://127.0.0.1:{closed_port()}/v1",
+                "connect_timeout": 2,
+            },
+            "slow": {"kind": "openai", "base_url": up.base_url, "timeout": 0.5},
+        },
+        "routes": [
+            {"model": "claude-*", "upstream": "fake-anthropic"},
+            {"model": "down-gpt", "upstream": "down", "upstream_model": "gpt-4o"},
+            {"model": "slow-gpt", "upstream": "slow", "upstream_model": "gpt-4o"},
+            {"model": "mystery-*", "upstream": "fake"},
+            {"model": "gpt-*", "upstream": "fake"},
+            {"model": "text-embedding-3-small", "upstream": "fake"},
+        ],
+        "budgets": [{"id": "global", "limit": "100", "window": "day"}],
+        "defaults": {"max_body_bytes": 65536},
+    }
+    config.update(extra)
+    return config
+
+
+@pytest.fixture(scope="session")
+def up() -> Iterator[FakeUpstream]:
+    with FakeUpstream.start() as upstream:
+        yield upstream
+
+
+class Env:
+    """One gateway with its ledger and key store, shared by a test module."""
+
+    def __init__(self, gateway: Gateway, keys: dict[str, tuple[VirtualKey, str]]) -> None:
+        self.gateway = gateway
+        self.keys = keys
+
+    def secret(self, name: str) -> str:
+        return self.keys[name][1]
+
+    def key(self, name: str) -> VirtualKey:
+        return self.keys[name][0]
+
+
+KeySpec = dict[str, dict[str, Any]]
+
+DEFAULT_KEYS: KeySpec = {
+    "alice": {"user": "alice", "team": "research"},
+    "mini": {"user": "bob", "models": ["gpt-4o-mini"]},
+    "tiny": {"user": "tiny"},
+    "off": {"user": "carol"},
+}
+
+
+def start_env(
+    tmp: Path, up: FakeUpstream, keys: KeySpec = DEFAULT_KEYS, **config: Any
+) -> tuple[Gateway, dict[str, tuple[VirtualKey, str]]]:
+    ledger_url = f"sqlite:///{tmp / 'ledger.db'}"
+    store = open_keystore(ledger_url)
+    made = {name: store.create(name=name, **spec) for name, spec in keys.items()}
+    if "off" in made:
+        store.disable(made["off"][0].id)
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()
+    return Gateway.start(base_config(up, ledger_url, **config), tmp / "gateway.yaml"), made
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, up: FakeUpstream) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    budgets = [
+        {"id": "global", "limit": "100", "window": "day"},
+        {"id": "research", "selector": {"team": "research"}, "limit": "5", "window": "month"},
+        {"id": "tiny", "selector": {"user": "tiny"}, "limit": "0.001", "window": "day"},
+    ]
+    gateway, keys = start_env(tmp, up, budgets=budgets)
+    try:
+        yield Env(gateway, keys)
+    finally:
+        gateway.stop()
+
+
+def billed(path: str, body: dict[str, Any], output: int, model: str | None = None) -> Money:
+    """What the fake bills for ``body``, priced apart from the gateway."""
+    price = Catalog.default().price(model or body["model"])
+    usage = Usage(input_tokens=prompt_tokens_for(path, body), output_tokens=output)
+    return cost_of(usage, price).total
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+def usd(amount: Money) -> str:
+    return f"{amount.to_decimal():f}"
