@@ -112,3 +112,11 @@ def test_femto_ceil_is_smallest_cover(femto: int) -> None:
 @given(st.decimals(min_value=0, max_value=10**9, allow_nan=False, allow_infinity=False, places=12))
 def test_parse_never_understates(value: Decimal) -> None:
     assert Money.parse(value).to_decimal() >= value
+
+
+def test_decimal_str_for_json_and_headers() -> None:
+    assert Money(0).decimal_str() == "0"
+    assert Money.parse("1").decimal_str() == "1"
+    assert Money.parse("0.03002").decimal_str() == "0.03002"
+    assert Money(1).decimal_str() == "0.000000001"
+    assert Money.parse("1000").decimal_str() == "1000"

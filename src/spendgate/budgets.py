@@ -605,7 +605,7 @@ class Budget:
         out: dict[str, Any] = {
             "id": self.id,
             "selector": dict(self.selector),
-            "limit": str(self.limit.to_decimal()),
+            "limit": self.limit.decimal_str(),
             "window": self.window.to_config(),
             "thresholds": list(self.thresholds),
             "on_exceed": self.on_exceed,

@@ -309,10 +309,21 @@ def prices_info_cmd(catalog_path: str | None) -> None:
     help="Ledger URL (sqlite:///PATH or memory://).",
 )
 @click.option("--limit", default="0.05", show_default=True, help="The demo budget's limit in USD.")
-def demo_cmd(ledger_url: str, limit: str) -> None:
+@click.option(
+    "--gateway",
+    "gateway_url",
+    default=None,
+    metavar="URL",
+    help="Instead, send requests through a running gateway (its /v1 URL), e.g. `spendgate serve --demo`.",
+)
+@click.option("--key", default=None, help="The virtual key for --gateway.")
+def demo_cmd(ledger_url: str, limit: str, gateway_url: str | None, key: str | None) -> None:
     """Show a budget being enforced: gpt-4o calls to a local fake upstream until the budget refuses."""
-    from spendgate.demo import run_demo
+    from spendgate.demo import run_demo, run_gateway_demo
 
+    if gateway_url:
+        run_gateway_demo(gateway_url, key or "none", echo=click.echo)
+        return
     try:
         run_demo(ledger_url, limit, echo=click.echo)
     except SpendgateError as exc:

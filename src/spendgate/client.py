@@ -93,7 +93,7 @@ class _Base:
             budgets.append(
                 {
                     "id": BUDGET_ID,
-                    "limit": str(limit.to_decimal()),
+                    "limit": limit.decimal_str(),
                     "window": window.to_config(),
                     "on_exceed": on_exceed,
                 }

@@ -94,3 +94,41 @@ def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, 
     with urllib.request.urlopen(request, timeout=30) as response:
         result: dict[str, Any] = json.loads(response.read())
     return result
+
+
+def run_gateway_demo(base_url: str, key: str, echo: Callable[[str], None] = print) -> int:
+    """gpt-4o calls through a running gateway with the official openai SDK, until its 429.
+
+    Returns how many requests were admitted. Each asks the demo upstream for 3,000
+    output tokens, so the demo key's budget runs out in a few dozen requests.
+    """
+    try:
+        import openai
+    except ImportError:  # pragma: no cover - the dev extra installs it
+        raise SystemExit("the gateway demo uses the openai SDK: pip install openai") from None
+
+    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a long report."}],
+        "max_tokens": 4000,
+    }
+    for i in range(1, MAX_REQUESTS + 1):
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                **body, extra_headers={"x-fake-output-tokens": "3000"}
+            )
+        except openai.RateLimitError as exc:
+            response = exc.response
+            echo(
+                f"request {i:>3}: HTTP {response.status_code}, Retry-After: {response.headers.get('retry-after')}"
+            )
+            echo(json.dumps(response.json(), indent=2))
+            return i - 1
+        raw.parse()
+        echo(
+            f"request {i:>3}: HTTP {raw.http_response.status_code}, "
+            f"cost ${raw.headers.get('x-spendgate-cost')}, "
+            f"budget remaining ${raw.headers.get('x-spendgate-budget-remaining')}"
+        )
+    return MAX_REQUESTS

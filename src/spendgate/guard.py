@@ -469,7 +469,7 @@ class Guard:
             "endpoint": admission.endpoint,
             "model": admission.model,
             "attributes": admission.attributes.to_dict(),
-            "reserved_usd": str(admission.reserved.to_decimal()),
+            "reserved_usd": admission.reserved.decimal_str(),
             "prompt_tokens_bound": admission.estimate.prompt.tokens,
             "max_output_tokens": admission.estimate.max_output_tokens,
             "duration_ms": round((time.monotonic() - admission.started_monotonic) * 1000, 3),

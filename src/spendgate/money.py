@@ -122,6 +122,10 @@ class Money:
     def to_decimal(self) -> Decimal:
         return Decimal(self.nanos).scaleb(-9)
 
+    def decimal_str(self) -> str:
+        """The amount in USD as a plain decimal string for JSON and headers: ``"0.03002"``, ``"1"``, ``"0"``."""
+        return f"{self.to_decimal().normalize():f}"
+
     def format(self, places: int = 2) -> str:
         """For people: ``$1.50``; amounts below a cent keep their significant digits."""
         dec = self.to_decimal()

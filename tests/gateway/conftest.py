@@ -204,4 +204,4 @@ def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 
 def usd(amount: Money) -> str:
-    return f"{amount.to_decimal():f}"
+    return amount.decimal_str()

@@ -427,7 +427,7 @@ async def _call(
 
 
 def _usd(amount: Money) -> bytes:
-    return f"{amount.to_decimal():f}".encode()
+    return amount.decimal_str().encode()
 
 
 def _passed(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:

@@ -144,6 +144,10 @@ async def _run(app: GatewayApp, host: str, port: int, reload_path: str | None, o
         announcing.cancel()
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(
     settings_path: str | None,
     *,
@@ -184,9 +188,15 @@ def serve(
                     print("no key store: requests need no key in this demo", flush=True)
             print(f"spendgate gateway ready on http://{h}:{p}", flush=True)
 
-        # uvicorn re-raises SIGINT after its graceful shutdown: a normal stop, not an error.
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_run(app, bind_host, bind_port, settings_path, ready))
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
+        # handler in place before it: make that a normal exit, so the demo upstream is stopped
+        # below and the exit status says the stop was clean.
+        previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(_run(app, bind_host, bind_port, settings_path, ready))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     finally:
         if fake is not None:
             fake.stop()

@@ -36,7 +36,7 @@ USAGE_DIMENSIONS = tuple(d for d in DIMENSIONS)
 
 def money(amount: Money) -> str:
     """``"12.5"``, ``"0.000125"``, ``"0"``: exact USD as a decimal string."""
-    return f"{amount.to_decimal().normalize():f}"
+    return amount.decimal_str()
 
 
 def iso(when: datetime | None) -> str | None:

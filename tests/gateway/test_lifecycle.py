@@ -1,0 +1,77 @@
+"""A gateway process's life: graceful stop with requests in flight, and SIGHUP reloads."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from spendgate.money import Money
+from spendgate.testing.process import FakeUpstream
+
+from .conftest import base_config, billed, start_env, wait_until
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_settle(tmp_path: Path, up: FakeUpstream) -> None:
+    gateway, keys = start_env(tmp_path, up)
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=keys["alice"][1], max_retries=0)
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        result["reply"] = client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, max_tokens=5, extra_headers={"x-fake-latency-ms": "1500"}
+        )
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    ledger = gateway.ledger()
+    try:
+        assert wait_until(lambda: ledger.usage("global").reserved > Money(0), timeout=10), "never reserved"
+        gateway.proc.send_signal(signal.SIGTERM)
+        caller.join(30)
+        assert result["reply"].choices, "the in-flight request did not finish"
+        assert gateway.proc.wait(30) == 0
+        usage = ledger.usage("global")
+        body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 5}
+        assert (usage.spent, usage.reserved) == (billed("/v1/chat/completions", body, 5), Money(0))
+    finally:
+        ledger.close()
+        gateway.stop()
+
+
+def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(tmp_path: Path, up: FakeUpstream) -> None:
+    gateway, keys = start_env(tmp_path, up)
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=keys["alice"][1], max_retries=0)
+    config_path = tmp_path / "gateway.yaml"
+    config = base_config(up, gateway.ledger_url)
+    try:
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="my-alias", messages=MESSAGES, max_tokens=3)
+
+        config["routes"] = [{"model": "my-alias", "upstream": "fake", "upstream_model": "gpt-4o-mini"}]
+        config_path.write_text(json.dumps(config))
+        gateway.proc.send_signal(signal.SIGHUP)
+
+        def alias_served() -> bool:
+            try:
+                client.chat.completions.create(model="my-alias", messages=MESSAGES, max_tokens=3)
+            except openai.NotFoundError:
+                return False
+            return True
+
+        assert wait_until(alias_served, timeout=10), "the reload never took effect"
+
+        bad: dict[str, Any] = {**config, "budgets": [{"id": "global", "limit": "-1"}]}
+        config_path.write_text(json.dumps(bad))
+        gateway.proc.send_signal(signal.SIGHUP)
+        assert not wait_until(lambda: gateway.proc.poll() is not None, timeout=1), "a bad reload stopped it"
+        assert alias_served()  # still the last good settings
+    finally:
+        gateway.stop()
