@@ -10,13 +10,14 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from spendgate.money import Money
 from spendgate.testing.process import FakeUpstream
 
 from .conftest import base_config, billed, start_env, wait_until
 
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 def test_sigterm_lets_requests_in_flight_finish_and_settle(tmp_path: Path, up: FakeUpstream) -> None:
@@ -39,7 +40,7 @@ def test_sigterm_lets_requests_in_flight_finish_and_settle(tmp_path: Path, up: F
         assert result["reply"].choices, "the in-flight request did not finish"
         assert gateway.proc.wait(30) == 0
         usage = ledger.usage("global")
-        body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 5}
+        body: dict[str, Any] = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 5}
         assert (usage.spent, usage.reserved) == (billed("/v1/chat/completions", body, 5), Money(0))
     finally:
         ledger.close()
