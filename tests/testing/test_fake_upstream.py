@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -322,3 +325,25 @@ def test_require_key_and_clean_sigterm_exit() -> None:
         good_claude = anthropic.Anthropic(base_url=guarded.root_url, api_key="sekret", max_retries=0)
         good_claude.messages.create(model=CLAUDE, max_tokens=1, messages=[{"role": "user", "content": "x"}])
         assert guarded.stop() == 0  # SIGTERM: graceful shutdown, exit code 0
+
+
+def test_the_fake_exits_when_its_parent_is_killed() -> None:
+    """A test run killed mid-way leaves no upstream process behind."""
+    code = (
+        "from spendgate.testing.process import FakeUpstream; import os, time; "
+        "up = FakeUpstream.start(); print(up.proc.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, 9)
+    raise AssertionError("the fake upstream outlived its killed parent")

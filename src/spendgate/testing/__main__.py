@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -24,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--require-key", default=None, help="only this API key is accepted (others get 401)")
     p.add_argument("--default-output-tokens", type=int, default=DEFAULT_OUTPUT_TOKENS)
     p.add_argument("--chunk-tokens", type=int, default=1, help="output tokens per stream content event")
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the process that started this one is gone (no orphans after a killed test run)",
+    )
     return p
 
 
@@ -44,7 +50,20 @@ async def _main(args: argparse.Namespace) -> None:
         # Flushed at once: the parent process waits for this exact line.
         print(f"listening {url}", flush=True)
 
+    if args.exit_with_parent:
+        parent = os.getppid()
+
+        async def watch_parent() -> None:
+            # Bounded by the server's own life: this task ends when stop is set.
+            while not stop.is_set():
+                if os.getppid() != parent:  # re-parented: whoever started us has died
+                    stop.set()
+                await asyncio.sleep(0.5)
+
+        watcher = asyncio.create_task(watch_parent())
     await serve(args.host, args.port, options, stop, ready)
+    if args.exit_with_parent:
+        watcher.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,16 @@ class FakeUpstream:
         chunk_tokens: int | None = None,
         startup_timeout: float = 15.0,
     ) -> FakeUpstream:
-        argv = [sys.executable, "-m", "spendgate.testing", "--host", host, "--port", str(port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "spendgate.testing",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--exit-with-parent",
+        ]
         argv += ["--latency-ms", str(latency_ms), "--chunk-delay-ms", str(chunk_delay_ms)]
         if require_key is not None:
             argv += ["--require-key", require_key]
