@@ -11,6 +11,7 @@ the ``finally`` blocks below end it whatever else happens (cancellation too).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -136,12 +137,13 @@ class _ClientGoneError(Exception):
 class _Ctx:
     """What the metrics need to know of a request once it is answered."""
 
-    __slots__ = ("key", "model", "status")
+    __slots__ = ("answering", "key", "model", "status")
 
     def __init__(self) -> None:
         self.status = 500
         self.model = "-"  # only routed names become labels: bounded cardinality
         self.key: str | None = None
+        self.answering = False  # the response has started: a timeout can only end it
 
 
 async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive: Receive, send: Send) -> None:
@@ -149,14 +151,41 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
     anthropic = spec.kind == "anthropic"
     ctx = _Ctx()
     metrics = state.metrics
+
+    async def answer(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            ctx.answering = True
+        await send(message)
+
+    # The whole request, admission wait and upstream call included. On expiry the task is
+    # cancelled where it waits: the ``finally`` blocks of _call and _stream end the reservation.
+    deadline = asyncio.timeout(state.settings.request_timeout)
     try:
-        await _handle(state, spec, scope, receive, send, ctx)
+        async with deadline:
+            await _handle(state, spec, scope, receive, answer, ctx)
     except GatewayError as err:
         ctx.status = err.status
         metrics.refusals.labels(err.reason).inc()
         await respond(send, err.status, _dumps(err.payload(anthropic)), [_JSON, *err.headers])
     except _ClientGoneError:
         ctx.status = 499
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        seconds = state.settings.request_timeout
+        message = f"The request ran past the gateway's request timeout ({seconds:g} s)"
+        if ctx.answering:  # a stream already started (and was settled on what it sent): end it
+            log.warning("request timeout in a stream that had started")
+            with contextlib.suppress(Exception):  # the client may be gone too
+                trailer = _stream_error(anthropic, message, "request_timeout")
+                await send({"type": "http.response.body", "body": trailer, "more_body": False})
+        else:
+            timed_out = GatewayError(
+                504, message + ".", etype="server_error", code="request_timeout", reason="request_timeout"
+            )
+            ctx.status = timed_out.status
+            metrics.refusals.labels(timed_out.reason).inc()
+            await respond(send, timed_out.status, _dumps(timed_out.payload(anthropic)), [_JSON])
     finally:
         metrics.requests.labels(spec.endpoint, ctx.model, str(ctx.status)).inc()
         metrics.request_duration.labels(spec.endpoint).observe(time.perf_counter() - started)
@@ -711,14 +740,16 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
-def _stream_error(anthropic: bool) -> bytes:
-    message = "The upstream stream broke off; the request was charged for what was generated."
+def _stream_error(
+    anthropic: bool,
+    message: str = "The upstream stream broke off",
+    code: str = "upstream_stream_cut",
+) -> bytes:
+    message += "; the request was charged for what was generated."
     if anthropic:
         body = {"type": "error", "error": {"type": "api_error", "message": message}}
         return b"event: error\ndata: " + _dumps(body) + b"\n\n"
-    body = {
-        "error": {"message": message, "type": "server_error", "param": None, "code": "upstream_stream_cut"}
-    }
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
     return b"data: " + _dumps(body) + b"\n\n"
 
 
