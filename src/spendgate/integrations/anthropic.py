@@ -123,11 +123,6 @@ def _with_attributes(kwargs: dict[str, Any], attributes: Mapping[str, Any] | Non
 # -- settling --------------------------------------------------------------------------------
 
 
-def _settle_worst(guard: Guard, admission: Admission, why: str) -> None:
-    """No usage can be read: charge the reserved worst case (never under-count)."""
-    guard.settle_reserved(admission, why)
-
-
 def _release_quietly(guard: Guard, admission: Admission, error: BaseException) -> None:
     """Release after a failed call; a ledger failure here must not replace the provider's error."""
     try:
@@ -255,7 +250,7 @@ def _finish(guard: Guard, admission: Admission, result: Any, parsed: Any) -> Non
         return
     usage = getattr(parsed, "usage", None)
     if usage is None:
-        _settle_worst(guard, admission, f"no usage in a {type(result).__name__}")
+        guard.settle_reserved(admission, f"no usage in a {type(result).__name__}")
         return
     guard.settle(admission, Usage.from_anthropic(usage))
 
@@ -310,7 +305,7 @@ class _GuardedAnthropic(anthropic.Anthropic):
             parsed = result.parse() if isinstance(result, anthropic.APIResponse) else result
         except BaseException as exc:
             # Answered (and billed), but unreadable: keep the reservation as the charge.
-            _settle_worst(guard, admission, f"the response could not be parsed ({type(exc).__name__})")
+            guard.settle_reserved(admission, f"the response could not be parsed ({type(exc).__name__})")
             raise
         _finish(guard, admission, result, parsed)
         return result
@@ -352,7 +347,7 @@ class _GuardedAsyncAnthropic(anthropic.AsyncAnthropic):
         try:
             parsed = await result.parse() if isinstance(result, anthropic.AsyncAPIResponse) else result
         except BaseException as exc:
-            _settle_worst(guard, admission, f"the response could not be parsed ({type(exc).__name__})")
+            guard.settle_reserved(admission, f"the response could not be parsed ({type(exc).__name__})")
             raise
         _finish(guard, admission, result, parsed)
         return result

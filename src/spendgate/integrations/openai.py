@@ -520,18 +520,34 @@ async def _aiterate(inner: AsyncStream[_T], state: _StreamState) -> AsyncGenerat
             state.finish(status)
 
 
+def _adopt(stream: Stream[Any] | AsyncStream[Any], inner: Stream[Any] | AsyncStream[Any]) -> None:
+    """Take over ``inner``'s fields. No super().__init__(): it would start a second reader on
+    the same HTTP response."""
+    stream.response = inner.response
+    stream._cast_to = inner._cast_to
+    stream._client = inner._client
+    stream._options = inner._options
+    stream._decoder = inner._decoder
+
+
+def _finish_dropped(stream: object) -> None:
+    """A stream garbage-collected unsettled: settle it from what was seen (synchronously: the
+    ledger calls are; the response is closed by its own finalizer). Never raise from a finalizer."""
+    state: _StreamState | None = getattr(stream, "_state", None)
+    if state is not None and state.admission.ended is None:
+        try:
+            state.finish("closed")
+        except Exception:
+            log.exception("spendgate could not settle a dropped stream")
+
+
 class GuardedStream(Stream[_T]):
     """The SDK's ``Stream``, settled once: on the final usage, or from what was seen when the
     caller stops early (``close()``, leaving a ``with`` block, dropping it) or the stream breaks.
     The usage chunk the guard asked for is not shown to a caller who did not ask for it."""
 
     def __init__(self, inner: Stream[_T], state: _StreamState) -> None:
-        # No super().__init__(): it would start a second reader on the same HTTP response.
-        self.response = inner.response
-        self._cast_to = inner._cast_to
-        self._client = inner._client
-        self._options = inner._options
-        self._decoder = inner._decoder
+        _adopt(self, inner)
         self._inner = inner
         self._state = state
         self._guarded = _iterate(inner, state)
@@ -549,24 +565,14 @@ class GuardedStream(Stream[_T]):
             self._state.finish("closed")  # a generator never started has no finally to run
 
     def __del__(self) -> None:
-        state: _StreamState | None = getattr(self, "_state", None)
-        if state is not None and state.admission.ended is None:
-            try:
-                state.finish("closed")
-            except Exception:  # never raise from a finalizer
-                log.exception("spendgate could not settle a dropped stream")
+        _finish_dropped(self)
 
 
 class AsyncGuardedStream(AsyncStream[_T]):
     """``GuardedStream`` for ``AsyncStream``."""
 
     def __init__(self, inner: AsyncStream[_T], state: _StreamState) -> None:
-        # No super().__init__(): it would start a second reader on the same HTTP response.
-        self.response = inner.response
-        self._cast_to = inner._cast_to
-        self._client = inner._client
-        self._options = inner._options
-        self._decoder = inner._decoder
+        _adopt(self, inner)
         self._inner = inner
         self._state = state
         self._guarded = _aiterate(inner, state)
@@ -584,10 +590,4 @@ class AsyncGuardedStream(AsyncStream[_T]):
             self._state.finish("closed")
 
     def __del__(self) -> None:
-        # Settles synchronously (the ledger calls are); the response is closed by its own finalizer.
-        state: _StreamState | None = getattr(self, "_state", None)
-        if state is not None and state.admission.ended is None:
-            try:
-                state.finish("closed")
-            except Exception:
-                log.exception("spendgate could not settle a dropped stream")
+        _finish_dropped(self)
