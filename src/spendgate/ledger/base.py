@@ -145,6 +145,10 @@ class SettleOutcome:
     ``released`` (released earlier: nothing charged), ``unrecorded`` (fail-open
     while the ledger was unavailable). ``overshoot`` is ``actual - estimate``
     when the provider billed beyond the estimate: charged, and reported here.
+    ``remaining`` is, for a ``settled`` outcome, the least that any of the
+    request's budgets still affords right after this settle (None otherwise,
+    or when the request matched no budget): read in the same transaction, so
+    the gateway's ``x-spendgate-budget-remaining`` costs no second read.
     """
 
     request_id: str
@@ -152,6 +156,7 @@ class SettleOutcome:
     charged: Money
     estimate: Money
     actual: Money
+    remaining: Money | None = None
 
     @property
     def overshoot(self) -> Money:
@@ -321,6 +326,19 @@ class Ledger(ABC):
     @abstractmethod
     def release(self, request_id: str) -> ReleaseOutcome:
         """End the reservation with nothing charged (the call failed, nothing billed); idempotent."""
+
+    async def areserve(
+        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
+    ) -> Reservation | Refusal:
+        """``reserve`` for asyncio callers. Backends that wait on I/O or locks override it so
+        the event loop never blocks (SQLite commits on a writer thread, in batches)."""
+        return self.reserve(request_id, attributes, estimate, lease)
+
+    async def asettle(
+        self, request_id: str, actual: Money, record: RequestRecord | None = None
+    ) -> SettleOutcome:
+        """``settle`` for asyncio callers (see ``areserve``)."""
+        return self.settle(request_id, actual, record)
 
     @abstractmethod
     def expire_leases(self) -> int:

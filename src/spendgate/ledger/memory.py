@@ -228,11 +228,14 @@ class MemoryLedger(Ledger):
                 return self._settle_ended(request_id, actual)
             now = self.clock.now()
             est = held.estimate
+            remaining: int | None = None
             for line in held.lines:
                 line.reserved -= est
                 spent = line.spent = line.spent + act
                 if act and spent * 100 >= line.next_t * line.state.limit:
                     events = self._alerts_locked(line, request_id, events)
+                room = line.state.limit - spent - line.reserved
+                remaining = room if remaining is None else min(remaining, room)
             self._end_locked(request_id, "settled", act, est)
             self._log.append((held.reserved_at, now, request_id, held.attributes, act, "ok", record))
             self._settles += 1
@@ -248,7 +251,8 @@ class MemoryLedger(Ledger):
             )
         if events:
             self._deliver(events)
-        return SettleOutcome(request_id, "settled", actual, held.result.estimate, actual)
+        left = None if remaining is None else Money(max(remaining, 0))
+        return SettleOutcome(request_id, "settled", actual, held.result.estimate, actual, left)
 
     def _settle_ended(self, request_id: str, actual: Money) -> SettleOutcome:
         ended = self._ended.get(request_id)

@@ -13,6 +13,7 @@ process enforces the same set: see docs/ledger.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -49,6 +50,7 @@ from spendgate.ledger.base import (
     ThresholdCrossed,
     UnknownReservationError,
 )
+from spendgate.ledger.group_commit import GroupCommit, Job, Outcome, future_job
 from spendgate.money import Money
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
@@ -180,7 +182,7 @@ _SQL_ENDED = "SELECT state, estimate, cost FROM requests WHERE request_id = ?"
 _SQL_CHARGE = """
     UPDATE spend SET reserved = reserved - ?, spent = spent + ?
     WHERE budget_id = ? AND window_start = ? AND instance = ?
-    RETURNING spent, alerted"""
+    RETURNING spent, reserved, alerted"""
 _SQL_RELEASE_LINE = """
     UPDATE spend SET reserved = reserved - ?
     WHERE budget_id = ? AND window_start = ? AND instance = ?"""
@@ -230,6 +232,30 @@ class _Plan(NamedTuple):
     matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]]
     row: tuple[Any, ...]
     holds: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class _Op:
+    """One write: ``body`` runs inside a transaction (alone, or batched with others by the
+    group-commit thread); ``done`` and ``failed`` run on the caller's thread with its outcome
+    (events are delivered there), ``failed`` only for an unavailable ledger (fail-open or raise)."""
+
+    body: Callable[[sqlite3.Connection], Any]
+    done: Callable[[Any], Any]
+    failed: Callable[[LedgerUnavailableError], Any]
+
+    def finish(self, ok: bool, value: Any) -> Any:
+        if ok:
+            return self.done(value)
+        if isinstance(value, LedgerUnavailableError):
+            return self.failed(value)
+        raise value
+
+
+def _consume(future: Any) -> None:
+    """Retrieve a housekeeping job's exception (already logged) so asyncio does not warn."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Local(threading.local):
@@ -288,6 +314,7 @@ class SQLiteLedger(Ledger):
         self._next_purge = EPOCH
         self._unrecorded: deque[str] = deque(maxlen=10_000)  # fail-open admissions
         self._generation = 0  # bumped by close(), so every thread reconnects
+        self._groups: dict[asyncio.AbstractEventLoop, GroupCommit] = {}  # asyncio callers' batches
         self._ready = False
         self._pending: list[Budget] = list(budgets)  # applied once the file is reachable
         try:
@@ -401,6 +428,93 @@ class SQLiteLedger(Ledger):
         except BaseException:
             self._rollback(conn)
             raise
+
+    def _write_batch(self, bodies: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Outcome] | None:
+        """Run ``bodies`` in one BEGIN IMMEDIATE transaction, each in a savepoint: a body that
+        raises (or returns through ``_Rollback``) undoes only its own writes. An SQLite error
+        that is not a bug makes the whole batch unavailable. None, with nothing done, when
+        another connection holds the write lock (the caller tries again later)."""
+        try:
+            if not self._ready or self._pending:
+                self._setup()
+            conn = self._conn(writer=True)
+            conn.execute("BEGIN IMMEDIATE")
+        except LedgerUnavailableError as exc:
+            return [(False, exc)] * len(bodies)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                return None
+            return [(False, self._unavailable(exc))] * len(bodies)
+        except sqlite3.Error as exc:
+            return [(False, self._unavailable(exc))] * len(bodies)
+        outcomes: list[Outcome] = []
+        try:
+            for body in bodies:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, body(conn)))
+                except _Rollback as done:
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((True, done.value))
+                except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((False, exc))  # a bug in one write, not an outage
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((False, exc))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            return [(False, self._unavailable(exc))] * len(bodies)
+        except BaseException:
+            self._rollback(conn)
+            raise
+        pending, self._local.pending = self._local.pending, None
+        if pending is not None:
+            self._install(pending)
+        return outcomes
+
+    def _run(self, op: _Op) -> Any:
+        """Run one write in its own transaction, on this thread."""
+        try:
+            value = self._write(op.body)
+        except LedgerUnavailableError as exc:
+            return op.failed(exc)
+        return op.done(value)
+
+    def _group(self) -> GroupCommit:
+        """The running loop's batches (one per loop: each runs on its own thread's connection)."""
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = GroupCommit(
+                loop,
+                self._write_batch,
+                busy_timeout=self.busy_timeout,
+                unavailable=lambda: self._unavailable(TimeoutError("the write lock stayed busy")),
+                after_batch=self._maybe_purge,
+            )
+            with self._lock:
+                live = {lp: g for lp, g in self._groups.items() if not lp.is_closed()}
+                live[loop] = group
+                self._groups = live
+        return group
+
+    async def _arun(self, ops: Sequence[_Op], orphan: Callable[[Any], None] | None = None) -> Any:
+        """Queue ``ops`` for the writer thread; the last one's result (or error)."""
+        jobs: list[Job] = []
+        futures = []
+        for i, op in enumerate(ops):
+            job, future = future_job(op.body, op.finish, orphan if i == len(ops) - 1 else None)
+            jobs.append(job)
+            futures.append(future)
+        for future in futures[:-1]:
+            future.add_done_callback(_consume)
+        self._group().submit(jobs)
+        return await futures[-1]
 
     def _read(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``body`` on one consistent snapshot (a deferred read transaction)."""
@@ -582,32 +696,90 @@ class SQLiteLedger(Ledger):
     def reserve(
         self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
     ) -> Reservation | Refusal:
+        now = self.clock.now()
+        op = self._reserve_op(request_id, attributes, estimate, lease, now)
+        expiry = self._expiry_op(now)
+        if expiry is not None:
+            self._run(expiry)
+        result: Reservation | Refusal = self._run(op)
+        return result
+
+    async def areserve(
+        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
+    ) -> Reservation | Refusal:
+        """``reserve`` through the group-commit thread: the event loop never waits for the lock."""
+        now = self.clock.now()
+        op = self._reserve_op(request_id, attributes, estimate, lease, now)
+        expiry = self._expiry_op(now)
+        result: Reservation | Refusal = await self._arun(
+            [op] if expiry is None else [expiry, op], orphan=self._release_orphan
+        )
+        return result
+
+    def _reserve_op(
+        self,
+        request_id: str,
+        attributes: Attributes,
+        estimate: Money,
+        lease: timedelta | float,
+        now: datetime,
+    ) -> _Op:
         est = self._amount(estimate, "estimate")
         delta = self._lease(lease)
-        now = self.clock.now()
         events: list[Event] = []
-        try:
-            if now >= self._next_expiry:
-                self._next_expiry = now + self.expiry_interval
-                self._expire(now, events, batch=64)
-            # Match and encode before taking the write lock; redone inside only if budgets changed.
-            plan = self._plan(self._catalog, request_id, attributes, est, now, now + delta)
-            result = self._write(lambda conn: self._reserve_in(conn, plan, events))
-        except LedgerUnavailableError:
+        # Match and encode before taking the write lock; redone inside only if budgets changed.
+        plan = self._plan(self._catalog, request_id, attributes, est, now, now + delta)
+
+        def done(result: Reservation | Refusal) -> Reservation | Refusal:
+            self._deliver(events)
+            return result
+
+        def failed(exc: LedgerUnavailableError) -> Reservation:
             if not self.fail_open:
-                raise
+                raise exc
             log.error(
                 "spendgate: ledger %s unavailable; FAIL-OPEN: admitting request %s (%s) UNRECORDED and "
                 "unbudgeted",
                 self.path,
                 request_id,
                 estimate,
-                exc_info=True,
+                exc_info=exc,
             )
             self._unrecorded.append(request_id)
             return Reservation(request_id, estimate, now, now + delta, (), unrecorded=True)
-        self._deliver(events)
-        return result
+
+        return _Op(lambda conn: self._reserve_in(conn, plan, events), done, failed)
+
+    def _expiry_op(self, now: datetime) -> _Op | None:
+        """The opportunistic lease expiry, once per ``expiry_interval`` per process."""
+        if now < self._next_expiry:
+            return None
+        self._next_expiry = now + self.expiry_interval
+        events: list[Event] = []
+
+        def done(count: int) -> int:
+            self._deliver(events)
+            return count
+
+        def failed(exc: LedgerUnavailableError) -> int:
+            log.warning("spendgate: lease expiry in %s skipped: %s", self.path, exc)
+            return 0
+
+        return _Op(lambda conn: self._expire_in(conn, now, events, 64), done, failed)
+
+    def _release_orphan(self, result: Reservation | Refusal) -> None:
+        """A reservation whose caller was cancelled while it was being made: release it."""
+        if not isinstance(result, Reservation) or result.unrecorded:
+            return
+        op = self._release_op(result.request_id)
+
+        def deliver(ok: bool, value: Any) -> None:
+            try:
+                op.finish(ok, value)
+            except Exception:
+                log.warning("spendgate: could not release abandoned reservation %s", result.request_id)
+
+        self._group().submit([Job(op.body, deliver)])
 
     def _plan(
         self,
@@ -691,6 +863,18 @@ class SQLiteLedger(Ledger):
         return Reservation(request_id, Money(estimate), _dt(started), _dt(expires), _public_lines(lines))
 
     def settle(self, request_id: str, actual: Money, record: RequestRecord | None = None) -> SettleOutcome:
+        outcome: SettleOutcome = self._run(self._settle_op(request_id, actual, record))
+        self._maybe_purge()
+        return outcome
+
+    async def asettle(
+        self, request_id: str, actual: Money, record: RequestRecord | None = None
+    ) -> SettleOutcome:
+        """``settle`` through the group-commit thread (which also runs the retention purge)."""
+        outcome: SettleOutcome = await self._arun([self._settle_op(request_id, actual, record)])
+        return outcome
+
+    def _settle_op(self, request_id: str, actual: Money, record: RequestRecord | None) -> _Op:
         act = self._amount(actual, "actual")
         now = self.clock.now()
         if record is None:
@@ -707,25 +891,27 @@ class SQLiteLedger(Ledger):
                 request_id,
             )
         events: list[Event] = []
-        try:
-            outcome = self._write(lambda conn: self._settle_in(conn, request_id, act, values, now, events))
-        except LedgerUnavailableError:
+
+        def done(outcome: SettleOutcome) -> SettleOutcome:
+            if outcome.status == "settled" and act > outcome.estimate.nanos:
+                log.warning(
+                    "spendgate: request %s cost %s, above its reserved estimate %s (provider billed "
+                    "beyond the estimate); charged in full",
+                    request_id,
+                    actual,
+                    outcome.estimate,
+                )
+            self._deliver(events)
+            return outcome
+
+        def failed(exc: LedgerUnavailableError) -> SettleOutcome:
             if not self.fail_open:
-                raise
+                raise exc
             log.error("spendgate: ledger %s unavailable; FAIL-OPEN: settlement of %s (%s) NOT RECORDED",
-                      self.path, request_id, actual, exc_info=True)  # fmt: skip
+                      self.path, request_id, actual, exc_info=exc)  # fmt: skip
             return SettleOutcome(request_id, "unrecorded", actual, actual, actual)
-        if outcome.status == "settled" and act > outcome.estimate.nanos:
-            log.warning(
-                "spendgate: request %s cost %s, above its reserved estimate %s (provider billed beyond "
-                "the estimate); charged in full",
-                request_id,
-                actual,
-                outcome.estimate,
-            )
-        self._deliver(events)
-        self._maybe_purge()
-        return outcome
+
+        return _Op(lambda conn: self._settle_in(conn, request_id, act, values, now, events), done, failed)
 
     def _settle_in(
         self,
@@ -741,8 +927,9 @@ class SQLiteLedger(Ledger):
         if not row:
             raise _Rollback(self._ended_settle(conn, request_id, act))
         est, lines = row[0]
-        self._charge(conn, catalog, request_id, json.loads(lines), est, act, now, events)
-        return SettleOutcome(request_id, "settled", Money(act), Money(est), Money(act))
+        remaining = self._charge(conn, catalog, request_id, json.loads(lines), est, act, now, events)
+        left = None if remaining is None else Money(max(remaining, 0))
+        return SettleOutcome(request_id, "settled", Money(act), Money(est), Money(act), left)
 
     def _ended_settle(self, conn: sqlite3.Connection, request_id: str, act: int) -> SettleOutcome:
         row = conn.execute(_SQL_ENDED, (request_id,)).fetchone()
@@ -764,14 +951,22 @@ class SQLiteLedger(Ledger):
         act: int,
         now: datetime,
         events: list[Event],
-    ) -> None:
-        """Move ``est`` out of reserved and ``act`` into spent on every line; announce thresholds."""
+    ) -> int | None:
+        """Move ``est`` out of reserved and ``act`` into spent on every line; announce thresholds.
+        Returns the least ``limit - spent - reserved`` over the lines (None: no budget line)."""
+        remaining: int | None = None
         for budget_id, key, start, end in lines:
-            spent, alerted = conn.execute(_SQL_CHARGE, (est, act, budget_id, start, key)).fetchall()[0]
+            spent, reserved, alerted = conn.execute(
+                _SQL_CHARGE, (est, act, budget_id, start, key)
+            ).fetchall()[0]
             budget = catalog.budgets.get(budget_id)
-            if budget is None or act <= 0:
+            if budget is None:
                 continue
             limit = budget.limit.nanos
+            left = limit - spent - reserved
+            remaining = left if remaining is None else min(remaining, left)
+            if act <= 0:
+                continue
             crossed = self._crossed(budget.thresholds, alerted, spent, limit)
             if not crossed:
                 continue
@@ -799,16 +994,21 @@ class SQLiteLedger(Ledger):
                 "AND instance = ?",
                 (crossed[-1], budget_id, start, key),
             )
+        return remaining
 
     def release(self, request_id: str) -> ReleaseOutcome:
-        try:
-            return self._write(lambda conn: self._release_in(conn, request_id))
-        except LedgerUnavailableError:
+        outcome: ReleaseOutcome = self._run(self._release_op(request_id))
+        return outcome
+
+    def _release_op(self, request_id: str) -> _Op:
+        def failed(exc: LedgerUnavailableError) -> ReleaseOutcome:
             if not self.fail_open:
-                raise
+                raise exc
             log.error("spendgate: ledger %s unavailable; FAIL-OPEN: release of %s NOT RECORDED",
-                      self.path, request_id, exc_info=True)  # fmt: skip
+                      self.path, request_id, exc_info=exc)  # fmt: skip
             return ReleaseOutcome(request_id, "unrecorded")
+
+        return _Op(lambda conn: self._release_in(conn, request_id), lambda outcome: outcome, failed)
 
     def _release_in(self, conn: sqlite3.Connection, request_id: str) -> ReleaseOutcome:
         row = conn.execute(_SQL_RELEASE, (_us(self.clock.now()), request_id)).fetchall()
