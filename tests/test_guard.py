@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -267,3 +268,33 @@ def test_bad_options_name_the_key() -> None:
         Guard("memory://", max_wait=-1)
     with pytest.raises(ConfigError, match=r"budgets\[0\]\.limit"):
         Guard("memory://", budgets=[{"id": "x", "limit": "-5"}])
+
+
+@pytest.mark.parametrize("ledger", ["memory", "sqlite"])
+def test_async_admit_and_settle_through_the_ledgers_async_calls(ledger: str, tmp_path: Path) -> None:
+    url = "memory://" if ledger == "memory" else f"sqlite:///{tmp_path / 'spend.db'}"
+    clock = ManualClock("2026-11-28T12:00:00Z")
+    budget = {"id": "team", "selector": {"team": "a"}, "limit": str((ONE * 3).to_decimal()), "window": "day"}
+    guard = Guard(url, budgets=[budget], clock=clock)
+
+    async def scenario() -> list[Any]:
+        with attribute(team="a"):
+            admissions = await asyncio.gather(
+                *(guard.admit_async("chat", BODY) for _ in range(3)), return_exceptions=True
+            )
+            refused = await asyncio.gather(guard.admit_async("chat", BODY), return_exceptions=True)
+        adm = admissions[0]
+        assert not isinstance(adm, BaseException)
+        cost = await guard.settle_async(adm, Usage(input_tokens=9, output_tokens=10))
+        assert adm.ended == "settled" and adm.outcome is not None
+        # What the budget has left after this settle, read by the settle itself.
+        assert adm.outcome.remaining == ONE * 3 - cost.total - ONE * 2
+        again = await guard.settle_async(adm, Usage(input_tokens=9, output_tokens=10))
+        assert again == cost  # idempotent: the second call changes nothing
+        return [*admissions, *refused]
+
+    results = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert sum(not isinstance(r, BaseException) for r in results) == 3
+    assert isinstance(results[-1], BudgetExceededError)
+    assert guard.ledger.usage("team", {"team": "a"}).reserved == ONE * 2
+    guard.close()

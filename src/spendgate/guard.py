@@ -26,7 +26,7 @@ from spendgate.clock import Clock, SystemClock
 from spendgate.cost import Cost, cost_of
 from spendgate.errors import BudgetExceededError, ConfigError
 from spendgate.estimate import Endpoint, Estimate, estimate_request
-from spendgate.ledger import Ledger, Refusal, RequestRecord, Reservation, open_ledger
+from spendgate.ledger import Ledger, Refusal, RequestRecord, Reservation, SettleOutcome, open_ledger
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog, UnknownModelPolicy
 from spendgate.tokens import TokenCounter, default_counter
@@ -68,6 +68,8 @@ class Admission:
     started_at: datetime = field(default_factory=lambda: SystemClock().now())
     started_monotonic: float = field(default_factory=time.monotonic)
     ended: str | None = None  # "settled" | "released" once ended
+    #: What the ledger said when this request settled (``remaining``: what its budgets have left).
+    outcome: SettleOutcome | None = None
 
     @property
     def reserved(self) -> Money:
@@ -188,8 +190,16 @@ class Guard:
         request_id: str | None = None,
         on_exceed: OnExceed | None = None,
     ) -> Admission:
-        """``admit`` for asyncio: waiting suspends the task, never the loop."""
-        begun = self._begin(endpoint, request, attributes, request_id, on_exceed)
+        """``admit`` for asyncio: waiting suspends the task, never the loop, and the first try
+        goes through the ledger's ``areserve`` (SQLite: the group-commit thread)."""
+        begun = self._prepared(endpoint, request, attributes, request_id)
+        chosen = on_exceed or self.on_exceed
+        first: Reservation | Refusal | None = self._queued(begun, chosen)
+        if first is None:
+            first = await self.ledger.areserve(
+                begun.request_id, begun.attributes, begun.estimate.amount, self.lease
+            )
+        self._after_first(begun, first, chosen)
         if isinstance(begun.result, Refusal):
             begun.result = await self._wait_async(
                 begun.request_id, begun.attributes, begun.estimate, begun.result
@@ -204,35 +214,55 @@ class Guard:
         request_id: str | None,
         on_exceed: OnExceed | None,
     ) -> _Begun:
+        begun = self._prepared(endpoint, request, attributes, request_id)
+        chosen = on_exceed or self.on_exceed
+        first: Reservation | Refusal | None = self._queued(begun, chosen)
+        if first is None:
+            first = self.ledger.reserve(begun.request_id, begun.attributes, begun.estimate.amount, self.lease)
+        self._after_first(begun, first, chosen)
+        return begun
+
+    def _prepared(
+        self,
+        endpoint: Endpoint,
+        request: Mapping[str, Any],
+        attributes: Mapping[str, Any] | Attributes | None,
+        request_id: str | None,
+    ) -> _Begun:
         rid, attrs, estimate, body, added = self.prepare(
             endpoint, request, attributes=attributes, request_id=request_id
         )
-        started = time.monotonic()
-        result, estimate, clamped = self._first_try(rid, attrs, estimate, on_exceed)
-        return _Begun(rid, attrs, estimate, body, added, result, clamped, started)
+        return _Begun(rid, attrs, estimate, body, added, None, None, time.monotonic())
 
-    def _first_try(
-        self, rid: str, attrs: Attributes, estimate: Estimate, on_exceed: OnExceed | None
-    ) -> tuple[Reservation | Refusal, Estimate, int | None]:
-        chosen = on_exceed or self.on_exceed
-        if self._lines and (key := self._lines.busy(self._keys(attrs))) is not None:
+    def _queued(self, begun: _Begun, chosen: OnExceed | None) -> Refusal | None:
+        """A refusal without trying when others already wait on one of this request's budgets
+        (and that budget waits): no overtaking."""
+        if self._lines and (key := self._lines.busy(self._keys(begun.attributes))) is not None:
             budget_id = key.partition("|")[0]
             if (chosen or self._policy_of(budget_id)) == "wait":
-                # Others already wait on one of this request's budgets: no overtaking.
-                return self._queued_refusal(rid, key, estimate), estimate, None
-        result = self.ledger.reserve(rid, attrs, estimate.amount, self.lease)
+                return self._queued_refusal(begun.request_id, key, begun.estimate)
+        return None
+
+    def _after_first(self, begun: _Begun, result: Reservation | Refusal, chosen: OnExceed | None) -> None:
+        """Admitted, clamped, about to wait (``begun.result`` a Refusal), or raise."""
         if isinstance(result, Reservation):
-            return result, estimate, None
+            begun.result = result
+            return
         policy = chosen or self._policy_of(result.budget_id)
         if policy == "clamp":
-            return self._clamp(rid, attrs, estimate, result)
+            begun.result, begun.estimate, begun.clamped = self._clamp(
+                begun.request_id, begun.attributes, begun.estimate, result
+            )
+            return
         if policy == "wait" and self.max_wait > 0 and result.needed <= result.limit:
-            return result, estimate, None  # the caller waits
+            begun.result = result  # the caller waits
+            return
         raise result.to_error()
 
     def _clamp(
         self, rid: str, attrs: Attributes, estimate: Estimate, refusal: Refusal
     ) -> tuple[Reservation | Refusal, Estimate, int | None]:
+        # Rare enough to stay synchronous in admit_async too (a few ledger calls at most).
         for _ in range(len(self.ledger.budgets()) + 1):
             affordable = estimate.max_output_affordable(refusal.available)
             if affordable < self.min_output_tokens or estimate.max_output_tokens == 0:
@@ -373,10 +403,25 @@ class Guard:
     # -- ending -------------------------------------------------------------------
     def settle(self, admission: Admission, usage: Usage, *, service_tier: str | None = None) -> Cost:
         """Charge the actual cost of ``usage`` in place of the reservation (idempotent)."""
-        tier = service_tier or admission.request.get("service_tier")
-        cost = cost_of(usage, admission.estimate.price, service_tier=tier if isinstance(tier, str) else None)
+        cost = self._cost(admission, usage, service_tier)
         self._end(admission, cost, "ok")
         return cost
+
+    async def settle_async(
+        self, admission: Admission, usage: Usage, *, service_tier: str | None = None
+    ) -> Cost:
+        """``settle`` through the ledger's ``asettle`` (SQLite: the group-commit thread)."""
+        cost = self._cost(admission, usage, service_tier)
+        if admission.ended is None:
+            record = self._record(admission, cost, "ok", cost.total)
+            outcome = await self.ledger.asettle(admission.request_id, cost.total, record)
+            self._ended(admission, cost, "ok", outcome)
+        return cost
+
+    @staticmethod
+    def _cost(admission: Admission, usage: Usage, service_tier: str | None) -> Cost:
+        tier = service_tier or admission.request.get("service_tier")
+        return cost_of(usage, admission.estimate.price, service_tier=tier if isinstance(tier, str) else None)
 
     def settle_partial(
         self, admission: Admission, output_text: str, *, status: str = "cut", known: Usage | None = None
@@ -413,23 +458,28 @@ class Guard:
             return
         outcome = self.ledger.release(admission.request_id)
         admission.ended = "released"
-        log.info(
-            "spendgate request released (%s)",
-            reason,
-            extra={
-                "spendgate": self._log_fields(
-                    admission, decision="released", reason=reason, status=outcome.status
-                )
-            },
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "spendgate request released (%s)",
+                reason,
+                extra={
+                    "spendgate": self._log_fields(
+                        admission, decision="released", reason=reason, status=outcome.status
+                    )
+                },
+            )
 
     def _end(self, admission: Admission, cost: Cost, status: str, charge: Money | None = None) -> None:
         if admission.ended is not None:
             return
         amount = cost.total if charge is None else charge
+        record = self._record(admission, cost, status, amount)
+        self._ended(admission, cost, status, self.ledger.settle(admission.request_id, amount, record))
+
+    def _record(self, admission: Admission, cost: Cost, status: str, amount: Money) -> RequestRecord:
         breakdown = cost.breakdown()
         del breakdown["total"]
-        record = RequestRecord(
+        return RequestRecord(
             request_id=admission.request_id,
             attributes=admission.attributes,
             cost=amount,
@@ -440,8 +490,10 @@ class Guard:
             breakdown=breakdown,
             status=status,
         )
-        outcome = self.ledger.settle(admission.request_id, amount, record)
+
+    def _ended(self, admission: Admission, cost: Cost, status: str, outcome: SettleOutcome) -> None:
         admission.ended = "settled"
+        admission.outcome = outcome
         if outcome.overshoot:
             log.warning(
                 "provider billed %s above the reservation of %s for %s (request %s)",
@@ -510,6 +562,6 @@ class _Begun:
     estimate: Estimate
     body: dict[str, Any]
     added_usage: bool
-    result: Reservation | Refusal
+    result: Reservation | Refusal | None  # None until the first try
     clamped: int | None
     started: float
