@@ -344,7 +344,14 @@ def _register_gateway_commands() -> None:
 @click.option("--host", default=None, help="Listen address (default: the config's, else 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Listen port (0 picks a free one).")
 @click.option("--demo", is_flag=True, help="Start a fake upstream and route every model to it.")
-def serve_cmd(config_path: str | None, host: str | None, port: int | None, demo: bool) -> None:
+@click.option(
+    "--loop",
+    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    default="auto",
+    show_default=True,
+    help="The event loop: auto takes uvloop when it is installed.",
+)
+def serve_cmd(config_path: str | None, host: str | None, port: int | None, demo: bool, loop: str) -> None:
     """Run the OpenAI-compatible gateway."""
     try:  # imported here: the gateway's dependencies cost every other command 0.15 s
         from spendgate.gateway.server import serve
@@ -352,7 +359,7 @@ def serve_cmd(config_path: str | None, host: str | None, port: int | None, demo:
         _fail(f"the gateway needs {exc.name}: pip install 'spendgate[gateway]'", EXIT_BAD_INPUT)
         return
     try:
-        serve(config_path, demo=demo, host=host, port=port)
+        serve(config_path, demo=demo, host=host, port=port, loop=loop)
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
 

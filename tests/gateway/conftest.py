@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,11 @@ class Gateway:
         self.ledger_url = ledger_url
 
     @classmethod
-    def start(cls, config: dict[str, Any], path: Path, env: dict[str, str] | None = None) -> Gateway:
+    def start(
+        cls, config: dict[str, Any], path: Path, env: dict[str, str] | None = None, args: Sequence[str] = ()
+    ) -> Gateway:
         path.write_text(json.dumps(config))  # JSON is YAML
-        argv = [sys.executable, "-m", "spendgate.gateway.server", "--config", str(path), "--port", "0"]
+        argv = [sys.executable, "-m", "spendgate.gateway.server", "--config", str(path), "--port", "0", *args]
         child_env = dict(os.environ)
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, child_env.get("PYTHONPATH", "")) if p)
         child_env.update(env or {})
@@ -159,7 +161,7 @@ DEFAULT_KEYS: KeySpec = {
 
 
 def start_env(
-    tmp: Path, up: FakeUpstream, keys: KeySpec = DEFAULT_KEYS, **config: Any
+    tmp: Path, up: FakeUpstream, keys: KeySpec = DEFAULT_KEYS, args: Sequence[str] = (), **config: Any
 ) -> tuple[Gateway, dict[str, tuple[VirtualKey, str]]]:
     ledger_url = f"sqlite:///{tmp / 'ledger.db'}"
     store = open_keystore(ledger_url)
@@ -169,7 +171,7 @@ def start_env(
     close = getattr(store, "close", None)
     if callable(close):
         close()
-    return Gateway.start(base_config(up, ledger_url, **config), tmp / "gateway.yaml"), made
+    return Gateway.start(base_config(up, ledger_url, **config), tmp / "gateway.yaml", args=args), made
 
 
 @pytest.fixture(scope="module")

@@ -76,3 +76,33 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(tmp_path: Path, up: F
         assert alias_served()  # still the last good settings
     finally:
         gateway.stop()
+
+
+def test_asyncio_loop_and_exact_remaining_header(tmp_path: Path, up: FakeUpstream) -> None:
+    """``--loop asyncio`` serves as uvloop does; the remaining header is the settle's own figure."""
+    budgets = [{"id": "global", "limit": "2", "window": "day"}]
+    gateway, keys = start_env(tmp_path, up, budgets=budgets, args=["--loop", "asyncio"])
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=keys["alice"][1], max_retries=0)
+    try:
+        spent = Money(0)
+        for output in (3, 4):
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=MESSAGES, max_tokens=output
+            )
+            body: dict[str, Any] = {"model": "gpt-4o", "messages": MESSAGES}
+            cost = billed("/v1/chat/completions", body, output)
+            spent = spent + cost
+            assert raw.headers["x-spendgate-cost"] == cost.decimal_str()
+            assert raw.headers["x-spendgate-budget-remaining"] == (Money.usd("2") - spent).decimal_str()
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_loop_choice() -> None:
+    import uvloop  # a dependency of the gateway extra on this platform
+
+    from spendgate.gateway.server import loop_factory
+
+    assert loop_factory("asyncio") is None  # asyncio's own
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop

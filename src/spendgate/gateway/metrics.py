@@ -8,7 +8,7 @@ nano-USD) and is the record to bill from.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -61,16 +61,33 @@ class Metrics:
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
+        # labels() validates and locks on every call; the hot path looks its children up here.
+        # Bounded: label values are routed model names, endpoints, statuses and key ids.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def answered(self, route: str, model: str, status: int, seconds: float) -> None:
+        self._child(self.requests, route, model, str(status)).inc()
+        self._child(self.request_duration, route).observe(seconds)
+
+    def upstream_answered(self, upstream: str, seconds: float) -> None:
+        self._child(self.upstream_duration, upstream).observe(seconds)
 
     def settled(self, model: str, key: str | None, usage: Usage | None, cost_usd: float) -> None:
         if usage is not None:
             if usage.input_tokens:
-                self.tokens.labels(model, "input").inc(usage.input_tokens)
+                self._child(self.tokens, model, "input").inc(usage.input_tokens)
             if usage.output_tokens:
-                self.tokens.labels(model, "output").inc(usage.output_tokens)
+                self._child(self.tokens, model, "output").inc(usage.output_tokens)
             if usage.cache_read_tokens:
-                self.tokens.labels(model, "cache_read").inc(usage.cache_read_tokens)
-        self.cost.labels(model, key or "").inc(cost_usd)
+                self._child(self.tokens, model, "cache_read").inc(usage.cache_read_tokens)
+        self._child(self.cost, model, key or "").inc(cost_usd)
 
     def render(self, ledger: Ledger | None) -> bytes:
         """The exposition text; budget ratios are read from the ledger now."""

@@ -187,8 +187,7 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
             metrics.refusals.labels(timed_out.reason).inc()
             await respond(send, timed_out.status, _dumps(timed_out.payload(anthropic)), [_JSON])
     finally:
-        metrics.requests.labels(spec.endpoint, ctx.model, str(ctx.status)).inc()
-        metrics.request_duration.labels(spec.endpoint).observe(time.perf_counter() - started)
+        metrics.answered(spec.endpoint, ctx.model, ctx.status, time.perf_counter() - started)
 
 
 async def _handle(
@@ -403,7 +402,7 @@ async def _call(
                 code="upstream_unreachable",
                 reason="upstream_unreachable",
             ) from None
-        state.metrics.upstream_duration.labels(upstream.name).observe(time.perf_counter() - sent_at)
+        state.metrics.upstream_answered(upstream.name, time.perf_counter() - sent_at)
         rid = admission.request_id.encode()
         if resp.status_code >= 400:
             # The provider refused (its 429 included): nothing billed; its answer goes back as is.
@@ -438,7 +437,7 @@ async def _call(
             ) from None
         finally:
             await resp.aclose()
-        cost = _settle_body(state, admission, data)
+        cost = await _settle_body(state, admission, data)
         headers = [*_passed(resp), (b"x-spendgate-request-id", rid)]
         if cost is not None:
             headers.append((b"x-spendgate-cost", _usd(cost)))
@@ -470,6 +469,9 @@ def _passed(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
 
 def _remaining(state: GatewayState, admission: Admission) -> Money | None:
     """The tightest matched budget's remaining amount, after settlement."""
+    outcome = admission.outcome
+    if outcome is not None and outcome.status == "settled":
+        return outcome.remaining  # read by the settle's own transaction
     tightest: Money | None = None
     ledger = state.guard.ledger
     for line in admission.reservation.lines:
@@ -511,7 +513,7 @@ def _usage_of(endpoint: Endpoint, raw: Any) -> Usage:
     return Usage.from_openai(raw)
 
 
-def _settle_body(state: GatewayState, admission: Admission, data: bytes) -> Money | None:
+async def _settle_body(state: GatewayState, admission: Admission, data: bytes) -> Money | None:
     """Settle a whole response; returns the amount charged (None if the ledger failed)."""
     try:
         doc = json.loads(data)
@@ -525,7 +527,9 @@ def _settle_body(state: GatewayState, admission: Admission, data: bytes) -> Mone
             # Billed, but no usage to read: charge the worst case reserved (never under-count).
             return state.guard.settle_reserved(admission, "the upstream response carries no readable usage")
         tier = doc.get("service_tier") if isinstance(doc, dict) else None
-        cost = state.guard.settle(admission, usage, service_tier=tier if isinstance(tier, str) else None)
+        cost = await state.guard.settle_async(
+            admission, usage, service_tier=tier if isinstance(tier, str) else None
+        )
     except Exception:
         log.exception("could not settle request %s", admission.request_id)
         return None
