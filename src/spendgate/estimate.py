@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from spendgate.errors import SpendgateError
 from spendgate.money import Money
@@ -202,10 +202,23 @@ def _mentions(obj: Any, key: str) -> bool:
         if isinstance(item, Mapping):
             if key in item:
                 return True
-            stack.extend(v for v in item.values() if isinstance(v, Mapping | list | tuple))
+            stack.extend(_nested(item.values()))
         elif isinstance(item, list | tuple):
-            stack.extend(v for v in item if isinstance(v, Mapping | list | tuple))
+            stack.extend(_nested(item))
     return False
+
+
+#: JSON bodies are dicts, lists and scalars: exact type checks spare most ABC checks (slow).
+_CONTAINERS: Final = frozenset({dict, list, tuple})
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def _nested(values: Iterable[Any]) -> list[Any]:
+    return [
+        v
+        for v in values
+        if type(v) in _CONTAINERS or (type(v) not in _SCALARS and isinstance(v, Mapping | list | tuple))
+    ]
 
 
 def _has_audio(request: Mapping[str, Any]) -> bool:
