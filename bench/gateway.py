@@ -1,13 +1,25 @@
 """What the gateway adds over calling the fake upstream directly, next to LiteLLM's proxy.
 
     .venv/bin/python -m bench.gateway [--seconds 5] [--requests 2000] [--skip-litellm] [--skip-spendgate]
+                                      [--skip-bare] [--bare-loop auto|asyncio|uvloop]
 
 One fake upstream process, measured in the same run as the proxies in front of
-it: first alone, then through ``spendgate serve`` (SQLite ledger in a temporary
-directory, a virtual key, a budget too big to refuse anything), then through
-LiteLLM's proxy (installed in its own virtual environment under .bench-venv/,
-never a dependency of spendgate; one worker, no database). Each target gets a
-non-streaming ``POST /v1/chat/completions`` with ``max_tokens: 16``:
+it: first alone, then through the bare proxy, then through ``spendgate serve``
+(SQLite ledger in a temporary directory, a virtual key, a budget too big to
+refuse anything), then through LiteLLM's proxy (installed in its own virtual
+environment under .bench-venv/, never a dependency of spendgate; one worker, no
+database).
+
+The bare proxy (``python -m bench.bare_proxy``) is the reference for what any
+Python proxy reaches on this machine: the thinnest forwarder built from the
+gateway's own parts (uvicorn with httptools, a raw ASGI callable, one shared
+aiohttp session with an unlimited pool), posting each body to the upstream and
+returning status, body and content-type; no auth, no JSON parsing, no ledger.
+Its event loop is the gateway's rule, uvloop when importable, else asyncio
+(``--bare-loop`` to force one); the report names the loop it ran on.
+
+Each target gets a non-streaming ``POST /v1/chat/completions`` with
+``max_tokens: 16``:
 
 - concurrency 1: ``--requests`` sequential requests after a warm-up, p50/p99;
 - concurrency 32: keep-alive connections for ``--seconds``, requests/s, p50/p99.
@@ -20,7 +32,8 @@ processes after the load.
 
 Goals for spendgate: at most 1 ms added at p50 at concurrency 1; at
 concurrency 32 at least 30% of the upstream's own requests/s; ``import
-spendgate`` under 0.3 s; ready in under 2 s; under 150 MB resident.
+spendgate`` under 0.3 s; ready in under 2 s; under 150 MB resident. Its
+requests/s are also given as a share of the bare proxy's (no goal: context).
 """
 
 from __future__ import annotations
@@ -535,6 +548,35 @@ def run_spendgate(upstream: FakeUpstream, args: argparse.Namespace, tmp: Path) -
     return Result("spendgate", figures, import_s, min(ready), rss, note)
 
 
+# --- the bare proxy ----------------------------------------------------------------------------
+
+BARE_NAME = "bare proxy (no work)"
+
+
+def run_bare_proxy(upstream: FakeUpstream, args: argparse.Namespace) -> tuple[Result, str]:
+    """The bare proxy in front of the upstream: its figures and the event loop it ran on."""
+    from bench.bare_proxy import READY_PREFIX as BARE_READY_PREFIX
+
+    argv = [sys.executable, "-m", "bench.bare_proxy", "--upstream", upstream.base_url, "--port", "0"]
+    server = Server([*argv, "--loop", args.bare_loop], child_env(), BARE_READY_PREFIX)
+    try:
+        try:
+            ready = server.wait_line(30.0)
+        except BenchError as exc:
+            raise BenchError(f"bare proxy: {exc}") from exc
+        match = re.match(r"(http://\S+) \(loop (\w+)\)", server.ready_line.split(BARE_READY_PREFIX, 1)[1])
+        if match is None:
+            raise BenchError(f"bare proxy: unexpected ready line {server.ready_line!r}")
+        base, loop = match.group(1).rstrip("/") + "/v1", match.group(2)
+        check_once(base, None)
+        figures = measure(base + "/chat/completions", None, args.requests, args.seconds)
+        rss = tree_rss_mb(server.proc.pid)
+    finally:
+        server.stop()
+    note = f"loop {loop}; uvicorn httptools + one aiohttp session, no auth/JSON/ledger"
+    return Result(BARE_NAME, figures, None, ready, rss, note), loop
+
+
 # --- LiteLLM -----------------------------------------------------------------------------------
 
 LITELLM_ENV = {
@@ -607,33 +649,37 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def report(base: Figures, results: list[Result], args: argparse.Namespace) -> None:
+def report(
+    base: Figures, bare: Result | None, bare_loop: str, results: list[Result], args: argparse.Namespace
+) -> None:
     print(
         f"Python {python_version()}; {os.cpu_count()} CPUs; non-streaming chat, max_tokens 16; "
         f"c=1: {args.requests} sequential requests after {LATENCY_WARMUP} warm-up; "
         f"c={CONCURRENCY}: {args.seconds:g} s after {THROUGHPUT_WARMUP_S:g} s warm-up; latency in ms"
     )
     head = (
-        f"{'target':<16}{'p50 c=1':>9}{'p99 c=1':>9}{'added p50':>11}{'added p99':>11}"
+        f"{'target':<22}{'p50 c=1':>9}{'p99 c=1':>9}{'added p50':>11}{'added p99':>11}"
         f"{'p50 c=32':>10}{'p99 c=32':>10}{'req/s c=32':>12}{'% upstream':>12}"
     )
     print(head)
     print(
-        f"{'upstream alone':<16}{base.p50:>9.3f}{base.p99:>9.3f}{'':>11}{'':>11}"
+        f"{'upstream alone':<22}{base.p50:>9.3f}{base.p99:>9.3f}{'':>11}{'':>11}"
         f"{base.p50_c32:>10.2f}{base.p99_c32:>10.2f}{base.rps:>12,.0f}{100.0:>11.0f}%"
     )
-    for r in results:
+    shown = ([bare] if bare is not None else []) + results
+    for r in shown:
         f = r.figures
         print(
-            f"{r.name:<16}{f.p50:>9.3f}{f.p99:>9.3f}{f.p50 - base.p50:>11.3f}{f.p99 - base.p99:>11.3f}"
+            f"{r.name:<22}{f.p50:>9.3f}{f.p99:>9.3f}{f.p50 - base.p50:>11.3f}{f.p99 - base.p99:>11.3f}"
             f"{f.p50_c32:>10.2f}{f.p99_c32:>10.2f}{f.rps:>12,.0f}{100 * f.rps / base.rps:>11.1f}%"
         )
     print()
-    print(f"{'target':<16}{'import s':>10}{'ready s':>10}{'RSS MB':>10}  notes")
-    for r in results:
+    print(f"{'target':<22}{'import s':>10}{'ready s':>10}{'RSS MB':>10}  notes")
+    for r in shown:
         errors = f"; {r.figures.errors} failed requests" if r.figures.errors else ""
+        imported = "-" if r.import_s is None else f"{r.import_s:.3f}"
         print(
-            f"{r.name:<16}{r.import_s or 0:>10.3f}{r.ready_s or 0:>10.2f}{r.rss_mb or 0:>10.0f}  "
+            f"{r.name:<22}{imported:>10}{r.ready_s or 0:>10.2f}{r.rss_mb or 0:>10.0f}  "
             f"{r.note}; {r.figures.requests} timed at c=1{errors}"
         )
     by_name = {r.name: r for r in results}
@@ -650,6 +696,11 @@ def report(base: Figures, results: list[Result], args: argparse.Namespace) -> No
         print(
             f"  req/s at c=32         {share:>9.1f} %    >= {GOALS['share']:g}% of upstream: {verdict(share >= GOALS['share'])}"
         )
+        if bare is not None:
+            print(
+                f"  req/s at c=32         {100 * f.rps / bare.figures.rps:>9.1f} %    of the bare proxy "
+                f"(loop {bare_loop}; no goal: what any Python proxy reaches here)"
+            )
         print(
             f"  import spendgate      {sg.import_s or 0:>9.3f} s    < {GOALS['import_s']:g} s: {verdict((sg.import_s or 0) < GOALS['import_s'])}"
         )
@@ -674,6 +725,18 @@ def report(base: Figures, results: list[Result], args: argparse.Namespace) -> No
         json.dumps(
             {
                 "upstream": asdict(base),
+                **(
+                    {
+                        "bare_proxy": {
+                            **asdict(bare.figures),
+                            "ready_s": bare.ready_s,
+                            "rss_mb": bare.rss_mb,
+                            "loop": bare_loop,
+                        }
+                    }
+                    if bare is not None
+                    else {}
+                ),
                 **{
                     r.name: {
                         **asdict(r.figures),
@@ -706,6 +769,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts-litellm", type=int, default=3, help="LiteLLM starts (best of)")
     parser.add_argument("--skip-litellm", action="store_true", help="upstream and spendgate only")
     parser.add_argument("--skip-spendgate", action="store_true", help="upstream and LiteLLM only")
+    parser.add_argument("--skip-bare", action="store_true", help="no bare proxy (the reference forwarder)")
+    parser.add_argument(
+        "--bare-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the bare proxy's event loop (auto: uvloop when importable, else asyncio)",
+    )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.seconds <= 0 or args.starts < 1 or args.starts_litellm < 1:
         parser.error("--requests, --starts and --starts-litellm must be >= 1 and --seconds > 0")
@@ -720,14 +790,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results: list[Result] = []
+    bare: Result | None = None
+    bare_loop = ""
     with FakeUpstream.start() as upstream, tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         check_once(upstream.base_url, "bench")
         base = measure(upstream.base_url + "/chat/completions", "bench", args.requests, args.seconds)
+        if not args.skip_bare:
+            bare, bare_loop = run_bare_proxy(upstream, args)
         if not args.skip_spendgate:
             results.append(run_spendgate(upstream, args, Path(tmp)))
         if not args.skip_litellm:
             results.append(run_litellm(upstream, args, Path(tmp)))
-    report(base, results, args)
+    report(base, bare, bare_loop, results, args)
     return 0
 
 
