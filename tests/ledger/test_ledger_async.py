@@ -226,3 +226,32 @@ def test_sync_and_async_writes_mix(tmp_path: Path) -> None:
 
     run(body)
     ledger.close()
+
+
+def test_a_write_failing_part_way_does_not_take_its_batch_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = sqlite_ledger(tmp_path, [budget(id="b", limit="100")])
+    for i in range(3):
+        assert isinstance(ledger.reserve(f"r{i}", ALICE, USD("1"), 60), Reservation)
+    charge = ledger._charge
+
+    def flaky(conn: Any, catalog: Any, request_id: str, *args: Any) -> Any:
+        if request_id == "r1":  # after its request row was already marked settled
+            raise RuntimeError("a bug in the middle of a write")
+        return charge(conn, catalog, request_id, *args)
+
+    monkeypatch.setattr(ledger, "_charge", flaky)
+
+    async def body() -> list[Any]:
+        return await asyncio.gather(
+            *(ledger.asettle(f"r{i}", USD("0.5")) for i in range(3)), return_exceptions=True
+        )
+
+    first, second, third = run(body)
+    assert first.status == "settled" and third.status == "settled"
+    assert isinstance(second, RuntimeError)
+    assert ledger.open_reservations() == 1  # r1's half-done settle was rolled back whole
+    usage = ledger.usage("b")
+    assert (usage.spent, usage.reserved) == (USD("1"), USD("1"))
+    ledger.close()

@@ -179,6 +179,7 @@ _SQL_EXPIRE = """
     WHERE request_id = ? AND state = 'open'
     RETURNING estimate, lines"""
 _SQL_ENDED = "SELECT state, estimate, cost FROM requests WHERE request_id = ?"
+_SQL_FORGET = "DELETE FROM requests WHERE request_id = ? AND state = 'open'"
 _SQL_CHARGE = """
     UPDATE spend SET reserved = reserved - ?, spent = spent + ?
     WHERE budget_id = ? AND window_start = ? AND instance = ?
@@ -250,6 +251,17 @@ class _Op:
         if isinstance(value, LedgerUnavailableError):
             return self.failed(value)
         raise value
+
+
+def _fresh(events: list[Event], body: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+    """``body`` that starts with no events: a write run again (its first run rolled back) must
+    not announce twice what it announced the first time."""
+
+    def run(conn: sqlite3.Connection) -> T:
+        events.clear()
+        return body(conn)
+
+    return run
 
 
 def _consume(future: Any) -> None:
@@ -430,10 +442,11 @@ class SQLiteLedger(Ledger):
             raise
 
     def _write_batch(self, bodies: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Outcome] | None:
-        """Run ``bodies`` in one BEGIN IMMEDIATE transaction, each in a savepoint: a body that
-        raises (or returns through ``_Rollback``) undoes only its own writes. An SQLite error
-        that is not a bug makes the whole batch unavailable. None, with nothing done, when
-        another connection holds the write lock (the caller tries again later)."""
+        """Run ``bodies`` in one BEGIN IMMEDIATE transaction and one commit. A body that refuses
+        (``_Rollback``) has written nothing or undone its own writes; one that fails otherwise
+        sends the batch back to one transaction per body. An SQLite error that is not a bug
+        makes the whole batch unavailable. None, with nothing done, when another connection
+        holds the write lock (the caller tries again later)."""
         try:
             if not self._ready or self._pending:
                 self._setup()
@@ -450,32 +463,42 @@ class SQLiteLedger(Ledger):
         outcomes: list[Outcome] = []
         try:
             for body in bodies:
-                conn.execute("SAVEPOINT op")
                 try:
                     outcomes.append((True, body(conn)))
-                except _Rollback as done:
-                    conn.execute("ROLLBACK TO op")
+                except _Rollback as done:  # its body wrote nothing, or undid what it wrote
                     outcomes.append((True, done.value))
-                except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
-                    conn.execute("ROLLBACK TO op")
-                    outcomes.append((False, exc))  # a bug in one write, not an outage
+                except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+                    break  # a bug in one write, not an outage: handled below
                 except sqlite3.Error:
                     raise
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    outcomes.append((False, exc))
-                conn.execute("RELEASE op")
-            conn.execute("COMMIT")
+                except Exception:
+                    break
+            else:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(conn)
             return [(False, self._unavailable(exc))] * len(bodies)
         except BaseException:
             self._rollback(conn)
             raise
+        if len(outcomes) < len(bodies):
+            # A write failed part-way and may have left some of its rows changed: throw the whole
+            # batch away and run each write in a transaction of its own (its own rollback).
+            self._rollback(conn)
+            log.warning(
+                "spendgate: a ledger write failed inside a group commit; running the batch one by one"
+            )
+            return [self._alone(body) for body in bodies]
         pending, self._local.pending = self._local.pending, None
         if pending is not None:
             self._install(pending)
         return outcomes
+
+    def _alone(self, body: Callable[[sqlite3.Connection], Any]) -> Outcome:
+        try:
+            return True, self._write(body)
+        except Exception as exc:
+            return False, exc
 
     def _run(self, op: _Op) -> Any:
         """Run one write in its own transaction, on this thread."""
@@ -748,7 +771,7 @@ class SQLiteLedger(Ledger):
             self._unrecorded.append(request_id)
             return Reservation(request_id, estimate, now, now + delta, (), unrecorded=True)
 
-        return _Op(lambda conn: self._reserve_in(conn, plan, events), done, failed)
+        return _Op(_fresh(events, lambda conn: self._reserve_in(conn, plan, events)), done, failed)
 
     def _expiry_op(self, now: datetime) -> _Op | None:
         """The opportunistic lease expiry, once per ``expiry_interval`` per process."""
@@ -765,7 +788,7 @@ class SQLiteLedger(Ledger):
             log.warning("spendgate: lease expiry in %s skipped: %s", self.path, exc)
             return 0
 
-        return _Op(lambda conn: self._expire_in(conn, now, events, 64), done, failed)
+        return _Op(_fresh(events, lambda conn: self._expire_in(conn, now, events, 64)), done, failed)
 
     def _release_orphan(self, result: Reservation | Refusal) -> None:
         """A reservation whose caller was cancelled while it was being made: release it."""
@@ -817,10 +840,17 @@ class SQLiteLedger(Ledger):
             )
         if conn.execute(_SQL_OPEN, plan.row).rowcount == 0:
             raise _Rollback(self._reuse(conn, plan.request_id, plan.attributes, plan.estimate))
-        for hold, (budget, key, window) in zip(plan.holds, plan.matched, strict=True):
+        for i, (hold, (budget, key, window)) in enumerate(zip(plan.holds, plan.matched, strict=True)):
             if conn.execute(_SQL_HOLD, hold).rowcount == 0:
                 row = conn.execute(_SQL_LINE, (hold["budget"], hold["start"], key)).fetchone()
                 spent, reserved = row if row is not None else (0, 0)
+                # Undo this request's writes here (not by rolling the transaction back): in a
+                # group commit the transaction holds other requests' writes too.
+                conn.execute(_SQL_FORGET, (plan.request_id,))
+                for done in plan.holds[:i]:
+                    conn.execute(
+                        _SQL_RELEASE_LINE, (plan.estimate, done["budget"], done["start"], done["instance"])
+                    )
                 raise _Rollback(
                     self._refusal(
                         plan.request_id,
@@ -911,7 +941,8 @@ class SQLiteLedger(Ledger):
                       self.path, request_id, actual, exc_info=exc)  # fmt: skip
             return SettleOutcome(request_id, "unrecorded", actual, actual, actual)
 
-        return _Op(lambda conn: self._settle_in(conn, request_id, act, values, now, events), done, failed)
+        body = _fresh(events, lambda conn: self._settle_in(conn, request_id, act, values, now, events))
+        return _Op(body, done, failed)
 
     def _settle_in(
         self,
