@@ -194,6 +194,20 @@ def test_usage_and_requests(env: Env) -> None:
     assert len(data) == 2 and {d["cost"] for d in data} == {"1.25", "2"}
     assert all(isinstance(d["cost"], str) for d in data)
     assert len(env.client.get("/requests?limit=1").json()["data"]) == 1
+    # Paging, OpenAI style: has_more, first_id, last_id, after=<last_id>.
+    seen: list[str] = []
+    after: str | None = None
+    for _ in range(10):  # bounded
+        page = env.client.get("/requests", params={"limit": 2, **({"after": after} if after else {})}).json()
+        ids = [d["request_id"] for d in page["data"]]
+        assert (page["first_id"], page["last_id"]) == ((ids[0], ids[-1]) if ids else (None, None))
+        seen += ids
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    everything = [d["request_id"] for d in env.client.get("/requests").json()["data"]]
+    assert seen == everything and len(seen) >= 3
+    assert_error(env.client.get("/requests?after=sg-nope"), 400, "invalid_field", "after:")
     assert_error(env.client.get("/requests?limit=0"), 400, "invalid_field", "limit:")
     assert_error(env.client.get("/requests?colour=red"), 400, "invalid_field", "colour:")
 

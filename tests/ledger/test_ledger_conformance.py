@@ -556,6 +556,33 @@ def test_usage_and_list(make_ledger: MakeLedger) -> None:
 # -- the request log -------------------------------------------------------------------------------
 
 
+def test_request_log_pages(make_ledger: MakeLedger, clock: ManualClock) -> None:
+    ledger = make_ledger([budget(id="g", limit="1000")], clock)
+    # Seven requests: three share a start instant (ties go by request id), one is released.
+    for request_id in ("a", "b", "c", "d", "e", "f", "x"):
+        admitted(ledger.reserve(request_id, ALICE, USD("1"), 60))
+        if request_id not in ("c", "d"):
+            clock.advance(10)  # c, d and e start at the same instant
+    for request_id in ("a", "b", "c", "d", "e", "f"):
+        ledger.settle(request_id, USD("0.5"))
+    ledger.release("x")
+    everything = [r.request_id for r in ledger.query_requests()]
+    assert everything == ["f", "c", "d", "e", "b", "a"]
+    pages, after = [], None
+    for _ in range(10):  # bounded
+        page = ledger.query_requests(limit=2, after=after, user="alice")
+        pages.append([r.request_id for r in page])
+        if len(page) < 2:
+            break
+        after = page[-1].request_id
+    assert pages == [["f", "c"], ["d", "e"], ["b", "a"], []]
+    assert [r.request_id for r in ledger.query_requests(after="d", limit=10)] == ["e", "b", "a"]
+    with pytest.raises(UnknownReservationError):
+        ledger.query_requests(after="x")  # released: not in the log
+    with pytest.raises(UnknownReservationError):
+        ledger.query_requests(after="nope")
+
+
 def test_request_log_query_aggregate_and_retention(make_ledger: MakeLedger, clock: ManualClock) -> None:
     ledger = make_ledger([budget(id="g", limit="1000")], clock, retention=timedelta(days=7))
     people = {

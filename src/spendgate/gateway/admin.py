@@ -39,7 +39,7 @@ from spendgate.gateway.views import (
     parse_time,
     record_json,
 )
-from spendgate.ledger import Ledger, LedgerUnavailableError
+from spendgate.ledger import Ledger, LedgerUnavailableError, RequestRecord, UnknownReservationError
 from spendgate.money import Money, MoneyError
 
 __all__ = ["OPENAPI", "create_admin_app"]
@@ -341,7 +341,7 @@ def create_admin_app(*, keys: KeyStore, ledger: Ledger, admin_token: Callable[[]
 
     async def requests_log(request: Request) -> Response:
         params = request.query_params
-        allowed = ("since", "until", "limit", *_REQUEST_FILTERS)
+        allowed = ("since", "until", "limit", "after", *_REQUEST_FILTERS)
         for name in params:
             if name not in allowed:
                 raise _bad(name, f"unknown query parameter; known: {', '.join(allowed)}")
@@ -353,8 +353,28 @@ def create_admin_app(*, keys: KeyStore, ledger: Ledger, admin_token: Callable[[]
                 raise _bad("limit", f"must be a whole number from 1 to {_MAX_REQUESTS}")
             limit = int(text)
         filters = {dim: params[dim] for dim in _REQUEST_FILTERS if dim in params}
-        records = await run_in_threadpool(lambda: ledger.query_requests(since, until, limit=limit, **filters))
-        return JSONResponse({"object": "list", "data": [record_json(r) for r in records]})
+        after = params.get("after") or None
+
+        def page() -> list[RequestRecord]:
+            # One more than asked: whether another page follows.
+            return ledger.query_requests(since, until, limit=limit + 1, after=after, **filters)
+
+        try:
+            records = await run_in_threadpool(page)
+        except UnknownReservationError:
+            raise _bad(
+                "after", "is not a request id in the log (take last_id from the previous page)"
+            ) from None
+        more, records = len(records) > limit, records[:limit]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [record_json(r) for r in records],
+                "first_id": records[0].request_id if records else None,
+                "last_id": records[-1].request_id if records else None,
+                "has_more": more,
+            }
+        )
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
@@ -449,6 +469,17 @@ def _list(item: str) -> dict[str, Any]:
     }
 
 
+def _page(item: str) -> dict[str, Any]:
+    """A list page in OpenAI's shape: first_id, last_id and has_more."""
+    page = _list(item)
+    page["properties"] |= {
+        "first_id": {"type": ["string", "null"]},
+        "last_id": {"type": ["string", "null"]},
+        "has_more": {"type": "boolean"},
+    }
+    return page
+
+
 OPENAPI: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
     "info": {
@@ -497,10 +528,13 @@ OPENAPI: Final[dict[str, Any]] = {
                                    *_TIME_RANGE]),
         },
         "/requests": {
-            "get": _op("Logged requests, newest first", _json(_list("RequestRecord")),
+            "get": _op("Logged requests, newest first; page on with after=<last_id> while has_more",
+                       _json(_page("RequestRecord")),
                        parameters=[*_TIME_RANGE,
                                    {"name": "limit", "in": "query",
                                     "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_REQUESTS, "default": 100}},
+                                   {"name": "after", "in": "query", "schema": {"type": "string"},
+                                    "description": "the last_id of the previous page"},
                                    *({"name": dim, "in": "query", "schema": {"type": "string"}} for dim in DIMENSIONS)]),
         },
         "/openapi.json": {"get": _op("This document", _json({"type": "object"}))},

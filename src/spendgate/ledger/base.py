@@ -387,9 +387,12 @@ class Ledger(ABC):
         end: datetime | None = None,
         *,
         limit: int = 1000,
+        after: str | None = None,
         **dimensions: str,
     ) -> list[RequestRecord]:
-        """Logged requests started in ``[start, end)``, newest first, filtered by exact dimension values."""
+        """Logged requests started in ``[start, end)``, newest first (ties by request id), filtered
+        by exact dimension values. ``after``: the request id a previous page ended with; the
+        page continues from there (UnknownReservationError when that id is not in the log)."""
 
     @abstractmethod
     def usage_by(

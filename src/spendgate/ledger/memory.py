@@ -499,12 +499,20 @@ class MemoryLedger(Ledger):
         end: datetime | None = None,
         *,
         limit: int = 1000,
+        after: str | None = None,
         **dimensions: str,
     ) -> list[RequestRecord]:
         self._check_dimensions(dimensions)
+        mark: datetime | None = None
         with self._lock:
             self._maintain_locked(self.clock.now())
+            if after is not None:
+                mark = next((row[0] for row in self._log if row[2] == after), None)
+                if mark is None:
+                    raise UnknownReservationError(f"request id {after!r} is not in the request log")
             out = [r for r in self._records(start, end) if record_matches(r.attributes, dimensions)]
+        if after is not None and mark is not None:
+            out = [r for r in out if r.started_at < mark or (r.started_at == mark and r.request_id > after)]
         out.sort(key=lambda r: r.request_id)
         out.sort(key=lambda r: r.started_at, reverse=True)  # newest first, ties by request id
         return out[:limit]

@@ -180,6 +180,7 @@ _SQL_EXPIRE = """
     RETURNING estimate, lines"""
 _SQL_ENDED = "SELECT state, estimate, cost FROM requests WHERE request_id = ?"
 _SQL_FORGET = "DELETE FROM requests WHERE request_id = ? AND state = 'open'"
+_SQL_LOGGED_AT = "SELECT started_at FROM requests WHERE request_id = ? AND state IN ('settled', 'expired')"
 _SQL_CHARGE = """
     UPDATE spend SET reserved = reserved - ?, spent = spent + ?
     WHERE budget_id = ? AND window_start = ? AND instance = ?
@@ -1230,13 +1231,26 @@ class SQLiteLedger(Ledger):
         end: datetime | None = None,
         *,
         limit: int = 1000,
+        after: str | None = None,
         **dimensions: str,
     ) -> list[RequestRecord]:
         self._check_dimensions(dimensions)
         where, params = _log_filter(start, end, dimensions)
-        sql = f"SELECT {_SQL_LOG_COLUMNS} FROM requests WHERE {where} ORDER BY started_at DESC, request_id LIMIT ?"
-        rows = self._read(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
-        return [_record(row) for row in rows]
+        sql = f"SELECT {_SQL_LOG_COLUMNS} FROM requests WHERE {where}"
+        if after is not None:  # keyset paging: strictly after (started_at, request_id) of that row
+            sql += " AND (started_at < ? OR (started_at = ? AND request_id > ?))"
+        sql += " ORDER BY started_at DESC, request_id LIMIT ?"
+
+        def body(conn: sqlite3.Connection) -> list[Any]:
+            values = list(params)
+            if after is not None:
+                row = conn.execute(_SQL_LOGGED_AT, (after,)).fetchone()
+                if row is None:
+                    raise UnknownReservationError(f"request id {after!r} is not in the request log")
+                values += [row[0], row[0], after]
+            return conn.execute(sql, (*values, limit)).fetchall()
+
+        return [_record(row) for row in self._read(body)]
 
     def usage_by(
         self, dimension: str, start: datetime | None = None, end: datetime | None = None
