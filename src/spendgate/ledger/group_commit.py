@@ -84,7 +84,7 @@ class GroupCommit:
         batch = self._queue[: self._max_batch]
         try:
             outcomes = self._run_batch([job.body for job in batch])
-        except BaseException as exc:  # run_batch maps its own errors; this is a last resort
+        except Exception as exc:  # run_batch maps its own errors; this is a last resort
             log.exception("spendgate: a ledger write batch failed")
             outcomes = [(False, exc)] * len(batch)
         if outcomes is None:  # another process holds the write lock: try again soon
