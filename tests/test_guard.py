@@ -298,3 +298,57 @@ def test_async_admit_and_settle_through_the_ledgers_async_calls(ledger: str, tmp
     assert isinstance(results[-1], BudgetExceededError)
     assert guard.ledger.usage("team", {"team": "a"}).reserved == ONE * 2
     guard.close()
+
+
+def test_async_endings_land_even_when_their_caller_is_cancelled(tmp_path: Path) -> None:
+    clock = ManualClock("2026-11-28T12:00:00Z")
+    budget = {"id": "team", "selector": {"team": "a"}, "limit": "10", "window": "day"}
+    guard = Guard(f"sqlite:///{tmp_path / 'spend.db'}", budgets=[budget], clock=clock)
+
+    async def scenario() -> list[Any]:
+        with attribute(team="a"):
+            adms = [await guard.admit_async("chat", BODY) for _ in range(4)]
+        endings = [
+            guard.settle_async(adms[0], Usage(input_tokens=9, output_tokens=10)),
+            guard.settle_partial_async(adms[1], "half an answer", status="closed"),
+            guard.settle_reserved_async(adms[2], "no usage in the test"),
+            guard.release_async(adms[3], "test"),
+        ]
+        tasks = [asyncio.ensure_future(e) for e in endings]
+        await asyncio.sleep(0)  # each ran up to its first suspension: its write is queued
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        for _ in range(100):  # bounded: let the queued batch run
+            await asyncio.sleep(0)
+        return adms
+
+    adms = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert [a.ended for a in adms] == ["settled", "settled", "settled", "released"]
+    ledger = guard.ledger
+    assert ledger.open_reservations() == 0  # type: ignore[attr-defined]
+    records = {r.request_id: r for r in ledger.query_requests()}
+    assert {records[a.request_id].status for a in adms[:3]} == {"ok", "closed", "unread"}
+    assert adms[3].request_id not in records  # released: nothing charged
+    assert records[adms[2].request_id].cost == ONE  # the whole reservation
+    usage = ledger.usage("team", {"team": "a"})
+    assert usage.reserved == Money(0)
+    assert usage.spent == sum((records[a.request_id].cost for a in adms[:3]), Money(0))
+    guard.close()
+
+
+def test_an_async_ending_the_ledger_refuses_leaves_the_admission_open(tmp_path: Path) -> None:
+    guard = make_guard(Money.usd("1"))
+
+    async def scenario() -> None:
+        with attribute(team="a"):
+            adm = await guard.admit_async("chat", BODY)
+        guard.ledger.release(adm.request_id)  # ended behind the guard's back
+        guard.ledger.purge()
+        adm.request_id = "sg-unknown"
+        with pytest.raises(KeyError):
+            await guard.settle_async(adm, Usage(input_tokens=9, output_tokens=10))
+        assert adm.ended is None  # not ended: the caller may still release it (or the lease ends it)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

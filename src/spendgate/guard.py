@@ -12,6 +12,7 @@ cut short) or ``release()`` (the call failed and nothing was billed).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -26,7 +27,15 @@ from spendgate.clock import Clock, SystemClock
 from spendgate.cost import Cost, cost_of
 from spendgate.errors import BudgetExceededError, ConfigError
 from spendgate.estimate import Endpoint, Estimate, estimate_request
-from spendgate.ledger import Ledger, Refusal, RequestRecord, Reservation, SettleOutcome, open_ledger
+from spendgate.ledger import (
+    Ledger,
+    Refusal,
+    ReleaseOutcome,
+    RequestRecord,
+    Reservation,
+    SettleOutcome,
+    open_ledger,
+)
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog, UnknownModelPolicy
 from spendgate.tokens import TokenCounter, default_counter
@@ -401,6 +410,11 @@ class Guard:
         return self._lines.waiting()
 
     # -- ending -------------------------------------------------------------------
+    # Each way to end has an async twin for event-loop callers: the ledger write goes through
+    # ``asettle``/``arelease`` (SQLite: the group commit). The write is queued before the first
+    # suspension, so a cancellation while awaiting it cannot skip it; the admission counts as
+    # ended from then on.
+
     def settle(self, admission: Admission, usage: Usage, *, service_tier: str | None = None) -> Cost:
         """Charge the actual cost of ``usage`` in place of the reservation (idempotent)."""
         cost = self._cost(admission, usage, service_tier)
@@ -410,24 +424,75 @@ class Guard:
     async def settle_async(
         self, admission: Admission, usage: Usage, *, service_tier: str | None = None
     ) -> Cost:
-        """``settle`` through the ledger's ``asettle`` (SQLite: the group-commit thread)."""
         cost = self._cost(admission, usage, service_tier)
-        if admission.ended is None:
-            record = self._record(admission, cost, "ok", cost.total)
-            outcome = await self.ledger.asettle(admission.request_id, cost.total, record)
-            self._ended(admission, cost, "ok", outcome)
+        await self._end_async(admission, cost, "ok")
         return cost
-
-    @staticmethod
-    def _cost(admission: Admission, usage: Usage, service_tier: str | None) -> Cost:
-        tier = service_tier or admission.request.get("service_tier")
-        return cost_of(usage, admission.estimate.price, service_tier=tier if isinstance(tier, str) else None)
 
     def settle_partial(
         self, admission: Admission, output_text: str, *, status: str = "cut", known: Usage | None = None
     ) -> Cost:
         """A stream that ended without its final usage: the output seen so far, and the prompt
         as far as it is known (``known``: e.g. Anthropic's message_start), else its upper bound."""
+        cost = self._partial_cost(admission, output_text, known)
+        self._end(admission, cost, status)
+        return cost
+
+    async def settle_partial_async(
+        self, admission: Admission, output_text: str, *, status: str = "cut", known: Usage | None = None
+    ) -> Cost:
+        cost = self._partial_cost(admission, output_text, known)
+        await self._end_async(admission, cost, status)
+        return cost
+
+    def settle_reserved(self, admission: Admission, why: str) -> Money:
+        """No usage can be read from a response that was billed: charge the whole reservation."""
+        self._end(admission, self._reserved_cost(admission, why), "unread", charge=admission.reserved)
+        return admission.reserved
+
+    async def settle_reserved_async(self, admission: Admission, why: str) -> Money:
+        cost = self._reserved_cost(admission, why)
+        await self._end_async(admission, cost, "unread", charge=admission.reserved)
+        return admission.reserved
+
+    def release(self, admission: Admission, reason: str = "error") -> None:
+        """The call failed and nothing was billed: free the reservation."""
+        if admission.ended is not None:
+            return
+        outcome = self.ledger.release(admission.request_id)
+        admission.ended = "released"
+        self._released(admission, reason, outcome)
+
+    async def release_async(self, admission: Admission, reason: str = "error") -> None:
+        if admission.ended is not None:
+            return
+        admission.ended = "released"
+        try:
+            outcome = await self.ledger.arelease(admission.request_id)
+        except asyncio.CancelledError:
+            raise  # queued: it still happens
+        except BaseException:
+            admission.ended = None  # not ended: the caller (or the lease) must still end it
+            raise
+        self._released(admission, reason, outcome)
+
+    def _released(self, admission: Admission, reason: str, outcome: ReleaseOutcome) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "spendgate request released (%s)",
+                reason,
+                extra={
+                    "spendgate": self._log_fields(
+                        admission, decision="released", reason=reason, status=outcome.status
+                    )
+                },
+            )
+
+    @staticmethod
+    def _cost(admission: Admission, usage: Usage, service_tier: str | None) -> Cost:
+        tier = service_tier or admission.request.get("service_tier")
+        return cost_of(usage, admission.estimate.price, service_tier=tier if isinstance(tier, str) else None)
+
+    def _partial_cost(self, admission: Admission, output_text: str, known: Usage | None) -> Cost:
         out = self.counter.count_text(admission.model, output_text).tokens
         if known is not None:
             usage = Usage(
@@ -440,34 +505,14 @@ class Guard:
             )
         else:
             usage = Usage(input_tokens=admission.estimate.prompt.tokens, output_tokens=out)
-        cost = cost_of(usage, admission.estimate.price)
-        self._end(admission, cost, status)
-        return cost
+        return cost_of(usage, admission.estimate.price)
 
-    def settle_reserved(self, admission: Admission, why: str) -> Money:
-        """No usage can be read from a response that was billed: charge the whole reservation."""
+    @staticmethod
+    def _reserved_cost(admission: Admission, why: str) -> Cost:
         log.warning("spendgate: %s; charging the reserved worst case for %s", why, admission.request_id)
         est = admission.estimate
         bound = Usage(input_tokens=est.prompt.tokens, output_tokens=est.max_output_tokens * est.n)
-        self._end(admission, cost_of(bound, est.price), "unread", charge=admission.reserved)
-        return admission.reserved
-
-    def release(self, admission: Admission, reason: str = "error") -> None:
-        """The call failed and nothing was billed: free the reservation."""
-        if admission.ended is not None:
-            return
-        outcome = self.ledger.release(admission.request_id)
-        admission.ended = "released"
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "spendgate request released (%s)",
-                reason,
-                extra={
-                    "spendgate": self._log_fields(
-                        admission, decision="released", reason=reason, status=outcome.status
-                    )
-                },
-            )
+        return cost_of(bound, est.price)
 
     def _end(self, admission: Admission, cost: Cost, status: str, charge: Money | None = None) -> None:
         if admission.ended is not None:
@@ -475,6 +520,23 @@ class Guard:
         amount = cost.total if charge is None else charge
         record = self._record(admission, cost, status, amount)
         self._ended(admission, cost, status, self.ledger.settle(admission.request_id, amount, record))
+
+    async def _end_async(
+        self, admission: Admission, cost: Cost, status: str, charge: Money | None = None
+    ) -> None:
+        if admission.ended is not None:
+            return
+        amount = cost.total if charge is None else charge
+        record = self._record(admission, cost, status, amount)
+        admission.ended = "settled"
+        try:
+            outcome = await self.ledger.asettle(admission.request_id, amount, record)
+        except asyncio.CancelledError:
+            raise  # queued: it still happens
+        except BaseException:
+            admission.ended = None  # not ended: the caller (or the lease) must still end it
+            raise
+        self._ended(admission, cost, status, outcome)
 
     def _record(self, admission: Admission, cost: Cost, status: str, amount: Money) -> RequestRecord:
         breakdown = cost.breakdown()

@@ -385,7 +385,7 @@ async def _call(
         try:
             resp = await state.client.open(upstream, spec.path, payload, forwarded)
         except UpstreamTimeoutError:
-            _release(state, admission, "upstream_timeout")
+            await _release(state, admission, "upstream_timeout")
             raise GatewayError(
                 504,
                 f"The upstream {upstream.name!r} did not answer in time.",
@@ -394,7 +394,7 @@ async def _call(
                 reason="upstream_timeout",
             ) from None
         except UpstreamError as exc:
-            _release(state, admission, "upstream_unreachable")
+            await _release(state, admission, "upstream_unreachable")
             raise GatewayError(
                 502,
                 f"The upstream {upstream.name!r} could not be reached ({exc}).",
@@ -412,7 +412,7 @@ async def _call(
                 data = b""
             finally:
                 await resp.aclose()
-            _release(state, admission, f"upstream_{resp.status_code}")
+            await _release(state, admission, f"upstream_{resp.status_code}")
             ctx.status = resp.status_code
             await respond(send, resp.status_code, data, [*_passed(resp), (b"x-spendgate-request-id", rid)])
             return
@@ -426,7 +426,7 @@ async def _call(
         try:
             data = await resp.aread()
         except UpstreamError as exc:
-            _settle_reserved(state, admission, f"the upstream body broke off ({exc})")
+            await _settle_reserved(state, admission, f"the upstream body broke off ({exc})")
             status = 504 if isinstance(exc, UpstreamTimeoutError) else 502
             raise GatewayError(
                 status,
@@ -449,9 +449,9 @@ async def _call(
         if admission.ended is None:
             # Cancelled or failed in between: never leave the reservation open, never under-count.
             if billed:
-                _settle_reserved(state, admission, "the request ended before its usage was read")
+                await _settle_reserved(state, admission, "the request ended before its usage was read")
             else:
-                _release(state, admission, "gateway_aborted")
+                await _release(state, admission, "gateway_aborted")
 
 
 def _usd(amount: Money) -> bytes:
@@ -484,17 +484,17 @@ def _remaining(state: GatewayState, admission: Admission) -> Money | None:
     return tightest
 
 
-def _release(state: GatewayState, admission: Admission, reason: str) -> None:
+async def _release(state: GatewayState, admission: Admission, reason: str) -> None:
     try:
-        state.guard.release(admission, reason)
+        await state.guard.release_async(admission, reason)
     except Exception:
         # The lease ends it; the client sees the upstream's problem, not the ledger's.
         log.exception("could not release request %s", admission.request_id)
 
 
-def _settle_reserved(state: GatewayState, admission: Admission, why: str) -> None:
+async def _settle_reserved(state: GatewayState, admission: Admission, why: str) -> None:
     try:
-        state.guard.settle_reserved(admission, why)
+        await state.guard.settle_reserved_async(admission, why)
     except Exception:
         log.exception("could not settle request %s", admission.request_id)
 
@@ -525,7 +525,9 @@ async def _settle_body(state: GatewayState, admission: Admission, data: bytes) -
     try:
         if usage is None:
             # Billed, but no usage to read: charge the worst case reserved (never under-count).
-            return state.guard.settle_reserved(admission, "the upstream response carries no readable usage")
+            return await state.guard.settle_reserved_async(
+                admission, "the upstream response carries no readable usage"
+            )
         tier = doc.get("service_tier") if isinstance(doc, dict) else None
         cost = await state.guard.settle_async(
             admission, usage, service_tier=tier if isinstance(tier, str) else None
@@ -691,7 +693,7 @@ class StreamTracker:
             if value is not None:
                 self.usage[name] = value
 
-    def settle(self, state: GatewayState, admission: Admission, status: str) -> Cost | None:
+    async def settle(self, state: GatewayState, admission: Admission, status: str) -> Cost | None:
         """End the reservation once: from the final usage, else from the text seen."""
         if admission.ended is not None:
             return None
@@ -705,7 +707,7 @@ class StreamTracker:
                 except ValueError:
                     log.warning("unreadable usage in request %s", admission.request_id, exc_info=True)
             if usage is not None:
-                cost = guard.settle(admission, usage, service_tier=self.tier)
+                cost = await guard.settle_async(admission, usage, service_tier=self.tier)
             else:
                 known = None
                 if self.endpoint == "messages" and self.usage:
@@ -713,7 +715,9 @@ class StreamTracker:
                         known = Usage.from_anthropic(self.usage)
                     except ValueError:
                         known = None
-                cost = guard.settle_partial(admission, "".join(self.texts), status=status, known=known)
+                cost = await guard.settle_partial_async(
+                    admission, "".join(self.texts), status=status, known=known
+                )
         except Exception:
             log.exception("could not settle stream %s", admission.request_id)
             return None
@@ -798,8 +802,9 @@ async def _stream(
     finally:
         for task in (pumping, watching):
             task.cancel()
-        # Settle before any further await: a second cancellation must not skip it.
-        cost = tracker.settle(state, admission, "complete" if outcome == "complete" else outcome)
+        # Settle before any other await: the write is queued before settle's first suspension,
+        # so even a second cancellation cannot skip it.
+        cost = await tracker.settle(state, admission, "complete" if outcome == "complete" else outcome)
         await asyncio.gather(pumping, watching, return_exceptions=True)
         await resp.aclose()
     if outcome == "closed":

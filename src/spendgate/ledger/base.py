@@ -340,6 +340,10 @@ class Ledger(ABC):
         """``settle`` for asyncio callers (see ``areserve``)."""
         return self.settle(request_id, actual, record)
 
+    async def arelease(self, request_id: str) -> ReleaseOutcome:
+        """``release`` for asyncio callers (see ``areserve``)."""
+        return self.release(request_id)
+
     @abstractmethod
     def expire_leases(self) -> int:
         """Charge every reservation whose lease has run out at its reserved amount; how many."""

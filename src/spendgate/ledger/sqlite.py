@@ -1032,6 +1032,11 @@ class SQLiteLedger(Ledger):
         outcome: ReleaseOutcome = self._run(self._release_op(request_id))
         return outcome
 
+    async def arelease(self, request_id: str) -> ReleaseOutcome:
+        """``release`` through the group commit."""
+        outcome: ReleaseOutcome = await self._arun([self._release_op(request_id)])
+        return outcome
+
     def _release_op(self, request_id: str) -> _Op:
         def failed(exc: LedgerUnavailableError) -> ReleaseOutcome:
             if not self.fail_open:
