@@ -13,6 +13,7 @@ import pytest
 from spendgate.budgets import Attributes, Budget
 from spendgate.clock import ManualClock
 from spendgate.ledger import LedgerUnavailableError, Refusal, Reservation, open_ledger
+from spendgate.ledger.group_commit import GroupCommit, future_job
 from spendgate.ledger.sqlite import SQLiteLedger
 from spendgate.money import Money
 
@@ -255,3 +256,85 @@ def test_a_write_failing_part_way_does_not_take_its_batch_with_it(
     usage = ledger.usage("b")
     assert (usage.spent, usage.reserved) == (USD("1"), USD("1"))
     ledger.close()
+
+
+def test_cancelled_after_its_result_arrived_still_releases(tmp_path: Path) -> None:
+    ledger = sqlite_ledger(tmp_path, [budget(id="b")])
+
+    async def body() -> None:
+        task = asyncio.ensure_future(ledger.areserve("r1", ALICE, USD("1"), 60))
+        await asyncio.sleep(0)  # queued; the batch is next in line
+        asyncio.get_running_loop().call_soon(task.cancel)  # lands after the result, before the task runs
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await settle_soon()
+
+    run(body)
+    assert ledger.open_reservations() == 0
+    assert ledger.usage("b").reserved == USD("0")
+    ledger.close()
+
+
+def test_a_cancelled_retry_does_not_release_the_holders_reservation(tmp_path: Path) -> None:
+    ledger = sqlite_ledger(tmp_path, [budget(id="b")])
+    assert isinstance(ledger.reserve("r1", ALICE, USD("1"), 60), Reservation)  # the live holder
+
+    async def body() -> None:
+        retry = asyncio.ensure_future(ledger.areserve("r1", ALICE, USD("1"), 60))  # the same id again
+        await asyncio.sleep(0)
+        retry.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await retry
+        await settle_soon()
+
+    run(body)
+    assert ledger.open_reservations() == 1
+    assert ledger.settle("r1", USD("0.5")).status == "settled"
+    ledger.close()
+
+
+def test_close_fails_the_writes_still_queued(tmp_path: Path) -> None:
+    ledger = sqlite_ledger(tmp_path, [budget(id="b")])
+
+    async def body() -> None:
+        task = asyncio.ensure_future(ledger.areserve("r1", ALICE, USD("1"), 60))
+        await asyncio.sleep(0)  # queued
+        ledger.close()
+        with pytest.raises(LedgerUnavailableError):
+            await task
+        # The ledger opens again on its next use.
+        assert isinstance(await ledger.areserve("r2", ALICE, USD("1"), 60), Reservation)
+
+    run(body)
+    assert ledger.open_reservations() == 1
+    ledger.close()
+
+
+def test_an_interrupted_batch_fails_its_writes_and_the_next_one_runs() -> None:
+    calls: list[int] = []
+
+    def run_batch(bodies: Any) -> list[tuple[bool, Any]]:
+        calls.append(len(bodies))
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return [(True, body(None)) for body in bodies]
+
+    def finish(ok: bool, value: Any) -> Any:
+        if not ok:
+            raise value
+        return value
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        group = GroupCommit(loop, run_batch, busy_timeout=1.0, unavailable=lambda: RuntimeError("closed"))
+        job, first = future_job(lambda conn: "one", finish)
+        group.submit([job])
+        with pytest.raises(KeyboardInterrupt):
+            group._flush()  # as the loop would; the interrupt goes through
+        with pytest.raises(RuntimeError, match="interrupted"):
+            await first
+        job, second = future_job(lambda conn: "two", finish)
+        group.submit([job])
+        assert await second == "two"
+
+    run(body)

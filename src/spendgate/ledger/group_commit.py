@@ -65,6 +65,7 @@ class GroupCommit:
         self._max_batch = max_batch
         self._queue: list[Job] = []
         self._scheduled = False
+        self._closed = False
         self._busy_since: float | None = None
         self._retry = _FIRST_RETRY
         self.batches = 0  # counters for tests and benchmarks
@@ -80,13 +81,32 @@ class GroupCommit:
     def pending(self) -> int:
         return len(self._queue)
 
+    def close(self) -> None:
+        """The ledger closed: what is still queued fails (on the loop, at its next flush)."""
+        self._closed = True
+
     def _flush(self) -> None:
+        if self._closed:
+            batch, self._queue = self._queue, []
+            self._scheduled = False
+            _deliver_all([(job, (False, self._unavailable())) for job in batch])
+            return
         batch = self._queue[: self._max_batch]
         try:
             outcomes = self._run_batch([job.body for job in batch])
         except Exception as exc:  # run_batch maps its own errors; this is a last resort
             log.exception("spendgate: a ledger write batch failed")
             outcomes = [(False, exc)] * len(batch)
+        except BaseException:
+            # KeyboardInterrupt, SystemExit: nobody may wait for this batch for ever, and later
+            # writes must still be flushed (shutdown settles requests in flight).
+            del self._queue[: len(batch)]
+            self._scheduled = bool(self._queue)
+            if self._queue:
+                self._loop.call_soon(self._flush)
+            interrupted = RuntimeError("the ledger write was interrupted")
+            _deliver_all([(job, (False, interrupted)) for job in batch])
+            raise
         if outcomes is None:  # another process holds the write lock: try again soon
             now = time.monotonic()
             if self._busy_since is None:
@@ -106,16 +126,20 @@ class GroupCommit:
             self._loop.call_soon(self._flush)
         else:
             self._scheduled = False
-        for job, (ok, value) in zip(batch, outcomes, strict=True):
-            try:
-                job.deliver(ok, value)
-            except Exception:
-                log.exception("spendgate: delivering a ledger result failed")
+        _deliver_all(list(zip(batch, outcomes, strict=True)))
         if self._after_batch is not None:
             try:
                 self._after_batch()
             except Exception:
                 log.exception("spendgate: ledger housekeeping failed")
+
+
+def _deliver_all(done: list[tuple[Job, Outcome]]) -> None:
+    for job, (ok, value) in done:
+        try:
+            job.deliver(ok, value)
+        except Exception:
+            log.exception("spendgate: delivering a ledger result failed")
 
 
 def future_job(

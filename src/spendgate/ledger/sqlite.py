@@ -245,6 +245,8 @@ class _Op:
     body: Callable[[sqlite3.Connection], Any]
     done: Callable[[Any], Any]
     failed: Callable[[LedgerUnavailableError], Any]
+    #: For a caller that stopped waiting: what to do with the result it did not take.
+    orphan: Callable[[Any], None] | None = None
 
     def finish(self, ok: bool, value: Any) -> Any:
         if ok:
@@ -255,11 +257,12 @@ class _Op:
 
 
 def _fresh(events: list[Event], body: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
-    """``body`` that starts with no events: a write run again (its first run rolled back) must
-    not announce twice what it announced the first time."""
+    """``body`` that forgets the thresholds of an earlier run: a write run again (its first run
+    rolled back) must not announce them twice. Budget changes stay: the catalog they describe
+    was installed when they were heard, and a rerun does not hear them again."""
 
     def run(conn: sqlite3.Connection) -> T:
-        events.clear()
+        events[:] = [e for e in events if not isinstance(e, ThresholdCrossed)]
         return body(conn)
 
     return run
@@ -398,7 +401,12 @@ class SQLiteLedger(Ledger):
             delay = min(delay * 2, _LAST_POLL)
 
     def close(self) -> None:
-        """Close this process's connections (call it when no thread uses the ledger any more)."""
+        """Close this process's connections (call it when no thread uses the ledger any more).
+        Writes still queued by asyncio callers fail as unavailable."""
+        with self._lock:
+            groups, self._groups = self._groups, {}
+        for group in groups.values():
+            group.close()
         with self._lock:
             conns, self._conns = self._conns, []
             self._generation += 1
@@ -519,7 +527,7 @@ class SQLiteLedger(Ledger):
                 self._write_batch,
                 busy_timeout=self.busy_timeout,
                 unavailable=lambda: self._unavailable(TimeoutError("the write lock stayed busy")),
-                after_batch=self._maybe_purge,
+                after_batch=self._maybe_purge_async,
             )
             with self._lock:
                 live = {lp: g for lp, g in self._groups.items() if not lp.is_closed()}
@@ -528,7 +536,7 @@ class SQLiteLedger(Ledger):
         return group
 
     async def _arun(self, ops: Sequence[_Op], orphan: Callable[[Any], None] | None = None) -> Any:
-        """Queue ``ops`` for the writer thread; the last one's result (or error)."""
+        """Queue ``ops`` for this loop's group commit; the last one's result (or error)."""
         jobs: list[Job] = []
         futures = []
         for i, op in enumerate(ops):
@@ -538,7 +546,15 @@ class SQLiteLedger(Ledger):
         for future in futures[:-1]:
             future.add_done_callback(_consume)
         self._group().submit(jobs)
-        return await futures[-1]
+        last = futures[-1]
+        try:
+            return await last
+        except asyncio.CancelledError:
+            # Cancelled after the result was set but before this task resumed: the future was
+            # not cancelled, so deliver() did not hand the result to the orphan handler.
+            if orphan is not None and last.done() and not last.cancelled() and last.exception() is None:
+                orphan(last.result())
+            raise
 
     def _read(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``body`` on one consistent snapshot (a deferred read transaction)."""
@@ -731,13 +747,11 @@ class SQLiteLedger(Ledger):
     async def areserve(
         self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
     ) -> Reservation | Refusal:
-        """``reserve`` through the group-commit thread: the event loop never waits for the lock."""
+        """``reserve`` through the group commit: the event loop never waits for the lock."""
         now = self.clock.now()
         op = self._reserve_op(request_id, attributes, estimate, lease, now)
         expiry = self._expiry_op(now)
-        result: Reservation | Refusal = await self._arun(
-            [op] if expiry is None else [expiry, op], orphan=self._release_orphan
-        )
+        result: Reservation | Refusal = await self._arun([op] if expiry is None else [expiry, op], op.orphan)
         return result
 
     def _reserve_op(
@@ -772,7 +786,20 @@ class SQLiteLedger(Ledger):
             self._unrecorded.append(request_id)
             return Reservation(request_id, estimate, now, now + delta, (), unrecorded=True)
 
-        return _Op(_fresh(events, lambda conn: self._reserve_in(conn, plan, events)), done, failed)
+        created = False  # by this op (not a retry that found the id's reservation already open)
+
+        def body(conn: sqlite3.Connection) -> Reservation | Refusal:
+            nonlocal created
+            created = False
+            result = self._reserve_in(conn, plan, events)  # reuse and refusal leave by _Rollback
+            created = True
+            return result
+
+        def orphan(result: Reservation | Refusal) -> None:
+            if created:
+                self._release_orphan(result)
+
+        return _Op(_fresh(events, body), done, failed, orphan)
 
     def _expiry_op(self, now: datetime) -> _Op | None:
         """The opportunistic lease expiry, once per ``expiry_interval`` per process."""
@@ -792,7 +819,7 @@ class SQLiteLedger(Ledger):
         return _Op(_fresh(events, lambda conn: self._expire_in(conn, now, events, 64)), done, failed)
 
     def _release_orphan(self, result: Reservation | Refusal) -> None:
-        """A reservation whose caller was cancelled while it was being made: release it."""
+        """A reservation this call made, whose caller was cancelled meanwhile: release it."""
         if not isinstance(result, Reservation) or result.unrecorded:
             return
         op = self._release_op(result.request_id)
@@ -1283,11 +1310,36 @@ class SQLiteLedger(Ledger):
             self._next_purge = now + self.purge_interval
             self._purge(now, force=False)
 
+    def _maybe_purge_async(self) -> None:
+        """After a group commit: the scheduled purge as a write of its own in the next batch
+        (smaller than ``purge()``'s, so the loop is never held long)."""
+        now = self.clock.now()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + self.purge_interval
+
+        def deliver(ok: bool, value: Any) -> None:
+            if not ok:
+                log.warning("spendgate: retention purge of %s skipped: %s", self.path, value)
+
+        self._group().submit([Job(self._purge_body(now, force=False, rows=1000), deliver)])
+
     def purge(self) -> int:
         return self._purge(self.clock.now(), force=True)
 
     def _purge(self, now: datetime, *, force: bool) -> int:
         """Drop rows older than retention, a bounded batch at a time; one process per interval."""
+        try:
+            return self._write(self._purge_body(now, force=force))
+        except LedgerUnavailableError:
+            if force:
+                raise
+            log.warning("spendgate: retention purge of %s skipped", self.path, exc_info=True)
+            return 0
+
+    def _purge_body(
+        self, now: datetime, *, force: bool, rows: int = 10_000
+    ) -> Callable[[sqlite3.Connection], int]:
         now_us = _us(now)
         cutoff = _us(now - self.retention)
 
@@ -1301,8 +1353,8 @@ class SQLiteLedger(Ledger):
                     return 0  # another process purged recently
             deleted = conn.execute(
                 "DELETE FROM requests WHERE request_id IN (SELECT request_id FROM requests "
-                "WHERE started_at < ? AND state != 'open' LIMIT 10000)",
-                (cutoff,),
+                "WHERE started_at < ? AND state != 'open' LIMIT ?)",
+                (cutoff, rows),
             ).rowcount
             conn.execute(
                 "DELETE FROM spend WHERE window_end IS NOT NULL AND window_end < ? AND reserved = 0",
@@ -1314,13 +1366,7 @@ class SQLiteLedger(Ledger):
             )
             return deleted
 
-        try:
-            return self._write(body)
-        except LedgerUnavailableError:
-            if force:
-                raise
-            log.warning("spendgate: retention purge of %s skipped", self.path, exc_info=True)
-            return 0
+        return body
 
     # -- introspection for tests ------------------------------------------------------------
     def open_reservations(self) -> int:
