@@ -352,3 +352,34 @@ def test_an_async_ending_the_ledger_refuses_leaves_the_admission_open(tmp_path: 
         assert adm.ended is None  # not ended: the caller may still release it (or the lease ends it)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.mark.parametrize("ledger", ["memory", "sqlite"])
+def test_async_clamp_and_wait_go_through_the_async_ledger(ledger: str, tmp_path: Path) -> None:
+    url = "memory://" if ledger == "memory" else f"sqlite:///{tmp_path / 'spend.db'}"
+    clock = ManualClock("2026-11-28T12:00:00Z")
+    limit = ONE + Money(600_000)
+    budget = {"id": "team", "selector": {"team": "a"}, "limit": str(limit.to_decimal()), "window": "day"}
+    guard = Guard(url, budgets=[budget], clock=clock, min_output_tokens=5, poll_interval=60.0)
+
+    async def scenario() -> None:
+        with attribute(team="a"):
+            first = await guard.admit_async("chat", BODY)
+            clamped = await guard.admit_async("chat", BODY, on_exceed="clamp")
+            assert clamped.clamped_to == 5 and clamped.request["max_tokens"] == 5
+            waiting = asyncio.ensure_future(guard.admit_async("chat", BODY, on_exceed="wait"))
+            for _ in range(1000):  # bounded: until it stands in line
+                if guard.waiting():
+                    break
+                await asyncio.sleep(0)
+            assert guard.waiting() == 1 and not waiting.done()
+            guard.ledger.set_limit("team", limit + ONE)  # a raised limit wakes the line
+            admitted = await asyncio.wait_for(waiting, 10)
+            assert admitted.reserved == ONE
+            for adm in (first, clamped, admitted):
+                await guard.release_async(adm)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    usage = guard.ledger.usage("team", {"team": "a"})
+    assert (usage.spent, usage.reserved) == (Money(0), Money(0))
+    guard.close()

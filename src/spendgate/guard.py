@@ -208,7 +208,11 @@ class Guard:
             first = await self.ledger.areserve(
                 begun.request_id, begun.attributes, begun.estimate.amount, self.lease
             )
-        self._after_first(begun, first, chosen)
+        if self._after_first(begun, first, chosen) == "clamp":
+            assert isinstance(first, Refusal)
+            begun.result, begun.estimate, begun.clamped = await self._clamp_async(
+                begun.request_id, begun.attributes, begun.estimate, first
+            )
         if isinstance(begun.result, Refusal):
             begun.result = await self._wait_async(
                 begun.request_id, begun.attributes, begun.estimate, begun.result
@@ -228,7 +232,11 @@ class Guard:
         first: Reservation | Refusal | None = self._queued(begun, chosen)
         if first is None:
             first = self.ledger.reserve(begun.request_id, begun.attributes, begun.estimate.amount, self.lease)
-        self._after_first(begun, first, chosen)
+        if self._after_first(begun, first, chosen) == "clamp":
+            assert isinstance(first, Refusal)
+            begun.result, begun.estimate, begun.clamped = self._clamp(
+                begun.request_id, begun.attributes, begun.estimate, first
+            )
         return begun
 
     def _prepared(
@@ -252,36 +260,49 @@ class Guard:
                 return self._queued_refusal(begun.request_id, key, begun.estimate)
         return None
 
-    def _after_first(self, begun: _Begun, result: Reservation | Refusal, chosen: OnExceed | None) -> None:
-        """Admitted, clamped, about to wait (``begun.result`` a Refusal), or raise."""
+    def _after_first(
+        self, begun: _Begun, result: Reservation | Refusal, chosen: OnExceed | None
+    ) -> Literal["done", "clamp"]:
+        """Admitted or about to wait (``begun.result`` a Refusal): "done"; "clamp"; or raise."""
+        begun.result = result
         if isinstance(result, Reservation):
-            begun.result = result
-            return
+            return "done"
         policy = chosen or self._policy_of(result.budget_id)
         if policy == "clamp":
-            begun.result, begun.estimate, begun.clamped = self._clamp(
-                begun.request_id, begun.attributes, begun.estimate, result
-            )
-            return
+            return "clamp"
         if policy == "wait" and self.max_wait > 0 and result.needed <= result.limit:
-            begun.result = result  # the caller waits
-            return
+            return "done"  # the caller waits
         raise result.to_error()
 
+    # Clamping tries a smaller output cap until one fits: at most once per budget, plus one.
     def _clamp(
         self, rid: str, attrs: Attributes, estimate: Estimate, refusal: Refusal
-    ) -> tuple[Reservation | Refusal, Estimate, int | None]:
-        # Rare enough to stay synchronous in admit_async too (a few ledger calls at most).
+    ) -> tuple[Reservation, Estimate, int]:
         for _ in range(len(self.ledger.budgets()) + 1):
-            affordable = estimate.max_output_affordable(refusal.available)
-            if affordable < self.min_output_tokens or estimate.max_output_tokens == 0:
-                raise refusal.to_error()
-            estimate = estimate.with_max_output(affordable)
+            estimate, affordable = self._smaller(estimate, refusal)
             result = self.ledger.reserve(rid, attrs, estimate.amount, self.lease)
             if isinstance(result, Reservation):
                 return result, estimate, affordable
             refusal = result
         raise refusal.to_error()
+
+    async def _clamp_async(
+        self, rid: str, attrs: Attributes, estimate: Estimate, refusal: Refusal
+    ) -> tuple[Reservation, Estimate, int]:
+        for _ in range(len(self.ledger.budgets()) + 1):
+            estimate, affordable = self._smaller(estimate, refusal)
+            result = await self.ledger.areserve(rid, attrs, estimate.amount, self.lease)
+            if isinstance(result, Reservation):
+                return result, estimate, affordable
+            refusal = result
+        raise refusal.to_error()
+
+    def _smaller(self, estimate: Estimate, refusal: Refusal) -> tuple[Estimate, int]:
+        """The estimate with the output cap the refusing budget still affords, or raise."""
+        affordable = estimate.max_output_affordable(refusal.available)
+        if affordable < self.min_output_tokens or estimate.max_output_tokens == 0:
+            raise refusal.to_error()
+        return estimate.with_max_output(affordable), affordable
 
     def _admitted(self, endpoint: Endpoint, begun: _Begun) -> Admission:
         assert isinstance(begun.result, Reservation)
@@ -360,7 +381,10 @@ class Guard:
         self._lines.join(key, waiter)
         try:  # a cancelled waiter leaves its line here and holds nothing
             while True:
-                got, refusal, key = self._try_as_head(key, waiter, rid, attrs, estimate, refusal)
+                got: Reservation | None = None
+                if self._lines.is_head(key, waiter):
+                    result = await self.ledger.areserve(rid, attrs, estimate.amount, self.lease)
+                    got, refusal, key = self._after_head_try(key, waiter, result, refusal)
                 if got is not None:
                     return got
                 if self.clock.now() >= deadline:
@@ -382,6 +406,11 @@ class Guard:
         if not self._lines.is_head(key, waiter):
             return None, refusal, key
         result = self.ledger.reserve(rid, attrs, estimate.amount, self.lease)
+        return self._after_head_try(key, waiter, result, refusal)
+
+    def _after_head_try(
+        self, key: str, waiter: SyncWaiter | AsyncWaiter, result: Reservation | Refusal, refusal: Refusal
+    ) -> tuple[Reservation | None, Refusal, str]:
         if isinstance(result, Reservation):
             return result, refusal, key
         new_key = _line_key(result)

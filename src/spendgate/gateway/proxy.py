@@ -802,11 +802,13 @@ async def _stream(
     finally:
         for task in (pumping, watching):
             task.cancel()
-        # Settle before any other await: the write is queued before settle's first suspension,
-        # so even a second cancellation cannot skip it.
-        cost = await tracker.settle(state, admission, "complete" if outcome == "complete" else outcome)
-        await asyncio.gather(pumping, watching, return_exceptions=True)
-        await resp.aclose()
+        try:
+            # Settle before any other await: the write is queued before settle's first
+            # suspension, so even a second cancellation cannot skip it.
+            cost = await tracker.settle(state, admission, "complete" if outcome == "complete" else outcome)
+        finally:
+            await asyncio.gather(pumping, watching, return_exceptions=True)
+            await resp.aclose()
     if outcome == "closed":
         return
     if outcome == "complete":
