@@ -351,7 +351,16 @@ def _register_gateway_commands() -> None:
     show_default=True,
     help="The event loop: auto takes uvloop when it is installed.",
 )
-def serve_cmd(config_path: str | None, host: str | None, port: int | None, demo: bool, loop: str) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Gateway processes sharing the port and the ledger (more than 1 needs --config).",
+)
+def serve_cmd(
+    config_path: str | None, host: str | None, port: int | None, demo: bool, loop: str, workers: int
+) -> None:
     """Run the OpenAI-compatible gateway."""
     try:  # imported here: the gateway's dependencies cost every other command 0.15 s
         from spendgate.gateway.server import serve
@@ -359,7 +368,7 @@ def serve_cmd(config_path: str | None, host: str | None, port: int | None, demo:
         _fail(f"the gateway needs {exc.name}: pip install 'spendgate[gateway]'", EXIT_BAD_INPUT)
         return
     try:
-        serve(config_path, demo=demo, host=host, port=port, loop=loop)
+        serve(config_path, demo=demo, host=host, port=port, loop=loop, workers=workers)
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
 

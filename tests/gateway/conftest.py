@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import selectors
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -71,21 +73,30 @@ class Gateway:
 
 
 def _wait_ready(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The URL of the ready line. A thread reads the output (and keeps draining it): select()
+    on the pipe misses lines already read into the text buffer along with an earlier one."""
     assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def drain(stream: Any) -> None:
+        with contextlib.suppress(ValueError, OSError):  # closed by _stop once the process ended
+            for line in stream:
+                lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, args=(proc.stdout,), daemon=True).start()
     deadline = time.monotonic() + timeout
     seen: list[str] = []
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while (left := deadline - time.monotonic()) > 0:
-            if sel.select(min(left, 0.5)):
-                line = proc.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"gateway exited early ({proc.wait(5)}): {seen}")
-                seen.append(line)
-                if line.startswith(READY):
-                    return line[len(READY) :].strip()
-            elif proc.poll() is not None:
-                raise RuntimeError(f"gateway exited early ({proc.returncode}): {seen}")
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=min(left, 0.5))
+        except queue.Empty:
+            continue
+        if line is None:
+            raise RuntimeError(f"gateway exited early ({proc.wait(5)}): {seen}")
+        seen.append(line)
+        if line.startswith(READY):
+            return line[len(READY) :].strip()
     raise RuntimeError(f"gateway not ready within {timeout} s: {seen}")
 
 

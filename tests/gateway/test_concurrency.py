@@ -33,23 +33,37 @@ def own_up() -> Iterator[FakeUpstream]:
         yield upstream
 
 
-def test_200_concurrent_against_a_budget_of_50(tmp_path: Path, own_up: FakeUpstream) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_200_concurrent_against_a_budget_of_50(tmp_path: Path, own_up: FakeUpstream, workers: int) -> None:
+    """One gateway process, then two sharing the port and the ledger file (``--workers 2``)."""
+    before = dict(own_up.stats()["models"].get(MODEL, {}))  # the upstream is shared by both runs
     per_request = estimate_request("chat", BODY, catalog=Catalog.default()).amount
     limit = per_request * AFFORDED
     gateway, keys = start_env(
         tmp_path,
         own_up,
         keys={"load": {"user": "load"}},
+        args=["--workers", str(workers)],
         budgets=[{"id": "global", "limit": str(limit.to_decimal()), "window": "day"}],
     )
     try:
         statuses = asyncio.run(asyncio.wait_for(_fire(gateway, keys["load"][1]), timeout=60))
         with gateway.ledger() as ledger:
             usage = ledger.usage("global")
+        # Every scrape, whichever worker answers it, counts every worker's requests.
+        for _ in range(4):
+            text = httpx.get(gateway.url + "/metrics", timeout=10).text
+            answered = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("spendgate_requests_total{")
+            )
+            assert answered == N
     finally:
-        gateway.stop()
+        assert gateway.stop() == 0
     assert statuses == Counter({200: AFFORDED, 429: N - AFFORDED})
-    billed = own_up.stats()["models"][MODEL]
+    after = own_up.stats()["models"][MODEL]
+    billed = {name: after[name] - before.get(name, 0) for name in after}
     assert billed["requests"] == AFFORDED
     price = Catalog.default().price(MODEL)
     upstream_cost = cost_of(

@@ -3,14 +3,24 @@
 ``cost_usd_total`` is a float Counter because that is how Prometheus exports
 money; it is for dashboards only. The ledger keeps the exact amounts (integer
 nano-USD) and is the record to bill from.
+
+With several worker processes (``spendgate serve --workers N``) the counters
+and histograms live in prometheus_client's multiprocess files (the directory
+in ``PROMETHEUS_MULTIPROC_DIR``, set before any worker imports the library),
+and a scrape of any worker adds up all of them. The budget usage ratios are
+read from the ledger at scrape time, which every worker shares.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from spendgate.ledger import Ledger
@@ -38,12 +48,6 @@ class Metrics:
             "spendgate_cost_usd",
             "Settled cost in USD (float, for dashboards; the ledger holds exact amounts)",
             ("model", "key"),
-            registry=r,
-        )
-        self.budget_ratio = Gauge(
-            "spendgate_budget_usage_ratio",
-            "Spent plus reserved over the limit, per budget instance, at scrape time",
-            ("budget",),
             registry=r,
         )
         self.refusals = Counter("spendgate_refusals", "Requests refused", ("reason",), registry=r)
@@ -91,16 +95,50 @@ class Metrics:
 
     def render(self, ledger: Ledger | None) -> bytes:
         """The exposition text; budget ratios are read from the ledger now."""
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if shared:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=shared)  # type: ignore[no-untyped-call]
+        else:
+            registry = CollectorRegistry()
+            registry.register(_Registered(self.registry))
         if ledger is not None:
-            try:
-                usages = ledger.list_budgets()
-            except Exception:
-                log.warning("metrics: the ledger did not answer list_budgets", exc_info=True)
-            else:
-                self.budget_ratio.clear()  # drop instances whose window passed
-                for u in usages:
-                    name = u.budget_id + (f"[{u.instance_key}]" if u.instance else "")
-                    used = u.spent.nanos + u.reserved.nanos
-                    ratio = used / u.limit.nanos if u.limit.nanos > 0 else (1.0 if used else 0.0)
-                    self.budget_ratio.labels(name).set(ratio)
-        return generate_latest(self.registry)
+            registry.register(_BudgetRatios(ledger))
+        return generate_latest(registry)
+
+
+class _Registered(Collector):
+    """This process's own metrics, inside a registry made for one scrape."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self._registry.collect()
+
+
+class _BudgetRatios(Collector):
+    """Spent plus reserved over the limit, per budget instance in its current window."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "spendgate_budget_usage_ratio",
+            "Spent plus reserved over the limit, per budget instance, at scrape time",
+            labels=("budget",),
+        )
+        try:
+            usages = self._ledger.list_budgets()
+        except Exception:
+            log.warning("metrics: the ledger did not answer list_budgets", exc_info=True)
+            usages = []
+        for u in usages:
+            name = u.budget_id + (f"[{u.instance_key}]" if u.instance else "")
+            used = u.spent.nanos + u.reserved.nanos
+            ratio = used / u.limit.nanos if u.limit.nanos > 0 else (1.0 if used else 0.0)
+            family.add_metric((name,), ratio)
+        yield family

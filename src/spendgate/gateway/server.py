@@ -1,4 +1,7 @@
-"""``spendgate serve``: the gateway under uvicorn (one worker, httptools), with SIGHUP reload.
+"""``spendgate serve``: the gateway under uvicorn (httptools), with SIGHUP reload.
+
+One process by default; ``--workers N`` hands N processes to uvicorn's supervisor
+(``spendgate.gateway.workers``).
 
 Shutdown is uvicorn's graceful one: stop accepting, let in-flight requests
 finish (and settle), then the app's lifespan shutdown closes the ledger.
@@ -40,7 +43,7 @@ def _load(path: str) -> GatewaySettings:
     return load_settings(path)
 
 
-def _open_keys(settings: GatewaySettings) -> KeyLookup:
+def open_keys(settings: GatewaySettings) -> KeyLookup:
     try:
         from spendgate.gateway.keys import open_keystore
     except ImportError:
@@ -90,15 +93,8 @@ async def _run(app: GatewayApp, host: str, port: int, reload_path: str | None, o
         host=host,
         port=port,
         loop="none",  # the loop is ours (serve picks it); uvicorn must not set a policy
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        proxy_headers=False,  # the client address is not used; its middleware costs every request
-        log_level="warning",
         workers=1,
-        timeout_graceful_shutdown=30,
-        timeout_keep_alive=30,
-        backlog=2048,
+        **UVICORN_OPTIONS,
     )
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
@@ -109,7 +105,7 @@ async def _run(app: GatewayApp, host: str, port: int, reload_path: str | None, o
         try:
             settings = await asyncio.to_thread(_load, reload_path)
             old = app.state
-            keys = None if settings.ledger == old.settings.ledger else _open_keys(settings)
+            keys = None if settings.ledger == old.settings.ledger else open_keys(settings)
             new = old.successor(settings, keys=keys)
         except Exception as exc:
             # ConfigError's message names the key path (and line); keep serving the old settings.
@@ -146,6 +142,19 @@ async def _run(app: GatewayApp, host: str, port: int, reload_path: str | None, o
         announcing.cancel()
 
 
+#: What every gateway process runs with (one process, or each of --workers N).
+UVICORN_OPTIONS: dict[str, Any] = {
+    "http": "httptools",
+    "lifespan": "on",
+    "access_log": False,
+    "proxy_headers": False,  # the client address is not used; its middleware costs every request
+    "log_level": "warning",
+    "timeout_graceful_shutdown": 30,
+    "timeout_keep_alive": 30,
+    "backlog": 2048,
+}
+
+
 def loop_factory(loop: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop to run on: uvloop when asked or, for ``auto``, when installed.
 
@@ -175,11 +184,34 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     loop: str = "auto",
+    workers: int = 1,
 ) -> None:
-    """Run the gateway until SIGINT/SIGTERM."""
+    """Run the gateway until SIGINT/SIGTERM (``workers`` > 1: that many processes)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = _load(settings_path) if settings_path else None
     new_loop = loop_factory(loop)
+    if workers > 1:
+        if demo or base is None or settings_path is None:
+            raise click.UsageError("--workers needs --config FILE (the demo runs one process)")
+        from spendgate.gateway.workers import serve_workers
+
+        def announce(h: str, p: int) -> None:
+            print(f"spendgate gateway: {workers} worker processes", flush=True)
+            print(f"spendgate gateway ready on http://{h}:{p}", flush=True)
+
+        try:
+            serve_workers(
+                settings_path,
+                host=host or base.host,
+                port=base.port if port is None else port,
+                workers=workers,
+                loop=loop,
+                on_ready=announce,
+                uvicorn_options=UVICORN_OPTIONS,
+            )
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
     fake: FakeUpstream | None = None
     try:
         if demo:
@@ -191,7 +223,7 @@ def serve(
             raise click.UsageError("give --config FILE (or --demo)")
         else:
             settings = base
-        keys = _open_keys(settings)
+        keys = open_keys(settings)
         if demo and isinstance(keys, NoKeys):
             settings = dataclasses.replace(settings, keys_required=False)
         state = GatewayState.build(settings, keys=keys)
