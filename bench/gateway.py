@@ -1,7 +1,7 @@
 """What the gateway adds over calling the fake upstream directly, next to LiteLLM's proxy.
 
     .venv/bin/python -m bench.gateway [--seconds 5] [--requests 2000] [--skip-litellm] [--skip-spendgate]
-                                      [--skip-bare] [--bare-loop auto|asyncio|uvloop]
+                                      [--skip-bare] [--bare-loop auto|asyncio|uvloop] [--workers N]
 
 One fake upstream process, measured in the same run as the proxies in front of
 it: first alone, then through the bare proxy, then through ``spendgate serve``
@@ -520,6 +520,8 @@ def run_spendgate(upstream: FakeUpstream, args: argparse.Namespace, tmp: Path) -
     config_path = tmp / "spendgate.yaml"
     write_yaml(config_path, config)
     argv = [*spendgate_cli(), "serve", "--config", str(config_path)]
+    if args.workers > 1:
+        argv += ["--workers", str(args.workers)]
     env = child_env({UPSTREAM_KEY_ENV: "bench"})
 
     import_s = import_time(sys.executable, "spendgate", env=env)
@@ -545,6 +547,8 @@ def run_spendgate(upstream: FakeUpstream, args: argparse.Namespace, tmp: Path) -
         if server is not None:
             server.stop()
     note = "virtual key" if key else "no key (keys.required: false)"
+    if args.workers > 1:
+        note += f"; {args.workers} worker processes"
     return Result("spendgate", figures, import_s, min(ready), rss, note)
 
 
@@ -771,14 +775,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-spendgate", action="store_true", help="upstream and LiteLLM only")
     parser.add_argument("--skip-bare", action="store_true", help="no bare proxy (the reference forwarder)")
     parser.add_argument(
+        "--workers", type=int, default=1, help="spendgate serve --workers N (default 1: one process)"
+    )
+    parser.add_argument(
         "--bare-loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
         help="the bare proxy's event loop (auto: uvloop when importable, else asyncio)",
     )
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.seconds <= 0 or args.starts < 1 or args.starts_litellm < 1:
-        parser.error("--requests, --starts and --starts-litellm must be >= 1 and --seconds > 0")
+    if (
+        args.requests < 1
+        or args.seconds <= 0
+        or args.starts < 1
+        or args.starts_litellm < 1
+        or args.workers < 1
+    ):
+        parser.error("--requests, --starts, --starts-litellm and --workers must be >= 1 and --seconds > 0")
 
     if not args.skip_spendgate and (why := spendgate_available()) is not None:
         print(
