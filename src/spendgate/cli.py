@@ -354,12 +354,12 @@ def _register_gateway_commands() -> None:
 @click.option(
     "--workers",
     type=click.IntRange(1, 256),
-    default=1,
-    show_default=True,
-    help="Gateway processes sharing the port and the ledger (more than 1 needs --config).",
+    default=None,
+    help="Gateway processes sharing the port and the ledger (default: the config's listen.workers, "
+    "else 1; more than 1 needs --config).",
 )
 def serve_cmd(
-    config_path: str | None, host: str | None, port: int | None, demo: bool, loop: str, workers: int
+    config_path: str | None, host: str | None, port: int | None, demo: bool, loop: str, workers: int | None
 ) -> None:
     """Run the OpenAI-compatible gateway."""
     try:  # imported here: the gateway's dependencies cost every other command 0.15 s

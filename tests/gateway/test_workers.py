@@ -23,11 +23,30 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello
 WORKERS = ["--workers", "2"]
 
 
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes uvicorn's supervisor spawned for the gateway ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
 def test_reload_replaces_the_workers_and_a_bad_config_keeps_them(tmp_path: Path, up: FakeUpstream) -> None:
-    gateway, keys = start_env(tmp_path, up, args=WORKERS)
+    listen = {"workers": 2}  # from the config this time, not --workers
+    gateway, keys = start_env(tmp_path, up, listen=listen)
     client = openai.OpenAI(base_url=gateway.base_url, api_key=keys["alice"][1], max_retries=0)
     config_path = tmp_path / "gateway.yaml"
-    config = base_config(up, gateway.ledger_url)
+    config = base_config(up, gateway.ledger_url, listen=listen)
+    first = _workers_of(gateway.proc.pid)
+    assert len(first) == 2, first
 
     def alias_served() -> bool:
         try:
@@ -43,6 +62,12 @@ def test_reload_replaces_the_workers_and_a_bad_config_keeps_them(tmp_path: Path,
         gateway.proc.send_signal(signal.SIGHUP)
         # Every worker replaced: then every new connection, whichever worker takes it, knows it.
         assert wait_until(lambda: all(alias_served() for _ in range(6)), timeout=60), "never reloaded"
+
+        def both_replaced() -> bool:
+            now = _workers_of(gateway.proc.pid)
+            return len(now) == 2 and not set(now) & set(first)
+
+        assert wait_until(both_replaced, timeout=60), (first, _workers_of(gateway.proc.pid))
 
         bad: dict[str, Any] = {**config, "budgets": [{"id": "global", "limit": "-1"}]}
         config_path.write_text(json.dumps(bad))

@@ -18,7 +18,7 @@ ENV = {
 }
 
 VALID = """\
-listen: {host: 0.0.0.0, port: 4100}
+listen: {host: 0.0.0.0, port: 4100, workers: 3}
 ledger: sqlite:///tmp/x.db
 upstreams:
   openai: {kind: openai, base_url: "https://api.openai.com/v1/", api_key_env: OPENAI_API_KEY, timeout: 60}
@@ -49,7 +49,7 @@ def error_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Ga
 
 def test_valid_config_loads(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, VALID), environ=ENV)
-    assert (s.host, s.port, s.ledger) == ("0.0.0.0", 4100, "sqlite:///tmp/x.db")
+    assert (s.host, s.port, s.workers, s.ledger) == ("0.0.0.0", 4100, 3, "sqlite:///tmp/x.db")
     assert s.upstreams["openai"].base_url == "https://api.openai.com/v1"
     assert s.upstreams["openai"].api_key == "sk-test-openai"
     assert s.upstreams["openai"].timeout == 60.0
@@ -91,6 +91,7 @@ def test_shipped_example_loads() -> None:
         ("upstream: {}\n", "upstream", 1, "did you mean 'upstreams'"),
         ("listen:\n  port: 70000\n", "listen.port", 2, "from 0 to 65535"),
         ("listen:\n  port: '80'\n", "listen.port", 2, "whole number"),
+        ("listen:\n  port: 80\n  workers: 0\n", "listen.workers", 3, "from 1 to 256"),
         ("ledger: postgres://u:pw@db/x\n", "ledger", 1, "unknown ledger URL"),
         (
             "upstreams:\n  openai:\n    kind: openai\n    base_url: ftp://x\n    api_key_env: OPENAI_API_KEY\n",

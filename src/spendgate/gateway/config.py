@@ -58,7 +58,7 @@ _TOP_KEYS: Final = (
     "prices",
     "defaults",
 )
-_LISTEN_KEYS: Final = ("host", "port")
+_LISTEN_KEYS: Final = ("host", "port", "workers")
 _KEYS_KEYS: Final = ("required",)
 _UPSTREAM_KEYS: Final = (
     "kind",
@@ -293,7 +293,7 @@ def _parse(
     top = r.mapping(data, "")
     r.known(top, _TOP_KEYS, "")
 
-    host, port = "127.0.0.1", 4000
+    host, port, workers = "127.0.0.1", 4000, 1
     if "listen" in top:
         listen = r.mapping(top["listen"], "listen")
         r.known(listen, _LISTEN_KEYS, "listen")
@@ -301,6 +301,8 @@ def _parse(
             host = r.string(listen["host"], "listen.host")
         if "port" in listen:
             port = r.whole(listen["port"], "listen.port", low=0, high=65535)
+        if "workers" in listen:
+            workers = r.whole(listen["workers"], "listen.workers", low=1, high=256)
 
     ledger = "sqlite:///spendgate.db"
     if "ledger" in top:
@@ -344,6 +346,7 @@ def _parse(
     return GatewaySettings(
         host=host,
         port=port,
+        workers=workers,
         ledger=ledger,
         admin_token=admin_token,
         upstreams=upstreams,

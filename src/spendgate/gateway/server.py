@@ -184,12 +184,15 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     loop: str = "auto",
-    workers: int = 1,
+    workers: int | None = None,
 ) -> None:
-    """Run the gateway until SIGINT/SIGTERM (``workers`` > 1: that many processes)."""
+    """Run the gateway until SIGINT/SIGTERM (``workers`` > 1: that many processes; None: the
+    config's ``listen.workers``)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = _load(settings_path) if settings_path else None
     new_loop = loop_factory(loop)
+    if workers is None:
+        workers = base.workers if base is not None and not demo else 1
     if workers > 1:
         if demo or base is None or settings_path is None:
             raise click.UsageError("--workers needs --config FILE (the demo runs one process)")

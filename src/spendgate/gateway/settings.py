@@ -50,6 +50,7 @@ class Route:
 class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 4000
+    workers: int = 1  # gateway processes (spendgate serve --workers overrides it)
     ledger: str = "sqlite:///spendgate.db"
     admin_token: str | None = field(default=None, repr=False)  # from the environment or config; never logged
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
