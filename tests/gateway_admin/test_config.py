@@ -71,6 +71,20 @@ def test_valid_config_loads(tmp_path: Path) -> None:
     assert "sk-test-openai" not in repr(s) and "t" * 32 not in repr(s)
 
 
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    """The complete example in docs/gateway-config.md (vLLM, Ollama, Azure's v1 API and all)."""
+    text = (ROOT / "docs" / "gateway-config.md").read_text()
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    env = {**ENV, "VLLM_API_KEY": "v", "AZURE_OPENAI_API_KEY": "az"}
+    s = load_settings(write(tmp_path, example), environ=env)
+    azure = s.upstreams["azure"]
+    assert (azure.kind, azure.base_url, azure.api_key) == (
+        "openai",
+        "https://my-resource.openai.azure.com/openai/v1",
+        "az",
+    )
+
+
 def test_shipped_example_loads() -> None:
     s = load_settings(ROOT / "examples" / "spendgate.yaml", environ=ENV)
     for model, upstream in [
