@@ -1,7 +1,7 @@
 """What the gateway adds over calling the fake upstream directly, next to LiteLLM's proxy.
 
     .venv/bin/python -m bench.gateway [--seconds 5] [--requests 2000] [--skip-litellm] [--skip-spendgate]
-                                      [--skip-bare] [--bare-loop auto|asyncio|uvloop] [--workers N]
+                                      [--skip-bare] [--bare-loop auto|asyncio|uvloop] [--workers N] [--stream]
 
 One fake upstream process, measured in the same run as the proxies in front of
 it: first alone, then through the bare proxy, then through ``spendgate serve``
@@ -146,10 +146,10 @@ class _Conn:
         self.reader = self.writer = None
 
 
-def _request_bytes(url: str, key: str | None) -> tuple[str, int, bytes]:
+def _request_bytes(url: str, key: str | None, payload: dict[str, Any]) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    body = json.dumps(BODY, separators=(",", ":")).encode()
+    body = json.dumps(payload, separators=(",", ":")).encode()
     lines = [
         f"POST {parts.path} HTTP/1.1",
         f"Host: {host}:{port}",
@@ -162,9 +162,11 @@ def _request_bytes(url: str, key: str | None) -> tuple[str, int, bytes]:
     return host, port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def _latency(url: str, key: str | None, requests: int, cap_s: float) -> dict[str, Any]:
+async def _latency(
+    url: str, key: str | None, requests: int, cap_s: float, payload: dict[str, Any]
+) -> dict[str, Any]:
     """Sequential requests on one keep-alive connection: latencies in ms."""
-    host, port, request = _request_bytes(url, key)
+    host, port, request = _request_bytes(url, key, payload)
     conn = _Conn(host, port, request)
     samples: list[float] = []
     errors = 0
@@ -186,9 +188,11 @@ async def _latency(url: str, key: str | None, requests: int, cap_s: float) -> di
     return {"samples": samples, "errors": errors}
 
 
-async def _throughput(url: str, key: str | None, concurrency: int, seconds: float) -> dict[str, Any]:
+async def _throughput(
+    url: str, key: str | None, concurrency: int, seconds: float, payload: dict[str, Any]
+) -> dict[str, Any]:
     """``concurrency`` keep-alive connections for ``seconds``: requests/s and latencies in ms."""
-    host, port, request = _request_bytes(url, key)
+    host, port, request = _request_bytes(url, key, payload)
     conns = [_Conn(host, port, request) for _ in range(concurrency)]
     samples: list[float] = []
     errors = 0
@@ -220,9 +224,13 @@ async def _throughput(url: str, key: str | None, concurrency: int, seconds: floa
 
 def _load_main(spec: dict[str, Any]) -> None:
     if spec["concurrency"] == 1:
-        result = asyncio.run(_latency(spec["url"], spec["key"], spec["requests"], spec["cap_s"]))
+        result = asyncio.run(
+            _latency(spec["url"], spec["key"], spec["requests"], spec["cap_s"], spec["body"])
+        )
     else:
-        result = asyncio.run(_throughput(spec["url"], spec["key"], spec["concurrency"], spec["seconds"]))
+        result = asyncio.run(
+            _throughput(spec["url"], spec["key"], spec["concurrency"], spec["seconds"], spec["body"])
+        )
     print(json.dumps(result))
 
 
@@ -264,7 +272,7 @@ def _generate(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 def measure(url: str, key: str | None, requests: int, seconds: float) -> Figures:
     """Latency at concurrency 1, then throughput at concurrency 32, each by a fresh generator."""
-    spec: dict[str, Any] = {"url": url, "key": key, "requests": requests, "seconds": seconds}
+    spec: dict[str, Any] = {"url": url, "key": key, "requests": requests, "seconds": seconds, "body": BODY}
     c1 = _generate({**spec, "concurrency": 1, "cap_s": LATENCY_CAP_S}, LATENCY_CAP_S + 180)
     c32 = _generate({**spec, "concurrency": CONCURRENCY}, THROUGHPUT_WARMUP_S + seconds + 120)
     lat, busy = c1["samples"], c32["samples"]
@@ -539,7 +547,7 @@ def run_spendgate(upstream: FakeUpstream, args: argparse.Namespace, tmp: Path) -
         assert server is not None
         base = server.ready_line.split(READY_PREFIX, 1)[1].split()[0].rstrip("/") + "/v1"
         headers = {k.lower(): v for k, v in check_once(base, key).items()}
-        if "x-spendgate-cost" not in headers:
+        if "x-spendgate-cost" not in headers and not BODY.get("stream"):  # a stream's cost is its trailer
             print("note: the gateway's answer has no x-spendgate-cost header", file=sys.stderr)
         figures = measure(base + "/chat/completions", key, args.requests, args.seconds)
         rss = tree_rss_mb(server.proc.pid)
@@ -657,7 +665,8 @@ def report(
     base: Figures, bare: Result | None, bare_loop: str, results: list[Result], args: argparse.Namespace
 ) -> None:
     print(
-        f"Python {python_version()}; {os.cpu_count()} CPUs; non-streaming chat, max_tokens 16; "
+        f"Python {python_version()}; {os.cpu_count()} CPUs; "
+        f"{'streaming' if BODY.get('stream') else 'non-streaming'} chat, max_tokens 16; "
         f"c=1: {args.requests} sequential requests after {LATENCY_WARMUP} warm-up; "
         f"c={CONCURRENCY}: {args.seconds:g} s after {THROUGHPUT_WARMUP_S:g} s warm-up; latency in ms"
     )
@@ -778,12 +787,17 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=1, help="spendgate serve --workers N (default 1: one process)"
     )
     parser.add_argument(
+        "--stream", action="store_true", help="streamed chat completions (SSE; timed to the last byte)"
+    )
+    parser.add_argument(
         "--bare-loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
         help="the bare proxy's event loop (auto: uvloop when importable, else asyncio)",
     )
     args = parser.parse_args(argv)
+    if args.stream:
+        BODY["stream"] = True  # one request shape for every target of this run (and its generators)
     if (
         args.requests < 1
         or args.seconds <= 0
