@@ -200,7 +200,7 @@ class Guard:
         on_exceed: OnExceed | None = None,
     ) -> Admission:
         """``admit`` for asyncio: waiting suspends the task, never the loop, and the first try
-        goes through the ledger's ``areserve`` (SQLite: the group-commit thread)."""
+        goes through the ledger's ``areserve`` (SQLite: its group commit)."""
         begun = self._prepared(endpoint, request, attributes, request_id)
         chosen = on_exceed or self.on_exceed
         first: Reservation | Refusal | None = self._queued(begun, chosen)

@@ -331,7 +331,7 @@ class Ledger(ABC):
         self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
     ) -> Reservation | Refusal:
         """``reserve`` for asyncio callers. Backends that wait on I/O or locks override it so
-        the event loop never blocks (SQLite commits on a writer thread, in batches)."""
+        the event loop never blocks (SQLite commits them in batches, retrying a busy lock later)."""
         return self.reserve(request_id, attributes, estimate, lease)
 
     async def asettle(

@@ -239,8 +239,9 @@ class _Plan(NamedTuple):
 @dataclass(slots=True)
 class _Op:
     """One write: ``body`` runs inside a transaction (alone, or batched with others by the
-    group-commit thread); ``done`` and ``failed`` run on the caller's thread with its outcome
-    (events are delivered there), ``failed`` only for an unavailable ledger (fail-open or raise)."""
+    event loop's group commit); ``done`` and ``failed`` run on the caller's thread with its
+    outcome (events are delivered there), ``failed`` only for an unavailable ledger (fail-open
+    or raise)."""
 
     body: Callable[[sqlite3.Connection], Any]
     done: Callable[[Any], Any]
@@ -535,14 +536,15 @@ class SQLiteLedger(Ledger):
                 self._groups = live
         return group
 
-    async def _arun(self, ops: Sequence[_Op], orphan: Callable[[Any], None] | None = None) -> Any:
+    async def _arun(self, ops: Sequence[_Op]) -> Any:
         """Queue ``ops`` for this loop's group commit; the last one's result (or error)."""
         jobs: list[Job] = []
         futures = []
-        for i, op in enumerate(ops):
-            job, future = future_job(op.body, op.finish, orphan if i == len(ops) - 1 else None)
+        for op in ops:
+            job, future = future_job(op.body, op.finish, op.orphan)
             jobs.append(job)
             futures.append(future)
+        orphan = ops[-1].orphan
         for future in futures[:-1]:
             future.add_done_callback(_consume)
         self._group().submit(jobs)
@@ -751,7 +753,7 @@ class SQLiteLedger(Ledger):
         now = self.clock.now()
         op = self._reserve_op(request_id, attributes, estimate, lease, now)
         expiry = self._expiry_op(now)
-        result: Reservation | Refusal = await self._arun([op] if expiry is None else [expiry, op], op.orphan)
+        result: Reservation | Refusal = await self._arun([op] if expiry is None else [expiry, op])
         return result
 
     def _reserve_op(
@@ -823,14 +825,26 @@ class SQLiteLedger(Ledger):
         if not isinstance(result, Reservation) or result.unrecorded:
             return
         op = self._release_op(result.request_id)
+        self._submit_unwatched(op.body, f"release of abandoned reservation {result.request_id}", op.finish)
+
+    def _submit_unwatched(
+        self,
+        body: Callable[[sqlite3.Connection], Any],
+        what: str,
+        finish: Callable[[bool, Any], Any] | None = None,
+    ) -> None:
+        """Queue a write nobody waits for; its failure is logged."""
 
         def deliver(ok: bool, value: Any) -> None:
             try:
-                op.finish(ok, value)
-            except Exception:
-                log.warning("spendgate: could not release abandoned reservation %s", result.request_id)
+                if finish is not None:
+                    finish(ok, value)
+                elif not ok:
+                    raise value
+            except Exception as exc:
+                log.warning("spendgate: %s in %s failed: %s", what, self.path, exc)
 
-        self._group().submit([Job(op.body, deliver)])
+        self._group().submit([Job(body, deliver)])
 
     def _plan(
         self,
@@ -928,7 +942,7 @@ class SQLiteLedger(Ledger):
     async def asettle(
         self, request_id: str, actual: Money, record: RequestRecord | None = None
     ) -> SettleOutcome:
-        """``settle`` through the group-commit thread (which also runs the retention purge)."""
+        """``settle`` through the group commit (which also schedules the retention purge)."""
         outcome: SettleOutcome = await self._arun([self._settle_op(request_id, actual, record)])
         return outcome
 
@@ -1304,25 +1318,24 @@ class SQLiteLedger(Ledger):
         rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
         return {value: Money(total) for value, total in rows}
 
+    def _purge_due(self, now: datetime) -> bool:
+        """Whether this process's scheduled purge is due (and, if so, when the next one is)."""
+        if now < self._next_purge:
+            return False
+        self._next_purge = now + self.purge_interval
+        return True
+
     def _maybe_purge(self) -> None:
         now = self.clock.now()
-        if now >= self._next_purge:
-            self._next_purge = now + self.purge_interval
+        if self._purge_due(now):
             self._purge(now, force=False)
 
     def _maybe_purge_async(self) -> None:
         """After a group commit: the scheduled purge as a write of its own in the next batch
         (smaller than ``purge()``'s, so the loop is never held long)."""
         now = self.clock.now()
-        if now < self._next_purge:
-            return
-        self._next_purge = now + self.purge_interval
-
-        def deliver(ok: bool, value: Any) -> None:
-            if not ok:
-                log.warning("spendgate: retention purge of %s skipped: %s", self.path, value)
-
-        self._group().submit([Job(self._purge_body(now, force=False, rows=1000), deliver)])
+        if self._purge_due(now):
+            self._submit_unwatched(self._purge_body(now, force=False, rows=1000), "retention purge")
 
     def purge(self) -> int:
         return self._purge(self.clock.now(), force=True)
