@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from spendgate.cost import cost_of
@@ -205,6 +206,17 @@ def billed(path: str, body: dict[str, Any], output: int, model: str | None = Non
     price = Catalog.default().price(model or body["model"])
     usage = Usage(input_tokens=prompt_tokens_for(path, body), output_tokens=output)
     return cost_of(usage, price).total
+
+
+def served(client: openai.OpenAI, model: str) -> bool:
+    """Whether the gateway routes ``model`` now (a 404 says it does not)."""
+    try:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=3
+        )
+    except openai.NotFoundError:
+        return False
+    return True
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -15,7 +15,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from spendgate.money import Money
 from spendgate.testing.process import FakeUpstream
 
-from .conftest import base_config, billed, start_env, wait_until
+from .conftest import base_config, billed, served, start_env, wait_until
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
@@ -60,20 +60,13 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(tmp_path: Path, up: F
         config_path.write_text(json.dumps(config))
         gateway.proc.send_signal(signal.SIGHUP)
 
-        def alias_served() -> bool:
-            try:
-                client.chat.completions.create(model="my-alias", messages=MESSAGES, max_tokens=3)
-            except openai.NotFoundError:
-                return False
-            return True
-
-        assert wait_until(alias_served, timeout=10), "the reload never took effect"
+        assert wait_until(lambda: served(client, "my-alias"), timeout=10), "the reload never took effect"
 
         bad: dict[str, Any] = {**config, "budgets": [{"id": "global", "limit": "-1"}]}
         config_path.write_text(json.dumps(bad))
         gateway.proc.send_signal(signal.SIGHUP)
         assert not wait_until(lambda: gateway.proc.poll() is not None, timeout=1), "a bad reload stopped it"
-        assert alias_served()  # still the last good settings
+        assert served(client, "my-alias")  # still the last good settings
     finally:
         gateway.stop()
 

@@ -17,7 +17,7 @@ from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog
 from spendgate.testing.process import FakeUpstream
 
-from .conftest import base_config, billed, start_env, wait_until
+from .conftest import base_config, billed, served, start_env, wait_until
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 WORKERS = ["--workers", "2"]
@@ -48,20 +48,15 @@ def test_reload_replaces_the_workers_and_a_bad_config_keeps_them(tmp_path: Path,
     first = _workers_of(gateway.proc.pid)
     assert len(first) == 2, first
 
-    def alias_served() -> bool:
-        try:
-            client.chat.completions.create(model="my-alias", messages=MESSAGES, max_tokens=3)
-        except openai.NotFoundError:
-            return False
-        return True
-
     try:
-        assert not alias_served()
+        assert not served(client, "my-alias")
         config["routes"] = [{"model": "my-alias", "upstream": "fake", "upstream_model": "gpt-4o-mini"}]
         config_path.write_text(json.dumps(config))
         gateway.proc.send_signal(signal.SIGHUP)
         # Every worker replaced: then every new connection, whichever worker takes it, knows it.
-        assert wait_until(lambda: all(alias_served() for _ in range(6)), timeout=60), "never reloaded"
+        assert wait_until(lambda: all(served(client, "my-alias") for _ in range(6)), timeout=60), (
+            "never reloaded"
+        )
 
         def both_replaced() -> bool:
             now = _workers_of(gateway.proc.pid)
@@ -73,7 +68,7 @@ def test_reload_replaces_the_workers_and_a_bad_config_keeps_them(tmp_path: Path,
         config_path.write_text(json.dumps(bad))
         gateway.proc.send_signal(signal.SIGHUP)
         assert not wait_until(lambda: gateway.proc.poll() is not None, timeout=2), "a bad reload stopped it"
-        assert all(alias_served() for _ in range(6))  # still the last good settings
+        assert all(served(client, "my-alias") for _ in range(6))  # still the last good settings
     finally:
         assert gateway.stop() == 0
 
