@@ -153,13 +153,18 @@ def test_threads(tmp_path: Path) -> None:
 
 
 def test_open_keystore_urls() -> None:
-    with pytest.raises(ConfigError, match="memory:// or sqlite:///"):
+    with pytest.raises(ConfigError, match=r"unknown ledger URL .*known schemes: memory://, sqlite://"):
         open_keystore("redis://u:pw@host/0")
     with pytest.raises(ConfigError) as info:
         open_keystore("redis://u:pw@host/0")
     assert "pw" not in str(info.value)
     with pytest.raises(ConfigError):
         open_keystore("sqlite://relative")
+
+
+def test_open_keystore_in_a_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot open virtual keys in"):
+        open_keystore(f"sqlite:///{tmp_path / 'missing' / 'spend.db'}")
 
 
 def test_forked_child_uses_its_own_connection(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ SHARED = {"sqlite"}
 
 class MakeLedger(Protocol):
     backend: str
+    url: str
 
     def __call__(
         self, budgets: Iterable[Budget] = (), clock: Clock | None = None, **options: Any

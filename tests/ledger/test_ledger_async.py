@@ -13,8 +13,8 @@ import pytest
 from spendgate.budgets import Attributes, Budget
 from spendgate.clock import ManualClock
 from spendgate.ledger import LedgerUnavailableError, Refusal, Reservation, open_ledger
-from spendgate.ledger.group_commit import GroupCommit, future_job
 from spendgate.ledger.sqlite import SQLiteLedger
+from spendgate.ledger.sqlite.group_commit import GroupCommit, future_job
 from spendgate.money import Money
 
 from .conftest import T0, MakeLedger

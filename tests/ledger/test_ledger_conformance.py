@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,16 +13,23 @@ import pytest
 from spendgate.budgets import Attributes, Budget
 from spendgate.clock import ManualClock
 from spendgate.errors import BudgetExceededError, ConfigError
+from spendgate.gateway.settings import VirtualKey
 from spendgate.ledger import (
+    BudgetAdmin,
     BudgetChanged,
+    KeyStorage,
     Ledger,
     Refusal,
     RequestIdReusedError,
+    RequestLog,
     RequestRecord,
     Reservation,
+    Reservations,
     ThresholdCrossed,
     UnknownReservationError,
+    backend_for,
     known_schemes,
+    open_key_storage,
     open_ledger,
 )
 from spendgate.money import Money
@@ -69,6 +77,56 @@ def test_unknown_url_scheme_names_the_known_ones() -> None:
     assert "secret" not in message  # credentials are never echoed
     with pytest.raises(ConfigError):
         open_ledger("spend.db")
+
+
+def test_the_ledger_is_each_protocol(make_ledger: MakeLedger) -> None:
+    ledger = make_ledger()
+    for part in (Reservations, BudgetAdmin, RequestLog):
+        assert isinstance(ledger, part)
+
+
+# -- key storage: the gateway's virtual keys, where the backend has them -----------------------
+
+
+def test_key_storage(make_ledger: MakeLedger) -> None:
+    if backend_for(make_ledger.url).keys is None:
+        pytest.skip("this backend stores no virtual keys")
+    ledger = make_ledger([budget(id="b")])
+    storage = open_key_storage(make_ledger.url, clock=ManualClock(T0))
+    assert isinstance(storage, KeyStorage)
+    key = VirtualKey(
+        id="key_0123456789abcdef",
+        hint="sg-abcd…",
+        attributes=Attributes(key="key_0123456789abcdef", user="alice", tags=frozenset({"x", "y"})),
+        models=("gpt-4o", "claude-*"),
+        expires_at=T0 + timedelta(days=1),
+        created_at=T0,
+        name="alice's key",
+    )
+    other_id = "key_fedcba9876543210"  # a key's attributes carry its id (the gateway's KeyStore sets it)
+    other = VirtualKey(id=other_id, hint="sg-wxyz…", attributes=Attributes(key=other_id), created_at=T0)
+    storage.insert(key, "h1")
+    storage.insert(other, "h2")
+    assert storage.by_hash("h1") == (key, "h1")
+    assert storage.by_hash("nope") is None
+    assert storage.by_id(key.id) == key and storage.by_id("key_none") is None
+    assert {k.id for k in storage.all()} == {key.id, other.id}
+    assert storage.set_disabled(key.id, True) and storage.by_id(key.id) == replace(key, disabled=True)
+    assert not storage.set_disabled("key_none", True)
+    assert storage.set_secret(key.id, "h3", "sg-efgh…")
+    assert storage.by_hash("h1") is None
+    assert storage.by_hash("h3") == (replace(key, disabled=True, hint="sg-efgh…"), "h3")
+    assert not storage.set_secret("key_none", "h4", "sg-…")
+    if make_ledger.backend in SHARED:  # another process on the same URL sees the keys
+        again = open_key_storage(make_ledger.url, clock=ManualClock(T0))
+        assert again.by_id(other.id) == other
+        again.close()
+    assert storage.remove(other.id) and not storage.remove(other.id)
+    assert [k.id for k in storage.all()] == [key.id]
+    # The ledger in the same store is unaffected.
+    admitted(ledger.reserve("r1", ALICE, USD("1"), 60))
+    assert ledger.usage("b").reserved == USD("1")
+    storage.close()
 
 
 # -- reserve: all or nothing ------------------------------------------------------------

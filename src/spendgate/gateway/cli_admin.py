@@ -21,7 +21,7 @@ import click
 
 from spendgate.budgets import DIMENSIONS
 from spendgate.errors import ConfigError
-from spendgate.gateway.keys import KeyStore, open_keystore
+from spendgate.gateway.keys import KeyStore
 from spendgate.gateway.views import (
     budget_json,
     key_budget,
@@ -31,7 +31,7 @@ from spendgate.gateway.views import (
     parse_instance,
     parse_time,
 )
-from spendgate.ledger import Ledger, LedgerUnavailableError, open_ledger
+from spendgate.ledger import Ledger, LedgerUnavailableError, open_keystore, open_ledger
 from spendgate.money import Money, MoneyError
 
 __all__ = ["COMMANDS", "budgets_group", "keys_group", "resolve_ledger_url", "usage_cmd"]

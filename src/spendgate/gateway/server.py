@@ -45,7 +45,7 @@ def _load(path: str) -> GatewaySettings:
 
 def open_keys(settings: GatewaySettings) -> KeyLookup:
     try:
-        from spendgate.gateway.keys import open_keystore
+        from spendgate.ledger import open_keystore  # the ledger backend's key storage, by URL
     except ImportError:
         log.warning("spendgate.gateway.keys is not available: no virtual key will be accepted")
         return NoKeys()

@@ -9,8 +9,9 @@
     else:
         raise result.to_error()
 
-Backends register themselves by URL scheme (``register_backend``), so Redis
-and PostgreSQL plug in without touching callers.
+Backends register themselves by URL scheme (``register_backend``), with their
+ledger and, where they have one, the storage of the gateway's virtual keys
+(``open_keystore``), so Redis and PostgreSQL plug in without touching callers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 from spendgate.budgets import Budget
 from spendgate.clock import Clock
 from spendgate.ledger.base import (
-    BackendFactory,
     BudgetChanged,
     BudgetLine,
     BudgetUsage,
@@ -35,27 +35,47 @@ from spendgate.ledger.base import (
     SettleOutcome,
     ThresholdCrossed,
     UnknownReservationError,
+)
+from spendgate.ledger.protocols import BudgetAdmin, KeyStorage, RequestLog, Reservations
+from spendgate.ledger.registry import (
+    Backend,
+    BackendFactory,
+    KeyStorageFactory,
+    LedgerFactory,
+    backend_for,
     known_schemes,
+    open_key_storage,
+    open_keystore,
     open_ledger,
     register_backend,
 )
 
 __all__ = [
+    "Backend",
     "BackendFactory",
+    "BudgetAdmin",
     "BudgetChanged",
     "BudgetLine",
     "BudgetUsage",
+    "KeyStorage",
+    "KeyStorageFactory",
     "Ledger",
+    "LedgerFactory",
     "LedgerUnavailableError",
     "Refusal",
     "ReleaseOutcome",
     "RequestIdReusedError",
+    "RequestLog",
     "RequestRecord",
     "Reservation",
+    "Reservations",
     "SettleOutcome",
     "ThresholdCrossed",
     "UnknownReservationError",
+    "backend_for",
     "known_schemes",
+    "open_key_storage",
+    "open_keystore",
     "open_ledger",
     "register_backend",
 ]
@@ -68,11 +88,23 @@ def _memory(url: str, *, budgets: Sequence[Budget], clock: Clock | None, **optio
     return memory_factory(url, budgets=budgets, clock=clock, **options)
 
 
+def _memory_keys(url: str, *, clock: Clock) -> KeyStorage:
+    from spendgate.ledger.memory import memory_keys_factory
+
+    return memory_keys_factory(url, clock=clock)
+
+
 def _sqlite(url: str, *, budgets: Sequence[Budget], clock: Clock | None, **options: Any) -> Ledger:
     from spendgate.ledger.sqlite import sqlite_factory
 
     return sqlite_factory(url, budgets=budgets, clock=clock, **options)
 
 
-register_backend("memory", _memory, replace=True)
-register_backend("sqlite", _sqlite, replace=True)
+def _sqlite_keys(url: str, *, clock: Clock) -> KeyStorage:
+    from spendgate.ledger.sqlite import sqlite_keys_factory
+
+    return sqlite_keys_factory(url, clock=clock)
+
+
+register_backend("memory", _memory, keys=_memory_keys, replace=True)
+register_backend("sqlite", _sqlite, keys=_sqlite_keys, replace=True)

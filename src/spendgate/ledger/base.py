@@ -1,29 +1,32 @@
 """The ledger contract: reserve the worst case, settle the actual, never overshoot.
 
-Every backend implements ``Ledger``; callers choose one by URL through
-``open_ledger`` (``memory://``, ``sqlite:////abs/path.db``), and new backends
-plug in with ``register_backend``. One conformance suite (tests/ledger) is the
-contract: see docs/ledger.md.
+Every backend implements ``Ledger`` (the composition of the protocols in
+``protocols.py``); callers choose one by URL through ``open_ledger``
+(``memory://``, ``sqlite:////abs/path.db``), and new backends plug in with
+``register_backend`` (both in ``registry.py``, re-exported here). One
+conformance suite (tests/ledger) is the contract: see docs/ledger.md.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar, Literal, NamedTuple, Protocol
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from spendgate.budgets import DIMENSIONS, Attributes, Budget, instance_key, parse_instance_key
 from spendgate.clock import Clock, SystemClock
 from spendgate.errors import BudgetExceededError, ConfigError, SpendgateError
+from spendgate.ledger.protocols import BudgetAdmin, RequestLog, Reservations
+from spendgate.ledger.registry import BackendFactory, known_schemes, open_ledger, register_backend
 from spendgate.money import Money
 
 __all__ = [
     "BackendFactory",
+    "BudgetAdmin",
     "BudgetChanged",
     "BudgetLine",
     "BudgetUsage",
@@ -32,8 +35,10 @@ __all__ = [
     "Refusal",
     "ReleaseOutcome",
     "RequestIdReusedError",
+    "RequestLog",
     "RequestRecord",
     "Reservation",
+    "Reservations",
     "SettleOutcome",
     "ThresholdCrossed",
     "UnknownReservationError",
@@ -281,8 +286,13 @@ ChangeCallback = Callable[[BudgetChanged], None]
 Event = ThresholdCrossed | BudgetChanged
 
 
-class Ledger(ABC):
+class Ledger(Reservations, BudgetAdmin, RequestLog):
     """Budgets, reservations, settlements and the request log, behind one lock or transaction.
+
+    What a backend implements: the three protocols of ``protocols.py`` (their
+    methods are abstract here), plus subscriptions, the asyncio defaults and
+    helpers shared by the backends. Callers needing one part can ask for its
+    protocol instead.
 
     Subscribers run in the thread that caused the event, after its transaction
     commits; an exception in a subscriber is logged, never raised into the request.
@@ -306,27 +316,7 @@ class Ledger(ABC):
         self._change_subs: tuple[ChangeCallback, ...] = ()
         self._subs_lock = threading.Lock()
 
-    # -- reservations ---------------------------------------------------------------
-    @abstractmethod
-    def reserve(
-        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
-    ) -> Reservation | Refusal:
-        """Hold ``estimate`` in every budget instance the request matches, all or nothing.
-
-        Admits only if ``spent + reserved + estimate <= limit`` for each, in its
-        current window. Reserving an id again returns the same open reservation
-        when attributes and estimate are the same (a retried call); any other
-        reuse raises RequestIdReusedError.
-        """
-
-    @abstractmethod
-    def settle(self, request_id: str, actual: Money, record: RequestRecord | None = None) -> SettleOutcome:
-        """Replace the reservation by ``actual`` in the window it was made in; idempotent."""
-
-    @abstractmethod
-    def release(self, request_id: str) -> ReleaseOutcome:
-        """End the reservation with nothing charged (the call failed, nothing billed); idempotent."""
-
+    # The contract's methods are declared (abstract) by the protocols; the defaults follow.
     async def areserve(
         self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
     ) -> Reservation | Refusal:
@@ -344,74 +334,10 @@ class Ledger(ABC):
         """``release`` for asyncio callers (see ``areserve``)."""
         return self.release(request_id)
 
-    @abstractmethod
-    def expire_leases(self) -> int:
-        """Charge every reservation whose lease has run out at its reserved amount; how many."""
-
-    # -- budgets ------------------------------------------------------------------------
-    @abstractmethod
-    def put_budget(self, budget: Budget) -> None:
-        """Add a budget or replace the one with its id (spend so far in the window is kept)."""
-
-    @abstractmethod
-    def remove_budget(self, budget_id: str) -> bool:
-        """Stop enforcing a budget; False if there was none."""
-
-    @abstractmethod
-    def get_budget(self, budget_id: str) -> Budget:
-        """The budget with its current limit; KeyError if unknown."""
-
-    @abstractmethod
-    def budgets(self) -> list[Budget]:
-        """Every budget, with current limits."""
-
-    @abstractmethod
-    def set_limit(self, budget_id: str, limit: Money) -> None:
-        """Raise or lower a limit now (SQLite: for every process)."""
-
-    @abstractmethod
-    def reset(self, budget_id: str, instance: Mapping[str, str] | str | None = None) -> None:
-        """Zero the spend of the current window (all instances, or one). Open reservations stay held."""
-
-    @abstractmethod
-    def usage(
-        self, budget_id: str, instance: Mapping[str, str] | str | None = None, *, at: datetime | None = None
-    ) -> BudgetUsage:
-        """A budget instance's spend in the window containing ``at`` (default: now)."""
-
-    @abstractmethod
-    def list_budgets(self) -> list[BudgetUsage]:
-        """Every budget without wildcards, and every wildcard instance with spend in its current window."""
-
-    # -- the request log ------------------------------------------------------------
-    @abstractmethod
-    def query_requests(
-        self,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        *,
-        limit: int = 1000,
-        after: str | None = None,
-        **dimensions: str,
-    ) -> list[RequestRecord]:
-        """Logged requests started in ``[start, end)``, newest first (ties by request id), filtered
-        by exact dimension values. ``after``: the request id a previous page ended with; the
-        page continues from there (UnknownReservationError when that id is not in the log)."""
-
-    @abstractmethod
-    def usage_by(
-        self, dimension: str, start: datetime | None = None, end: datetime | None = None
-    ) -> dict[str, Money]:
-        """Logged cost per value of ``dimension`` (a request counts once per tag for ``tag``)."""
-
-    @abstractmethod
-    def purge(self) -> int:
-        """Drop what is older than ``retention`` now (it also happens on a cheap schedule)."""
-
-    def refresh(self) -> None:  # noqa: B027 - optional for backends with no shared state
+    def refresh(self) -> None:
         """Pick up budget changes made elsewhere (other processes); memory has none."""
 
-    def close(self) -> None:  # noqa: B027 - optional
+    def close(self) -> None:
         """Release connections."""
 
     def __enter__(self) -> Ledger:
@@ -526,49 +452,3 @@ def record_matches(attrs: Attributes, filters: Mapping[str, str]) -> bool:
         elif getattr(attrs, dim) != value:
             return False
     return True
-
-
-# -- backends by URL ----------------------------------------------------------------------
-
-
-class BackendFactory(Protocol):
-    """Builds a ledger from its URL: ``factory(url, budgets=..., clock=..., **options)``."""
-
-    def __call__(
-        self, url: str, *, budgets: Sequence[Budget], clock: Clock | None, **options: Any
-    ) -> Ledger: ...
-
-
-_BACKENDS: dict[str, BackendFactory] = {}
-_BACKENDS_LOCK = threading.Lock()
-
-
-def register_backend(scheme: str, factory: BackendFactory, *, replace: bool = False) -> None:
-    """Make ``scheme://...`` URLs open ledgers built by ``factory``."""
-    scheme = scheme.lower().removesuffix("://")
-    with _BACKENDS_LOCK:
-        if scheme in _BACKENDS and not replace:
-            raise ValueError(f"a ledger backend for {scheme!r} is already registered (pass replace=True)")
-        _BACKENDS[scheme] = factory
-
-
-def known_schemes() -> list[str]:
-    return sorted(_BACKENDS)
-
-
-def open_ledger(
-    url: str, budgets: Iterable[Budget] = (), *, clock: Clock | None = None, **options: Any
-) -> Ledger:
-    """``open_ledger("memory://")``, ``open_ledger("sqlite:////var/lib/spendgate/spend.db")``.
-
-    Options go to the backend: ``retention``, ``fail_open``, and backend-specific ones.
-    """
-    scheme, sep, _ = url.partition("://")
-    factory = _BACKENDS.get(scheme.lower()) if sep else None
-    if factory is None:
-        shown = url.rsplit("@", maxsplit=1)[-1]  # never echo credentials
-        raise ConfigError(
-            "ledger",
-            f"unknown ledger URL {shown!r}; known schemes: {', '.join(s + '://' for s in known_schemes())}",
-        )
-    return factory(url, budgets=list(budgets), clock=clock, **options)

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from spendgate.budgets import Attributes, Budget, parse_instance_key
 from spendgate.clock import Clock
@@ -39,7 +39,10 @@ from spendgate.ledger.base import (
 )
 from spendgate.money import Money
 
-__all__ = ["MemoryLedger"]
+if TYPE_CHECKING:
+    from spendgate.gateway.settings import VirtualKey
+
+__all__ = ["MemoryKeyStorage", "MemoryLedger", "memory_factory", "memory_keys_factory"]
 
 log = logging.getLogger("spendgate.ledger")
 
@@ -560,3 +563,68 @@ def memory_factory(
 ) -> MemoryLedger:
     """``memory://`` (nothing after the scheme)."""
     return MemoryLedger(budgets, clock=clock, **options)
+
+
+# -- virtual keys ---------------------------------------------------------------------------
+
+
+class MemoryKeyStorage:
+    """The gateway's virtual keys in this process only (tests, demos, ``memory://`` ledgers)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, tuple[VirtualKey, str]] = {}
+        self._hashes: dict[str, str] = {}
+
+    def insert(self, key: VirtualKey, secret_hash: str) -> None:
+        with self._lock:
+            self._keys[key.id] = (key, secret_hash)
+            self._hashes[secret_hash] = key.id
+
+    def by_hash(self, secret_hash: str) -> tuple[VirtualKey, str] | None:
+        with self._lock:
+            key_id = self._hashes.get(secret_hash)
+            return self._keys.get(key_id) if key_id is not None else None
+
+    def by_id(self, key_id: str) -> VirtualKey | None:
+        with self._lock:
+            found = self._keys.get(key_id)
+        return found[0] if found else None
+
+    def all(self) -> list[VirtualKey]:
+        with self._lock:
+            return [key for key, _ in self._keys.values()]
+
+    def set_disabled(self, key_id: str, disabled: bool) -> bool:
+        with self._lock:
+            found = self._keys.get(key_id)
+            if found is None:
+                return False
+            self._keys[key_id] = (replace(found[0], disabled=disabled), found[1])
+            return True
+
+    def set_secret(self, key_id: str, secret_hash: str, hint: str) -> bool:
+        with self._lock:
+            found = self._keys.get(key_id)
+            if found is None:
+                return False
+            del self._hashes[found[1]]
+            self._keys[key_id] = (replace(found[0], hint=hint), secret_hash)
+            self._hashes[secret_hash] = key_id
+            return True
+
+    def remove(self, key_id: str) -> bool:
+        with self._lock:
+            found = self._keys.pop(key_id, None)
+            if found is None:
+                return False
+            self._hashes.pop(found[1], None)
+            return True
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def memory_keys_factory(url: str, *, clock: Clock) -> MemoryKeyStorage:
+    """``memory://``: a fresh, empty store per call (the clock is unused: nothing is timestamped)."""
+    return MemoryKeyStorage()

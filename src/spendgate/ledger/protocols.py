@@ -1,0 +1,197 @@
+"""The ledger contract, split by what callers need.
+
+``Reservations`` is the hot path (the guard and the gateway's proxy),
+``BudgetAdmin`` the budgets and their numbers (admin API, CLI, the SDK's wait
+mode), ``RequestLog`` the finished requests (reports, purge). ``Ledger`` in
+``base.py`` is all three: what a backend implements. ``KeyStorage`` is the
+storage half of the gateway's virtual keys; a backend that has one registers
+it next to its ledger (``registry.py``), so the gateway never names a backend.
+
+A caller that needs only one part should ask for that protocol: a fake for a
+test then implements a handful of methods instead of the whole ledger.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # base.py composes these protocols, so its types are only named here
+    from spendgate.budgets import Attributes, Budget
+    from spendgate.gateway.settings import VirtualKey
+    from spendgate.ledger.base import (
+        BudgetChanged,
+        BudgetUsage,
+        Refusal,
+        ReleaseOutcome,
+        RequestRecord,
+        Reservation,
+        SettleOutcome,
+        ThresholdCrossed,
+    )
+    from spendgate.money import Money
+
+__all__ = ["BudgetAdmin", "KeyStorage", "RequestLog", "Reservations"]
+
+
+@runtime_checkable
+class Reservations(Protocol):
+    """Reserve the worst case, settle the actual: the only calls on every request's path."""
+
+    @abstractmethod
+    def reserve(
+        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
+    ) -> Reservation | Refusal:
+        """Hold ``estimate`` in every budget instance the request matches, all or nothing.
+
+        Admits only if ``spent + reserved + estimate <= limit`` for each, in its
+        current window. Reserving an id again returns the same open reservation
+        when attributes and estimate are the same (a retried call); any other
+        reuse raises RequestIdReusedError.
+        """
+
+    @abstractmethod
+    def settle(self, request_id: str, actual: Money, record: RequestRecord | None = None) -> SettleOutcome:
+        """Replace the reservation by ``actual`` in the window it was made in; idempotent."""
+
+    @abstractmethod
+    def release(self, request_id: str) -> ReleaseOutcome:
+        """End the reservation with nothing charged (the call failed, nothing billed); idempotent."""
+
+    @abstractmethod
+    async def areserve(
+        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
+    ) -> Reservation | Refusal:
+        """``reserve`` for asyncio callers; the event loop never waits for a lock."""
+
+    @abstractmethod
+    async def asettle(
+        self, request_id: str, actual: Money, record: RequestRecord | None = None
+    ) -> SettleOutcome:
+        """``settle`` for asyncio callers."""
+
+    @abstractmethod
+    async def arelease(self, request_id: str) -> ReleaseOutcome:
+        """``release`` for asyncio callers."""
+
+    @abstractmethod
+    def expire_leases(self) -> int:
+        """Charge every reservation whose lease has run out at its reserved amount; how many."""
+
+
+@runtime_checkable
+class BudgetAdmin(Protocol):
+    """Budgets at run time, their spend, and the events about them.
+
+    ``subscribe`` and ``on_change`` live here: both report on budgets (a
+    threshold of one was crossed, one was changed), and whoever watches budgets
+    is not on the request path.
+    """
+
+    @abstractmethod
+    def put_budget(self, budget: Budget) -> None:
+        """Add a budget or replace the one with its id (spend so far in the window is kept)."""
+
+    @abstractmethod
+    def remove_budget(self, budget_id: str) -> bool:
+        """Stop enforcing a budget; False if there was none."""
+
+    @abstractmethod
+    def get_budget(self, budget_id: str) -> Budget:
+        """The budget with its current limit; KeyError if unknown."""
+
+    @abstractmethod
+    def budgets(self) -> list[Budget]:
+        """Every budget, with current limits."""
+
+    @abstractmethod
+    def set_limit(self, budget_id: str, limit: Money) -> None:
+        """Raise or lower a limit now (SQLite: for every process)."""
+
+    @abstractmethod
+    def reset(self, budget_id: str, instance: Mapping[str, str] | str | None = None) -> None:
+        """Zero the spend of the current window (all instances, or one). Open reservations stay held."""
+
+    @abstractmethod
+    def usage(
+        self, budget_id: str, instance: Mapping[str, str] | str | None = None, *, at: datetime | None = None
+    ) -> BudgetUsage:
+        """A budget instance's spend in the window containing ``at`` (default: now)."""
+
+    @abstractmethod
+    def list_budgets(self) -> list[BudgetUsage]:
+        """Every budget without wildcards, and every wildcard instance with spend in its current window."""
+
+    @abstractmethod
+    def refresh(self) -> None:
+        """Pick up budget changes made elsewhere (other processes)."""
+
+    @abstractmethod
+    def subscribe(self, callback: Callable[[ThresholdCrossed], None]) -> Callable[[], None]:
+        """Hear threshold crossings; returns a function that unsubscribes."""
+
+    @abstractmethod
+    def on_change(self, callback: Callable[[BudgetChanged], None]) -> Callable[[], None]:
+        """Hear budget changes (a raised limit, a reset...); returns a function that unsubscribes."""
+
+
+@runtime_checkable
+class RequestLog(Protocol):
+    """Settled and expired requests, kept for the ledger's retention."""
+
+    @abstractmethod
+    def query_requests(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        limit: int = 1000,
+        after: str | None = None,
+        **dimensions: str,
+    ) -> list[RequestRecord]:
+        """Logged requests started in ``[start, end)``, newest first (ties by request id), filtered
+        by exact dimension values. ``after``: the request id a previous page ended with; the
+        page continues from there (UnknownReservationError when that id is not in the log)."""
+
+    @abstractmethod
+    def usage_by(
+        self, dimension: str, start: datetime | None = None, end: datetime | None = None
+    ) -> dict[str, Money]:
+        """Logged cost per value of ``dimension`` (a request counts once per tag for ``tag``)."""
+
+    @abstractmethod
+    def purge(self) -> int:
+        """Drop what is older than ``retention`` now (it also happens on a cheap schedule)."""
+
+
+@runtime_checkable
+class KeyStorage(Protocol):
+    """Rows of virtual keys: the key and the SHA-256 hex of its secret (never the secret).
+
+    Only storage: validation, hashing and the authentication cache are the
+    gateway's ``KeyStore``. Writes report False for an unknown key id.
+    """
+
+    def insert(self, key: VirtualKey, secret_hash: str) -> None: ...
+
+    def by_hash(self, secret_hash: str) -> tuple[VirtualKey, str] | None:
+        """The key and its stored hash (the caller compares them in constant time)."""
+        ...
+
+    def by_id(self, key_id: str) -> VirtualKey | None: ...
+
+    def all(self) -> list[VirtualKey]:
+        """Every key, oldest first."""
+        ...
+
+    def set_disabled(self, key_id: str, disabled: bool) -> bool: ...
+
+    def set_secret(self, key_id: str, secret_hash: str, hint: str) -> bool: ...
+
+    def remove(self, key_id: str) -> bool: ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

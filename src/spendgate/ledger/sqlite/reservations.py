@@ -1,0 +1,486 @@
+"""Reservations, the hot path: reserve, settle, release, and the expiry of leases.
+
+A reserve checks the budgets' version, inserts the request's row, and runs one
+conditional upsert per budget line (a line that cannot take the estimate undoes
+the request's own writes and refuses); a settle is one ``UPDATE ... RETURNING``
+of the request plus one per line. Statements are constant text, so sqlite3's
+statement cache prepares each once. Everything that can be worked out before
+the write lock (matching, encoding) is, in ``_plan``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from spendgate.budgets import Attributes, Budget, parse_instance_key
+from spendgate.ledger.base import (
+    BudgetLine,
+    Event,
+    LedgerUnavailableError,
+    Refusal,
+    ReleaseOutcome,
+    ReleaseStatus,
+    RequestIdReusedError,
+    RequestRecord,
+    Reservation,
+    SettleOutcome,
+    ThresholdCrossed,
+    UnknownReservationError,
+)
+from spendgate.ledger.sqlite.codec import attrs_of, dt, public_lines, tags_json, us
+from spendgate.ledger.sqlite.connection import Rollback
+from spendgate.ledger.sqlite.core import Catalog, LedgerCore, Op, fresh
+from spendgate.money import Money
+
+__all__ = ["ReservationsMixin"]
+
+log = logging.getLogger("spendgate.ledger")
+
+# -- statements (constant text, so sqlite3's statement cache prepares each once) -----------
+
+_SQL_OPEN = """
+    INSERT INTO requests (request_id, state, estimate, started_at, expires_at, lines,
+                          dim_key, dim_user, dim_team, dim_project, dim_customer, dim_model, tags)
+    VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (request_id) DO NOTHING"""
+# Admit into one line: insert the row or add to it, only while spent + reserved + estimate <= limit.
+_SQL_HOLD = """
+    INSERT INTO spend (budget_id, window_start, instance, window_end, reserved)
+    SELECT :budget, :start, :instance, :end, :estimate WHERE :estimate <= :limit
+    ON CONFLICT (budget_id, window_start, instance) DO UPDATE
+        SET reserved = reserved + excluded.reserved
+        WHERE spent + reserved + excluded.reserved <= :limit"""
+SQL_LINE = "SELECT spent, reserved FROM spend WHERE budget_id = ? AND window_start = ? AND instance = ?"
+_SQL_SETTLE = """
+    UPDATE requests SET state = 'settled', cost = ?, finished_at = ?, status = ?, model = ?, usage = ?,
+                        breakdown = ?
+    WHERE request_id = ? AND state = 'open'
+    RETURNING estimate, lines"""
+_SQL_RELEASE = """
+    UPDATE requests SET state = 'released', cost = 0, finished_at = ?
+    WHERE request_id = ? AND state = 'open'
+    RETURNING estimate, lines"""
+_SQL_EXPIRE = """
+    UPDATE requests SET state = 'expired', cost = estimate, finished_at = ?, status = 'expired'
+    WHERE request_id = ? AND state = 'open'
+    RETURNING estimate, lines"""
+_SQL_ENDED = "SELECT state, estimate, cost FROM requests WHERE request_id = ?"
+_SQL_FORGET = "DELETE FROM requests WHERE request_id = ? AND state = 'open'"
+_SQL_CHARGE = """
+    UPDATE spend SET reserved = reserved - ?, spent = spent + ?
+    WHERE budget_id = ? AND window_start = ? AND instance = ?
+    RETURNING spent, reserved, alerted"""
+_SQL_RELEASE_LINE = """
+    UPDATE spend SET reserved = reserved - ?
+    WHERE budget_id = ? AND window_start = ? AND instance = ?"""
+_SQL_ALERT = """
+    INSERT INTO alerts (budget_id, window_start, instance, threshold, spent, limit_nanos, request_id, sent_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT DO NOTHING"""
+_SQL_DUE = """
+    SELECT request_id FROM requests
+    WHERE state = 'open' AND expires_at <= ? ORDER BY expires_at LIMIT ?"""
+
+
+class _Plan(NamedTuple):
+    """A reservation worked out before the write lock is taken."""
+
+    catalog: Catalog
+    request_id: str
+    attributes: Attributes
+    estimate: int
+    now: datetime
+    expires: datetime
+    matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]]
+    row: tuple[Any, ...]
+    holds: list[dict[str, Any]]
+
+
+class ReservationsMixin(LedgerCore):
+    """``Reservations`` over SQLite: the sync calls run a transaction each, the async ones
+    join the event loop's group commit."""
+
+    def reserve(
+        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
+    ) -> Reservation | Refusal:
+        now = self.clock.now()
+        op = self._reserve_op(request_id, attributes, estimate, lease, now)
+        expiry = self._expiry_op(now)
+        if expiry is not None:
+            self._run(expiry)
+        result: Reservation | Refusal = self._run(op)
+        return result
+
+    async def areserve(
+        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
+    ) -> Reservation | Refusal:
+        """``reserve`` through the group commit: the event loop never waits for the lock."""
+        now = self.clock.now()
+        op = self._reserve_op(request_id, attributes, estimate, lease, now)
+        expiry = self._expiry_op(now)
+        result: Reservation | Refusal = await self._arun([op] if expiry is None else [expiry, op])
+        return result
+
+    def _reserve_op(
+        self,
+        request_id: str,
+        attributes: Attributes,
+        estimate: Money,
+        lease: timedelta | float,
+        now: datetime,
+    ) -> Op:
+        est = self._amount(estimate, "estimate")
+        delta = self._lease(lease)
+        events: list[Event] = []
+        # Match and encode before taking the write lock; redone inside only if budgets changed.
+        plan = self._plan(self._catalog, request_id, attributes, est, now, now + delta)
+
+        def done(result: Reservation | Refusal) -> Reservation | Refusal:
+            self._deliver(events)
+            return result
+
+        def failed(exc: LedgerUnavailableError) -> Reservation:
+            if not self.fail_open:
+                raise exc
+            log.error(
+                "spendgate: ledger %s unavailable; FAIL-OPEN: admitting request %s (%s) UNRECORDED and "
+                "unbudgeted",
+                self.path,
+                request_id,
+                estimate,
+                exc_info=exc,
+            )
+            self._unrecorded.append(request_id)
+            return Reservation(request_id, estimate, now, now + delta, (), unrecorded=True)
+
+        created = False  # by this op (not a retry that found the id's reservation already open)
+
+        def body(conn: sqlite3.Connection) -> Reservation | Refusal:
+            nonlocal created
+            created = False
+            result = self._reserve_in(conn, plan, events)  # reuse and refusal leave by Rollback
+            created = True
+            return result
+
+        def orphan(result: Reservation | Refusal) -> None:
+            if created:
+                self._release_orphan(result)
+
+        return Op(fresh(events, body), done, failed, orphan)
+
+    def _expiry_op(self, now: datetime) -> Op | None:
+        """The opportunistic lease expiry, once per ``expiry_interval`` per process."""
+        if now < self._next_expiry:
+            return None
+        self._next_expiry = now + self.expiry_interval
+        events: list[Event] = []
+
+        def done(count: int) -> int:
+            self._deliver(events)
+            return count
+
+        def failed(exc: LedgerUnavailableError) -> int:
+            log.warning("spendgate: lease expiry in %s skipped: %s", self.path, exc)
+            return 0
+
+        return Op(fresh(events, lambda conn: self._expire_in(conn, now, events, 64)), done, failed)
+
+    def _release_orphan(self, result: Reservation | Refusal) -> None:
+        """A reservation this call made, whose caller was cancelled meanwhile: release it."""
+        if not isinstance(result, Reservation) or result.unrecorded:
+            return
+        op = self._release_op(result.request_id)
+        self._submit_unwatched(op.body, f"release of abandoned reservation {result.request_id}", op.finish)
+
+    def _plan(
+        self,
+        catalog: Catalog,
+        request_id: str,
+        attributes: Attributes,
+        est: int,
+        now: datetime,
+        expires: datetime,
+    ) -> _Plan:
+        matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]] = []
+        for budget in catalog.order:
+            keys = budget.matches(attributes)
+            if keys:
+                window = budget.window.bounds(now)
+                matched.extend((budget, key, window) for key in keys)
+        lines = [(b.id, key, us(w[0]), None if w[1] is None else us(w[1])) for b, key, w in matched]
+        a = attributes
+        row = (request_id, est, us(now), us(expires), json.dumps(lines, separators=(",", ":")), a.key,
+               a.user, a.team, a.project, a.customer, a.model, tags_json(a.tags))  # fmt: skip
+        holds = [
+            {"budget": line[0], "start": line[2], "instance": line[1], "end": line[3], "estimate": est,
+             "limit": budget.limit.nanos}
+            for line, (budget, _, _) in zip(lines, matched, strict=True)
+        ]  # fmt: skip
+        return _Plan(catalog, request_id, attributes, est, now, expires, matched, row, holds)
+
+    def _reserve_in(
+        self, conn: sqlite3.Connection, plan: _Plan, events: list[Event]
+    ) -> Reservation | Refusal:
+        catalog = self._sync(conn, events)
+        if catalog is not plan.catalog:  # budgets changed since the plan: match again
+            plan = self._plan(
+                catalog, plan.request_id, plan.attributes, plan.estimate, plan.now, plan.expires
+            )
+        if conn.execute(_SQL_OPEN, plan.row).rowcount == 0:
+            raise Rollback(self._reuse(conn, plan.request_id, plan.attributes, plan.estimate))
+        for i, (hold, (budget, key, window)) in enumerate(zip(plan.holds, plan.matched, strict=True)):
+            if conn.execute(_SQL_HOLD, hold).rowcount == 0:
+                row = conn.execute(SQL_LINE, (hold["budget"], hold["start"], key)).fetchone()
+                spent, reserved = row if row is not None else (0, 0)
+                # Undo this request's writes here (not by rolling the transaction back): in a
+                # group commit the transaction holds other requests' writes too.
+                conn.execute(_SQL_FORGET, (plan.request_id,))
+                for done in plan.holds[:i]:
+                    conn.execute(
+                        _SQL_RELEASE_LINE, (plan.estimate, done["budget"], done["start"], done["instance"])
+                    )
+                raise Rollback(
+                    self._refusal(
+                        plan.request_id,
+                        budget,
+                        key,
+                        spent,
+                        reserved,
+                        hold["limit"],
+                        plan.estimate,
+                        window,
+                        plan.now,
+                    )
+                )
+        return Reservation(
+            plan.request_id,
+            Money(plan.estimate),
+            plan.now,
+            plan.expires,
+            tuple(BudgetLine(b.id, key, w[0], w[1]) for b, key, w in plan.matched),
+        )
+
+    def _reuse(
+        self, conn: sqlite3.Connection, request_id: str, attributes: Attributes, est: int
+    ) -> Reservation:
+        row = conn.execute(
+            "SELECT state, estimate, started_at, expires_at, lines, dim_key, dim_user, dim_team, dim_project, "
+            "dim_customer, dim_model, tags FROM requests WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        state, estimate, started, expires, lines = row[:5]
+        if state != "open":
+            raise RequestIdReusedError(
+                f"request id {request_id!r} was already {state}; use a new id per request"
+            )
+        if attrs_of(row[5:]) != attributes or estimate != est:
+            raise RequestIdReusedError(
+                f"request id {request_id!r} already holds a reservation with different attributes or "
+                "estimate; use a new id per request"
+            )
+        return Reservation(request_id, Money(estimate), dt(started), dt(expires), public_lines(lines))
+
+    def settle(self, request_id: str, actual: Money, record: RequestRecord | None = None) -> SettleOutcome:
+        outcome: SettleOutcome = self._run(self._settle_op(request_id, actual, record))
+        self._maybe_purge()
+        return outcome
+
+    async def asettle(
+        self, request_id: str, actual: Money, record: RequestRecord | None = None
+    ) -> SettleOutcome:
+        """``settle`` through the group commit (which also schedules the retention purge)."""
+        outcome: SettleOutcome = await self._arun([self._settle_op(request_id, actual, record)])
+        return outcome
+
+    def _settle_op(self, request_id: str, actual: Money, record: RequestRecord | None) -> Op:
+        act = self._amount(actual, "actual")
+        now = self.clock.now()
+        if record is None:
+            values: tuple[Any, ...] = (act, us(now), "ok", None, None, None, request_id)
+        else:
+            breakdown = record.breakdown_strings()
+            values = (
+                act,
+                us(now),
+                record.status,
+                record.model,
+                json.dumps(dict(record.usage), sort_keys=True) if record.usage else None,
+                json.dumps(breakdown, sort_keys=True) if breakdown else None,
+                request_id,
+            )
+        events: list[Event] = []
+
+        def done(outcome: SettleOutcome) -> SettleOutcome:
+            if outcome.status == "settled" and act > outcome.estimate.nanos:
+                log.warning(
+                    "spendgate: request %s cost %s, above its reserved estimate %s (provider billed "
+                    "beyond the estimate); charged in full",
+                    request_id,
+                    actual,
+                    outcome.estimate,
+                )
+            self._deliver(events)
+            return outcome
+
+        def failed(exc: LedgerUnavailableError) -> SettleOutcome:
+            if not self.fail_open:
+                raise exc
+            log.error("spendgate: ledger %s unavailable; FAIL-OPEN: settlement of %s (%s) NOT RECORDED",
+                      self.path, request_id, actual, exc_info=exc)  # fmt: skip
+            return SettleOutcome(request_id, "unrecorded", actual, actual, actual)
+
+        body = fresh(events, lambda conn: self._settle_in(conn, request_id, act, values, now, events))
+        return Op(body, done, failed)
+
+    def _settle_in(
+        self,
+        conn: sqlite3.Connection,
+        request_id: str,
+        act: int,
+        values: tuple[Any, ...],
+        now: datetime,
+        events: list[Event],
+    ) -> SettleOutcome:
+        catalog = self._sync(conn, events)
+        row = conn.execute(_SQL_SETTLE, values).fetchall()
+        if not row:
+            raise Rollback(self._ended_settle(conn, request_id, act))
+        est, lines = row[0]
+        remaining = self._charge(conn, catalog, request_id, json.loads(lines), est, act, now, events)
+        left = None if remaining is None else Money(max(remaining, 0))
+        return SettleOutcome(request_id, "settled", Money(act), Money(est), Money(act), left)
+
+    def _ended_settle(self, conn: sqlite3.Connection, request_id: str, act: int) -> SettleOutcome:
+        row = conn.execute(_SQL_ENDED, (request_id,)).fetchone()
+        if row is None:
+            if request_id in self._unrecorded:
+                return SettleOutcome(request_id, "unrecorded", Money(act), Money(act), Money(act))
+            raise UnknownReservationError(f"no reservation for request id {request_id!r}")
+        status, est, charged = row
+        outcome = {"settled": "already_settled", "expired": "expired", "released": "released"}[status]
+        return SettleOutcome(request_id, outcome, Money(charged or 0), Money(est), Money(act))  # type: ignore[arg-type]
+
+    def _charge(
+        self,
+        conn: sqlite3.Connection,
+        catalog: Catalog,
+        request_id: str,
+        lines: list[list[Any]],
+        est: int,
+        act: int,
+        now: datetime,
+        events: list[Event],
+    ) -> int | None:
+        """Move ``est`` out of reserved and ``act`` into spent on every line; announce thresholds.
+        Returns the least ``limit - spent - reserved`` over the lines (None: no budget line)."""
+        remaining: int | None = None
+        for budget_id, key, start, end in lines:
+            spent, reserved, alerted = conn.execute(
+                _SQL_CHARGE, (est, act, budget_id, start, key)
+            ).fetchall()[0]
+            budget = catalog.budgets.get(budget_id)
+            if budget is None:
+                continue
+            limit = budget.limit.nanos
+            left = limit - spent - reserved
+            remaining = left if remaining is None else min(remaining, left)
+            if act <= 0:
+                continue
+            crossed = self._crossed(budget.thresholds, alerted, spent, limit)
+            if not crossed:
+                continue
+            sent_at = us(now)
+            for threshold in crossed:
+                cur = conn.execute(
+                    _SQL_ALERT, (budget_id, start, key, threshold, spent, limit, request_id, sent_at)
+                )
+                if cur.rowcount:  # another process may have sent it first
+                    events.append(
+                        ThresholdCrossed(
+                            budget_id=budget_id,
+                            label=budget.label(key),
+                            instance=parse_instance_key(key),
+                            threshold=threshold,
+                            spent=Money(spent),
+                            limit=Money(limit),
+                            window_start=dt(start),
+                            window_end=None if end is None else dt(end),
+                            request_id=request_id,
+                        )
+                    )
+            conn.execute(
+                "UPDATE spend SET alerted = max(alerted, ?) WHERE budget_id = ? AND window_start = ? "
+                "AND instance = ?",
+                (crossed[-1], budget_id, start, key),
+            )
+        return remaining
+
+    def release(self, request_id: str) -> ReleaseOutcome:
+        outcome: ReleaseOutcome = self._run(self._release_op(request_id))
+        return outcome
+
+    async def arelease(self, request_id: str) -> ReleaseOutcome:
+        """``release`` through the group commit."""
+        outcome: ReleaseOutcome = await self._arun([self._release_op(request_id)])
+        return outcome
+
+    def _release_op(self, request_id: str) -> Op:
+        def failed(exc: LedgerUnavailableError) -> ReleaseOutcome:
+            if not self.fail_open:
+                raise exc
+            log.error("spendgate: ledger %s unavailable; FAIL-OPEN: release of %s NOT RECORDED",
+                      self.path, request_id, exc_info=exc)  # fmt: skip
+            return ReleaseOutcome(request_id, "unrecorded")
+
+        return Op(lambda conn: self._release_in(conn, request_id), lambda outcome: outcome, failed)
+
+    def _release_in(self, conn: sqlite3.Connection, request_id: str) -> ReleaseOutcome:
+        row = conn.execute(_SQL_RELEASE, (us(self.clock.now()), request_id)).fetchall()
+        if not row:
+            ended = conn.execute(_SQL_ENDED, (request_id,)).fetchone()
+            if ended is None:
+                if request_id in self._unrecorded:
+                    return ReleaseOutcome(request_id, "unrecorded")
+                raise UnknownReservationError(f"no reservation for request id {request_id!r}")
+            status: ReleaseStatus = "already_released" if ended[0] == "released" else ended[0]
+            return ReleaseOutcome(request_id, status)
+        est, lines = row[0][0], json.loads(row[0][1])
+        for budget_id, key, start, _end in lines:
+            conn.execute(_SQL_RELEASE_LINE, (est, budget_id, start, key))
+        return ReleaseOutcome(request_id, "released")
+
+    # -- leases -------------------------------------------------------------------------
+    def expire_leases(self) -> int:
+        events: list[Event] = []
+        now = self.clock.now()
+        count = self._expire(now, events, batch=500, until_done=True)
+        self._deliver(events)
+        return count
+
+    def _expire(self, now: datetime, events: list[Event], *, batch: int, until_done: bool = False) -> int:
+        total = 0
+        while True:
+            count = self._write(lambda conn: self._expire_in(conn, now, events, batch))
+            total += count
+            if count < batch or not until_done:
+                return total
+
+    def _expire_in(self, conn: sqlite3.Connection, now: datetime, events: list[Event], batch: int) -> int:
+        now_us = us(now)
+        due = [row[0] for row in conn.execute(_SQL_DUE, (now_us, batch))]
+        if not due:
+            return 0
+        catalog = self._sync(conn, events)
+        for request_id in due:
+            est, lines = conn.execute(_SQL_EXPIRE, (now_us, request_id)).fetchall()[0]
+            self._charge(conn, catalog, request_id, json.loads(lines), est, est, now, events)
+            log.warning(
+                "spendgate: lease of request %s expired unsettled; charged its reserved %s",
+                request_id,
+                Money(est),
+            )
+        return len(due)

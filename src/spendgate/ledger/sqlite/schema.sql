@@ -1,0 +1,87 @@
+-- The SQLite ledger's schema. PRAGMA user_version is the file's schema version;
+-- the statements after "-- migration N" take a file from version N-1 to N, in one
+-- transaction at open (schema.py). Add a migration, never edit a shipped one: SQLite
+-- keeps each CREATE statement's text in sqlite_master, so even the indentation of a
+-- shipped statement stays as it was.
+--
+-- Amounts are INTEGER nano-USD, instants INTEGER microseconds since the Unix epoch (UTC).
+
+-- migration 1
+CREATE TABLE budgets (
+        id             TEXT PRIMARY KEY,
+        definition     TEXT NOT NULL,     -- Budget.to_config() without the limit, as JSON
+        config_limit   INTEGER NOT NULL,  -- nano-USD, as last given by put_budget
+        limit_override INTEGER,           -- nano-USD from set_limit(); wins until config_limit changes
+        updated_at     INTEGER NOT NULL
+    );
+
+-- Every budget change, so other processes can tell their subscribers what happened.
+CREATE TABLE changes (
+        seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+        budget_id      TEXT NOT NULL,
+        kind           TEXT NOT NULL CHECK (kind IN ('put', 'remove', 'limit', 'reset')),
+        new_limit      INTEGER,
+        previous_limit INTEGER,
+        instance       TEXT,
+        at             INTEGER NOT NULL
+    );
+
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('budgets_version', 0), ('last_purge', 0);
+
+-- One row per budget instance per window: the numbers every admission checks.
+CREATE TABLE spend (
+        budget_id    TEXT NOT NULL,
+        window_start INTEGER NOT NULL,            -- µs since epoch; 0 for a budget without window
+        instance     TEXT NOT NULL,               -- '' or 'user=alice'
+        window_end   INTEGER,                     -- µs; NULL when the window never resets
+        spent        INTEGER NOT NULL DEFAULT 0,  -- nano-USD settled or expired
+        reserved     INTEGER NOT NULL DEFAULT 0,  -- nano-USD held by open reservations
+        alerted      INTEGER NOT NULL DEFAULT 0,  -- highest threshold (%) already announced
+        PRIMARY KEY (budget_id, window_start, instance)
+    ) WITHOUT ROWID;
+
+-- Sent threshold alerts: the unique key makes each one go out once per window.
+CREATE TABLE alerts (
+        budget_id    TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        instance     TEXT NOT NULL,
+        threshold    INTEGER NOT NULL,
+        spent        INTEGER NOT NULL,
+        limit_nanos  INTEGER NOT NULL,
+        request_id   TEXT NOT NULL,
+        sent_at      INTEGER NOT NULL,
+        PRIMARY KEY (budget_id, window_start, instance, threshold)
+    ) WITHOUT ROWID;
+
+-- Every request: its reservation while open, then the request log (kept for ``retention``).
+CREATE TABLE requests (
+        request_id   TEXT PRIMARY KEY,
+        state        TEXT NOT NULL CHECK (state IN ('open', 'settled', 'released', 'expired')),
+        estimate     INTEGER NOT NULL,  -- nano-USD held while open
+        cost         INTEGER,           -- nano-USD charged when it ended
+        started_at   INTEGER NOT NULL,  -- µs: when it was reserved (the ledger's clock)
+        expires_at   INTEGER NOT NULL,  -- µs: end of the lease
+        finished_at  INTEGER,           -- µs: when it was settled, released or expired
+        lines        TEXT NOT NULL,     -- JSON [[budget_id, instance, window_start, window_end], ...]
+        dim_key      TEXT,
+        dim_user     TEXT,
+        dim_team     TEXT,
+        dim_project  TEXT,
+        dim_customer TEXT,
+        dim_model    TEXT,
+        tags         TEXT,              -- JSON array, NULL when none
+        status       TEXT,              -- RequestRecord.status ('ok', 'error', ...; 'expired')
+        model        TEXT,              -- the model as billed (may differ from dim_model)
+        usage        TEXT,              -- JSON {"input_tokens": 12, ...}
+        breakdown    TEXT               -- JSON {"input": "0.00003", ...} decimal USD strings
+    ) WITHOUT ROWID;
+CREATE INDEX requests_open_by_expiry ON requests (expires_at) WHERE state = 'open';
+CREATE INDEX requests_by_time ON requests (started_at);
+-- One per dimension column (codec.DIM_COLUMNS), for the request log's filters and usage_by.
+CREATE INDEX requests_by_key ON requests (dim_key, started_at) WHERE dim_key IS NOT NULL;
+CREATE INDEX requests_by_user ON requests (dim_user, started_at) WHERE dim_user IS NOT NULL;
+CREATE INDEX requests_by_team ON requests (dim_team, started_at) WHERE dim_team IS NOT NULL;
+CREATE INDEX requests_by_project ON requests (dim_project, started_at) WHERE dim_project IS NOT NULL;
+CREATE INDEX requests_by_customer ON requests (dim_customer, started_at) WHERE dim_customer IS NOT NULL;
+CREATE INDEX requests_by_model ON requests (dim_model, started_at) WHERE dim_model IS NOT NULL;
