@@ -1,4 +1,5 @@
-"""The gateway as a real process in front of the fake upstream process, and helpers to check it."""
+"""The gateway as a real process in front of the fake upstream process (``up``, tests/conftest.py),
+the in-process gateway fixture ``gw`` (``inprocess.py``), and helpers to check both."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog
 from spendgate.testing import FakeUpstream, prompt_tokens_for
 from spendgate.usage import Usage
+
+from .inprocess import InProcessGateway
 
 READY = "spendgate gateway ready on "
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -142,10 +145,17 @@ def base_config(up: FakeUpstream, ledger_url: str, **extra: Any) -> dict[str, An
     return config
 
 
-@pytest.fixture(scope="session")
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream.start() as upstream:
-        yield upstream
+@pytest.fixture
+def anyio_backend() -> str:
+    """The in-process tests (``pytest.mark.anyio``) run on asyncio, as the gateway does here."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[InProcessGateway]:
+    """A fresh in-process gateway (``inprocess.py``) on its own SQLite ledger file."""
+    async with InProcessGateway.start(tmp_path) as gateway:
+        yield gateway
 
 
 class Env:

@@ -1,23 +1,14 @@
-"""One fake upstream process for the integration tests, and helpers to price what it bills."""
+"""Helpers to count and price what the fake upstream (``up``, in tests/conftest.py) bills."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from spendgate.cost import cost_of
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog
 from spendgate.testing import FakeUpstream, prompt_tokens_for
 from spendgate.usage import Usage
-
-
-@pytest.fixture(scope="session")
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream.start() as upstream:
-        yield upstream
 
 
 def requests_total(up: FakeUpstream) -> int:

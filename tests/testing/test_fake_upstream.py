@@ -9,7 +9,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -23,12 +22,6 @@ MESSAGES: Any = [  # Any: the SDKs' TypedDict params are not the point here
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "héllo, how much does this cost?"},
 ]
-
-
-@pytest.fixture(scope="module")
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream.start() as upstream:
-        yield upstream
 
 
 @pytest.fixture

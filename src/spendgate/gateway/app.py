@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,8 +26,8 @@ from starlette.routing import Mount, Route, Router
 
 from spendgate.gateway import proxy
 from spendgate.gateway.metrics import CONTENT_TYPE, Metrics
-from spendgate.gateway.settings import GatewaySettings, VirtualKey
-from spendgate.gateway.upstream_client import UpstreamClient
+from spendgate.gateway.settings import GatewaySettings, Upstream, VirtualKey
+from spendgate.gateway.upstream_client import UpstreamClient, UpstreamResponse
 from spendgate.guard import Guard
 from spendgate.ledger import Ledger, open_ledger
 from spendgate.pricing.catalog import Catalog
@@ -46,6 +46,17 @@ class KeyLookup(Protocol):
     def authenticate(self, secret: str) -> VirtualKey | None: ...
 
 
+class UpstreamCaller(Protocol):
+    """What the proxy needs of an upstream client: ``UpstreamClient`` in production; tests pass
+    one that answers in process (``GatewayState.build(client=...)``)."""
+
+    async def open(
+        self, upstream: Upstream, path: str, body: bytes, forwarded: Iterable[tuple[str, str]]
+    ) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
 class NoKeys:
     """A key store that knows no key (the store could not be opened, or keys are not used)."""
 
@@ -58,7 +69,7 @@ class GatewayState:
     settings: GatewaySettings
     guard: Guard
     keys: KeyLookup
-    client: UpstreamClient
+    client: UpstreamCaller
     metrics: Metrics
     #: Closed by ``aclose`` (False when shared with the state that replaced this one).
     owns_ledger: bool = True
@@ -80,7 +91,7 @@ class GatewayState:
         *,
         keys: KeyLookup | None = None,
         metrics: Metrics | None = None,
-        client: UpstreamClient | None = None,
+        client: UpstreamCaller | None = None,
         ledger: Ledger | None = None,
         catalog: Catalog | None = None,
     ) -> GatewayState:

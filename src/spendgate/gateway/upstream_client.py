@@ -23,7 +23,14 @@ MAX_CONNECTIONS = 256
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached, or broke off its response."""
+    """The upstream could not be reached, or broke off its response.
+
+    ``sent``: whether the request may have reached the upstream (False only when no
+    connection was made: then the provider certainly billed nothing)."""
+
+    def __init__(self, message: str = "", *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class UpstreamTimeoutError(UpstreamError):
@@ -31,9 +38,11 @@ class UpstreamTimeoutError(UpstreamError):
 
 
 def _mapped(exc: BaseException) -> UpstreamError:
+    # No connection, no request: a refused or unresolvable host, or a connect timeout.
+    sent = not isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
     if isinstance(exc, asyncio.TimeoutError):  # aiohttp's timeouts subclass it
-        return UpstreamTimeoutError(type(exc).__name__)
-    return UpstreamError(type(exc).__name__)
+        return UpstreamTimeoutError(type(exc).__name__, sent=sent)
+    return UpstreamError(type(exc).__name__, sent=sent)
 
 
 class UpstreamResponse:

@@ -1,0 +1,206 @@
+"""The hand-written OpenAPI 3.1 document of the admin API, served at ``/openapi.json``.
+
+A test keeps it and the routes in step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from spendgate.budgets import DIMENSIONS
+from spendgate.gateway.admin.handlers.usage import MAX_REQUESTS
+from spendgate.gateway.views import KEY_FIELDS
+
+__all__ = ["OPENAPI", "openapi"]
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS: Final = {
+    "400": _json(_ref("Error"), "Invalid input: the message names the field"),
+    "401": _json(_ref("Error"), "Missing or wrong admin token (virtual keys are refused)"),
+    "403": _json(_ref("Error"), "Admin API disabled: no admin token configured"),
+    "503": _json(_ref("Error"), "The ledger cannot be reached"),
+}
+_NOT_FOUND: Final = {"404": _json(_ref("Error"), "No such key or budget")}
+_ID: Final = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_TIME_RANGE: Final = [
+    {
+        "name": "since",
+        "in": "query",
+        "schema": {"type": "string", "format": "date-time"},
+        "description": "ISO 8601; UTC when no offset is given",
+    },
+    {
+        "name": "until",
+        "in": "query",
+        "schema": {"type": "string", "format": "date-time"},
+        "description": "ISO 8601, exclusive",
+    },
+]
+_USD: Final = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "description": "USD as a decimal string"}
+
+
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    body: dict[str, Any] | None = None,
+    found: bool = False,
+    status: str = "200",
+    parameters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {status: ok, **_ERRORS, **(_NOT_FOUND if found else {})},
+    }
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def _list(item: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref(item)}},
+    }
+
+
+def _page(item: str) -> dict[str, Any]:
+    """A list page in OpenAI's shape: first_id, last_id and has_more."""
+    page = _list(item)
+    page["properties"] |= {
+        "first_id": {"type": ["string", "null"]},
+        "last_id": {"type": ["string", "null"]},
+        "has_more": {"type": "boolean"},
+    }
+    return page
+
+
+OPENAPI: Final[dict[str, Any]] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "spendgate admin API",
+        "version": "1",
+        "description": "Virtual keys, budgets and usage of a spendgate gateway. Money is a decimal string "
+        "in USD. Every route needs `Authorization: Bearer <admin token>`.",
+    },
+    "servers": [{"url": "/admin"}],
+    "security": [{"adminToken": []}],
+    "paths": {
+        "/keys": {
+            "post": _op("Create a virtual key (the secret is returned only here)", _json(_ref("KeyWithSecret"), "Created"),
+                        body=_ref("KeyCreate"), status="201"),
+            "get": _op("List keys (no secrets)", _json(_list("Key"))),
+        },
+        "/keys/{id}": {
+            "get": _op("One key", _json(_ref("Key")), found=True, parameters=_ID),
+            "delete": _op("Delete a key", _json({"type": "object", "properties": {"id": {"type": "string"},
+                          "deleted": {"type": "boolean"}}}), found=True, parameters=_ID),
+        },
+        "/keys/{id}/disable": {"post": _op("Disable a key", _json(_ref("Key")), found=True, parameters=_ID)},
+        "/keys/{id}/enable": {"post": _op("Enable a key", _json(_ref("Key")), found=True, parameters=_ID)},
+        "/keys/{id}/rotate": {
+            "post": _op("New secret for a key; the old one stops working", _json(_ref("KeyWithSecret")),
+                        found=True, parameters=_ID),
+        },
+        "/budgets": {
+            "get": _op("Budgets with spend in the current window", _json(_list("BudgetUsage"))),
+            "post": _op("Create a budget", _json(_ref("Budget"), "Created"), body=_ref("BudgetConfig"), status="201"),
+        },
+        "/budgets/{id}": {
+            "patch": _op("Change a budget's limit now", _json(_ref("Budget")), found=True, parameters=_ID,
+                         body={"type": "object", "required": ["limit"], "properties": {"limit": _USD},
+                               "additionalProperties": False}),
+        },
+        "/budgets/{id}/reset": {
+            "post": _op("Zero the current window's spend (all instances, or one)", _json(_ref("Budget")),
+                        found=True, parameters=_ID,
+                        body={"type": "object", "properties": {"instance": {"type": "object",
+                              "additionalProperties": {"type": "string"}}}, "additionalProperties": False}),
+        },
+        "/usage": {
+            "get": _op("Cost per value of a dimension, from the request log", _json(_ref("UsageReport")),
+                       parameters=[{"name": "by", "in": "query", "schema": {"enum": list(DIMENSIONS), "default": "user"}},
+                                   *_TIME_RANGE]),
+        },
+        "/requests": {
+            "get": _op("Logged requests, newest first; page on with after=<last_id> while has_more",
+                       _json(_page("RequestRecord")),
+                       parameters=[*_TIME_RANGE,
+                                   {"name": "limit", "in": "query",
+                                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_REQUESTS, "default": 100}},
+                                   {"name": "after", "in": "query", "schema": {"type": "string"},
+                                    "description": "the last_id of the previous page"},
+                                   *({"name": dim, "in": "query", "schema": {"type": "string"}} for dim in DIMENSIONS)]),
+        },
+        "/openapi.json": {"get": _op("This document", _json({"type": "object"}))},
+    },
+    "components": {
+        "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["message", "type", "code"],
+                "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": "string"}}}}},
+            "KeyCreate": {"type": "object", "additionalProperties": False, "properties": {
+                **{name: {"type": "string"} for name in KEY_FIELDS}, "name": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "models": {"type": "array", "items": {"type": "string"}, "description": "glob patterns; empty = all"},
+                "expires_at": {"type": "string", "format": "date-time"},
+                "budget": {**_USD, "description": "a budget of its own, id key:<key id>"},
+                "window": {"type": "string", "default": "month"}}},
+            "Key": {"type": "object", "properties": {
+                "id": {"type": "string"}, "hint": {"type": "string"}, "name": {"type": ["string", "null"]},
+                **{name: {"type": ["string", "null"]} for name in KEY_FIELDS},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "models": {"type": "array", "items": {"type": "string"}},
+                "state": {"enum": ["active", "disabled", "expired"]}, "disabled": {"type": "boolean"},
+                "expires_at": {"type": ["string", "null"], "format": "date-time"},
+                "created_at": {"type": ["string", "null"], "format": "date-time"},
+                "budget": {"oneOf": [_ref("BudgetUsage"), {"type": "null"}]}}},
+            "KeyWithSecret": {"allOf": [_ref("Key"), {"type": "object", "required": ["secret"],
+                              "properties": {"secret": {"type": "string", "description": "shown once"}}}]},
+            "BudgetConfig": {"type": "object", "required": ["limit"], "additionalProperties": False, "properties": {
+                "id": {"type": "string"}, "name": {"type": "string"},
+                "selector": {"type": "object", "additionalProperties": {"type": "string"}},
+                "limit": _USD, "window": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+                "timezone": {"type": "string"}, "thresholds": {"type": "array", "items": {"type": "integer"}},
+                "on_exceed": {"enum": ["raise", "wait", "clamp"]}}},
+            "Budget": {"allOf": [_ref("BudgetConfig"), {"type": "object", "properties": {
+                "current": {"oneOf": [_ref("BudgetUsage"), {"type": "null"}]}}}]},
+            "BudgetUsage": {"type": "object", "properties": {
+                "id": {"type": "string"}, "label": {"type": "string"},
+                "selector": {"type": "object"}, "instance": {"type": "object"},
+                "spent": _USD, "reserved": _USD, "limit": _USD, "available": _USD, "percent": {"type": "integer"},
+                "window_start": {"type": "string", "format": "date-time"},
+                "resets_at": {"type": ["string", "null"], "format": "date-time"}}},
+            "UsageReport": {"type": "object", "properties": {
+                "by": {"type": "string"}, "since": {"type": ["string", "null"]}, "until": {"type": ["string", "null"]},
+                "data": {"type": "array", "items": {"type": "object", "properties": {
+                    "value": {"type": "string"}, "cost": _USD}}},
+                "total": _USD}},
+            "RequestRecord": {"type": "object", "properties": {
+                "request_id": {"type": "string"}, "model": {"type": ["string", "null"]},
+                "attributes": {"type": "object"}, "cost": _USD, "status": {"type": "string"},
+                "started_at": {"type": "string", "format": "date-time"},
+                "finished_at": {"type": "string", "format": "date-time"},
+                "usage": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "breakdown": {"type": "object", "additionalProperties": _USD}}},
+        },
+    },
+}  # fmt: skip
