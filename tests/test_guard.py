@@ -16,6 +16,7 @@ from spendgate.attribution import attribute
 from spendgate.clock import ManualClock
 from spendgate.errors import BudgetExceededError, ConfigError
 from spendgate.guard import Guard
+from spendgate.lifecycle import Happened, Report
 from spendgate.money import Money
 from spendgate.usage import Usage
 
@@ -257,8 +258,8 @@ def test_structured_log(caplog: pytest.LogCaptureFixture) -> None:
     assert fields["attributes"] == {"team": "a", "user": "bob", "model": "gpt-4"}
     assert fields["cost_usd"]["total"] == "0.00327"  # 9*30 + 50*60 per 1M
     assert fields["tokens"] == {"input_tokens": 9, "output_tokens": 50}
-    assert fields["budgets_used_percent"] == {"team=a, daily": 0}
-    assert fields["decision"] == "ok"
+    assert fields["budget_remaining_usd"] == "0.99673"  # from the settle's own transaction
+    assert fields["decision"] == "ok" and fields["action"] == "settle"
 
 
 def test_bad_options_name_the_key() -> None:
@@ -310,7 +311,7 @@ def test_async_endings_land_even_when_their_caller_is_cancelled(tmp_path: Path) 
             adms = [await guard.admit_async("chat", BODY) for _ in range(4)]
         endings = [
             guard.settle_async(adms[0], Usage(input_tokens=9, output_tokens=10)),
-            guard.settle_partial_async(adms[1], "half an answer", status="closed"),
+            guard.aend(adms[1], Report(Happened.CLOSED)),
             guard.settle_reserved_async(adms[2], "no usage in the test"),
             guard.release_async(adms[3], "test"),
         ]

@@ -65,9 +65,40 @@ def _plain(amount: Money) -> str:
 
 
 class _Base:
-    """What Client and AsyncClient share: the guard, the budget and the spend."""
+    """What Client and AsyncClient share: the guard, the budget, the spend, and making the
+    guarded ``openai`` client of ``_client_class()`` (the one thing they differ in)."""
 
     guard: Guard
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        cost_tracking_budget: int | str | Decimal | None = None,
+        budget_window: str | None = None,
+        base_url: str | None = None,
+        default_model: str = "gpt-4o",
+        ledger: Ledger | str = "memory://",
+        on_exceed: OnExceed = "raise",
+        **openai_kwargs: Any,
+    ) -> None:
+        from spendgate.integrations.openai import guard_in_place
+
+        self._setup(cost_tracking_budget, budget_window, default_model, ledger, on_exceed)
+        client = self._client_class()(api_key=api_key, base_url=base_url, **openai_kwargs)
+        guard_in_place(client, self.guard, default_model=default_model)
+        self.openai = client
+
+    @staticmethod
+    def _client_class() -> type[Any]:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names not found on the client: the rest of the openai client.
+        if name == "openai":
+            raise AttributeError(name)
+        return getattr(self.openai, name)
+
     default_model: str
     _limit: Money | None
 
@@ -167,48 +198,19 @@ class Client(_Base):
     arguments go to ``openai.OpenAI`` (``max_retries``, ``timeout``, ...).
     """
 
-    def __init__(
-        self,
-        api_key: str | None = None,
-        *,
-        cost_tracking_budget: int | str | Decimal | None = None,
-        budget_window: str | None = None,
-        base_url: str | None = None,
-        default_model: str = "gpt-4o",
-        ledger: Ledger | str = "memory://",
-        on_exceed: OnExceed = "raise",
-        **openai_kwargs: Any,
-    ) -> None:
+    openai: openai.OpenAI
+    # Declared for type checkers; at run time they fall through to ``self.openai``.
+    if TYPE_CHECKING:
+        chat: Chat
+        completions: Completions
+        embeddings: Embeddings
+        responses: Responses
+
+    @staticmethod
+    def _client_class() -> type[Any]:
         import openai
 
-        from spendgate.integrations.openai import guard_in_place
-
-        self._setup(cost_tracking_budget, budget_window, default_model, ledger, on_exceed)
-        client = openai.OpenAI(api_key=api_key, base_url=base_url, **openai_kwargs)
-        guard_in_place(client, self.guard, default_model=default_model)
-        self.openai: openai.OpenAI = client
-
-    @property
-    def chat(self) -> Chat:
-        return self.openai.chat
-
-    @property
-    def completions(self) -> Completions:
-        return self.openai.completions
-
-    @property
-    def embeddings(self) -> Embeddings:
-        return self.openai.embeddings
-
-    @property
-    def responses(self) -> Responses:
-        return self.openai.responses
-
-    def __getattr__(self, name: str) -> Any:
-        # Only called for names not found on the Client: the rest of openai.OpenAI.
-        if name == "openai":
-            raise AttributeError(name)
-        return getattr(self.openai, name)
+        return openai.OpenAI
 
     def close(self) -> None:
         self.openai.close()
@@ -224,47 +226,18 @@ class Client(_Base):
 class AsyncClient(_Base):
     """``openai.AsyncOpenAI``, with a cost tracking budget in USD; see :class:`Client`."""
 
-    def __init__(
-        self,
-        api_key: str | None = None,
-        *,
-        cost_tracking_budget: int | str | Decimal | None = None,
-        budget_window: str | None = None,
-        base_url: str | None = None,
-        default_model: str = "gpt-4o",
-        ledger: Ledger | str = "memory://",
-        on_exceed: OnExceed = "raise",
-        **openai_kwargs: Any,
-    ) -> None:
+    openai: openai.AsyncOpenAI
+    if TYPE_CHECKING:
+        chat: AsyncChat
+        completions: AsyncCompletions
+        embeddings: AsyncEmbeddings
+        responses: AsyncResponses
+
+    @staticmethod
+    def _client_class() -> type[Any]:
         import openai
 
-        from spendgate.integrations.openai import guard_in_place
-
-        self._setup(cost_tracking_budget, budget_window, default_model, ledger, on_exceed)
-        client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, **openai_kwargs)
-        guard_in_place(client, self.guard, default_model=default_model)
-        self.openai: openai.AsyncOpenAI = client
-
-    @property
-    def chat(self) -> AsyncChat:
-        return self.openai.chat
-
-    @property
-    def completions(self) -> AsyncCompletions:
-        return self.openai.completions
-
-    @property
-    def embeddings(self) -> AsyncEmbeddings:
-        return self.openai.embeddings
-
-    @property
-    def responses(self) -> AsyncResponses:
-        return self.openai.responses
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "openai":
-            raise AttributeError(name)
-        return getattr(self.openai, name)
+        return openai.AsyncOpenAI
 
     async def close(self) -> None:
         await self.openai.close()

@@ -1,7 +1,7 @@
 """``spendgate demo``: a budget enforced on the embedded SQLite ledger, end to end.
 
 A loop of gpt-4o chat requests goes to the fake OpenAI-compatible upstream (a
-real HTTP server process) through the request lifecycle of DESIGN.md: price,
+real HTTP server process) through the request lifecycle of docs/design.md: price,
 worst-case estimate, atomic reservation, the call, settlement with the
 actual cost. The budget stops the loop before it is overshot, with the error
 users see. (The SDK wrapper and the gateway put this same lifecycle behind

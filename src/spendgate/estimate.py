@@ -53,6 +53,11 @@ class Estimate:
         """The same request with a lower output cap (clamp mode)."""
         return replace(self, max_output_tokens=max_output_tokens, output_source="request")
 
+    def with_prompt(self, prompt_tokens: int) -> Money:
+        """The worst case with the prompt the provider reported in place of its bound."""
+        femto = prompt_tokens * self.prompt_rate + self.n * self.max_output_tokens * self.output_rate
+        return Money.from_femto_ceil(femto)
+
     def max_output_affordable(self, budget: Money) -> int:
         """The largest output cap whose worst case fits in ``budget`` (0 if none)."""
         left = budget.nanos * 10**6 - self.prompt.tokens * self.prompt_rate

@@ -1,25 +1,28 @@
-"""The request lifecycle, in one place (DESIGN.md):
+"""The guard: runs a request's lifecycle against budgets in a ledger (docs/design.md).
 
-    attribute -> price -> worst-case estimate -> reserve -> call -> settle
-                                                   |               \\-> release (failed call)
+    attribute -> price -> worst-case estimate -> reserve -> call -> end
                                                    \\-> raise / wait / clamp
 
 Every integration (the openai and anthropic wrappers, ``spendgate.Client``)
-and the gateway use a ``Guard``: ``admit()`` before the call, then exactly one
-of ``settle()`` (with the response's usage), ``settle_partial()`` (a stream
-cut short) or ``release()`` (the call failed and nothing was billed).
+and the gateway use a ``Guard``: ``admit()`` (or ``admit_async()``) before the
+call, then ``end()`` (or ``aend()``) once, saying what happened; the ending
+policy in ``spendgate.lifecycle.ending`` decides how the reservation ends.
+The blocking and asyncio paths share one core and differ only in the I/O:
+an asyncio caller reaches the ledger only through its async calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple, cast
 
 from spendgate import attribution
 from spendgate.budgets import Attributes, Budget, instance_key
@@ -36,6 +39,7 @@ from spendgate.ledger import (
     SettleOutcome,
     open_ledger,
 )
+from spendgate.lifecycle.ending import Action, Ending, Happened, Report
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog, UnknownModelPolicy
 from spendgate.tokens import TokenCounter, default_counter
@@ -185,10 +189,16 @@ class Guard:
         on_exceed: OnExceed | None = None,
     ) -> Admission:
         """Reserve the worst case of ``request`` in every matching budget, or raise/wait/clamp."""
-        begun = self._begin(endpoint, request, attributes, request_id, on_exceed)
-        if isinstance(begun.result, Refusal):
-            begun.result = self._wait_sync(begun.request_id, begun.attributes, begun.estimate, begun.result)
-        return self._admitted(endpoint, begun)
+        waiter = SyncWaiter()
+        steps = self._admitting(endpoint, request, attributes, request_id, on_exceed, waiter)
+        with contextlib.closing(steps):
+            step = _next(steps, None)
+            while not isinstance(step, Admission):
+                if isinstance(step, _Wait):
+                    step = _next(steps, waiter.wait(step.seconds))
+                else:
+                    step = _next(steps, self.ledger.reserve(*step, self.lease))
+            return step
 
     async def admit_async(
         self,
@@ -199,99 +209,83 @@ class Guard:
         request_id: str | None = None,
         on_exceed: OnExceed | None = None,
     ) -> Admission:
-        """``admit`` for asyncio: waiting suspends the task, never the loop, and the first try
-        goes through the ledger's ``areserve`` (SQLite: its group commit)."""
-        begun = self._prepared(endpoint, request, attributes, request_id)
-        chosen = on_exceed or self.on_exceed
-        first: Reservation | Refusal | None = self._queued(begun, chosen)
-        if first is None:
-            first = await self.ledger.areserve(
-                begun.request_id, begun.attributes, begun.estimate.amount, self.lease
-            )
-        if self._after_first(begun, first, chosen) == "clamp":
-            assert isinstance(first, Refusal)
-            begun.result, begun.estimate, begun.clamped = await self._clamp_async(
-                begun.request_id, begun.attributes, begun.estimate, first
-            )
-        if isinstance(begun.result, Refusal):
-            begun.result = await self._wait_async(
-                begun.request_id, begun.attributes, begun.estimate, begun.result
-            )
-        return self._admitted(endpoint, begun)
+        """``admit`` for asyncio: reserves through the ledger's ``areserve`` (SQLite: its group
+        commit), and waiting suspends the task, never the loop."""
+        waiter = AsyncWaiter()
+        steps = self._admitting(endpoint, request, attributes, request_id, on_exceed, waiter)
+        with contextlib.closing(steps):  # a cancelled waiter leaves its line and holds nothing
+            step = _next(steps, None)
+            while not isinstance(step, Admission):
+                if isinstance(step, _Wait):
+                    step = _next(steps, await waiter.wait(step.seconds))
+                else:
+                    step = _next(steps, await self.ledger.areserve(*step, self.lease))
+            return step
 
-    def _begin(
+    # The admission itself, without I/O: a generator that yields the ledger reservations and
+    # the waits it needs to its shell (``admit`` runs them blocking, ``admit_async`` awaits
+    # them), the way h11 leaves I/O to its caller.
+    def _admitting(
         self,
         endpoint: Endpoint,
         request: Mapping[str, Any],
         attributes: Mapping[str, Any] | Attributes | None,
         request_id: str | None,
         on_exceed: OnExceed | None,
-    ) -> _Begun:
-        begun = self._prepared(endpoint, request, attributes, request_id)
-        chosen = on_exceed or self.on_exceed
-        first: Reservation | Refusal | None = self._queued(begun, chosen)
-        if first is None:
-            first = self.ledger.reserve(begun.request_id, begun.attributes, begun.estimate.amount, self.lease)
-        if self._after_first(begun, first, chosen) == "clamp":
-            assert isinstance(first, Refusal)
-            begun.result, begun.estimate, begun.clamped = self._clamp(
-                begun.request_id, begun.attributes, begun.estimate, first
-            )
-        return begun
-
-    def _prepared(
-        self,
-        endpoint: Endpoint,
-        request: Mapping[str, Any],
-        attributes: Mapping[str, Any] | Attributes | None,
-        request_id: str | None,
-    ) -> _Begun:
+        waiter: SyncWaiter | AsyncWaiter,
+    ) -> Generator[_Step, Any, Admission]:
         rid, attrs, estimate, body, added = self.prepare(
             endpoint, request, attributes=attributes, request_id=request_id
         )
-        return _Begun(rid, attrs, estimate, body, added, None, None, time.monotonic())
+        started = time.monotonic()
+        chosen = on_exceed or self.on_exceed
+        result: Reservation | Refusal | None = self._queued(rid, attrs, estimate, chosen)
+        if result is None:
+            result = yield _Reserve(rid, attrs, estimate.amount)
+        clamped: int | None = None
+        if isinstance(result, Refusal):
+            policy = chosen or self._policy_of(result.budget_id)
+            if policy == "clamp":
+                result, estimate, clamped = yield from self._clamping(rid, attrs, estimate, result)
+            elif policy == "wait" and self.max_wait > 0 and result.needed <= result.limit:
+                result = yield from self._waiting(rid, attrs, estimate, result, waiter)
+            else:
+                raise result.to_error()
+        if clamped is not None:
+            fields = _MAX_OUTPUT_FIELDS[endpoint]
+            body[next((f for f in fields if f in body), fields[0])] = clamped
+        return Admission(
+            request_id=rid,
+            endpoint=endpoint,
+            model=estimate.model,
+            attributes=attrs,
+            estimate=estimate,
+            reservation=result,
+            request=body,
+            added_stream_usage=added,
+            clamped_to=clamped,
+            waited_seconds=time.monotonic() - started,
+            started_at=self.clock.now(),
+        )
 
-    def _queued(self, begun: _Begun, chosen: OnExceed | None) -> Refusal | None:
+    def _queued(
+        self, rid: str, attrs: Attributes, estimate: Estimate, chosen: OnExceed | None
+    ) -> Refusal | None:
         """A refusal without trying when others already wait on one of this request's budgets
         (and that budget waits): no overtaking."""
-        if self._lines and (key := self._lines.busy(self._keys(begun.attributes))) is not None:
+        if self._lines and (key := self._lines.busy(self._keys(attrs))) is not None:
             budget_id = key.partition("|")[0]
             if (chosen or self._policy_of(budget_id)) == "wait":
-                return self._queued_refusal(begun.request_id, key, begun.estimate)
+                return self._queued_refusal(rid, key, estimate)
         return None
 
-    def _after_first(
-        self, begun: _Begun, result: Reservation | Refusal, chosen: OnExceed | None
-    ) -> Literal["done", "clamp"]:
-        """Admitted or about to wait (``begun.result`` a Refusal): "done"; "clamp"; or raise."""
-        begun.result = result
-        if isinstance(result, Reservation):
-            return "done"
-        policy = chosen or self._policy_of(result.budget_id)
-        if policy == "clamp":
-            return "clamp"
-        if policy == "wait" and self.max_wait > 0 and result.needed <= result.limit:
-            return "done"  # the caller waits
-        raise result.to_error()
-
     # Clamping tries a smaller output cap until one fits: at most once per budget, plus one.
-    def _clamp(
+    def _clamping(
         self, rid: str, attrs: Attributes, estimate: Estimate, refusal: Refusal
-    ) -> tuple[Reservation, Estimate, int]:
+    ) -> Generator[_Step, Any, tuple[Reservation, Estimate, int]]:
         for _ in range(len(self.ledger.budgets()) + 1):
             estimate, affordable = self._smaller(estimate, refusal)
-            result = self.ledger.reserve(rid, attrs, estimate.amount, self.lease)
-            if isinstance(result, Reservation):
-                return result, estimate, affordable
-            refusal = result
-        raise refusal.to_error()
-
-    async def _clamp_async(
-        self, rid: str, attrs: Attributes, estimate: Estimate, refusal: Refusal
-    ) -> tuple[Reservation, Estimate, int]:
-        for _ in range(len(self.ledger.budgets()) + 1):
-            estimate, affordable = self._smaller(estimate, refusal)
-            result = await self.ledger.areserve(rid, attrs, estimate.amount, self.lease)
+            result = yield _Reserve(rid, attrs, estimate.amount)
             if isinstance(result, Reservation):
                 return result, estimate, affordable
             refusal = result
@@ -303,27 +297,6 @@ class Guard:
         if affordable < self.min_output_tokens or estimate.max_output_tokens == 0:
             raise refusal.to_error()
         return estimate.with_max_output(affordable), affordable
-
-    def _admitted(self, endpoint: Endpoint, begun: _Begun) -> Admission:
-        assert isinstance(begun.result, Reservation)
-        body = begun.body
-        if begun.clamped is not None:
-            fields = _MAX_OUTPUT_FIELDS[endpoint]
-            name = next((f for f in fields if f in body), fields[0])
-            body[name] = begun.clamped
-        return Admission(
-            request_id=begun.request_id,
-            endpoint=endpoint,
-            model=begun.estimate.model,
-            attributes=begun.attributes,
-            estimate=begun.estimate,
-            reservation=begun.result,
-            request=body,
-            added_stream_usage=begun.added_usage,
-            clamped_to=begun.clamped,
-            waited_seconds=time.monotonic() - begun.started,
-            started_at=self.clock.now(),
-        )
 
     # -- waiting ------------------------------------------------------------------
     def _keys(self, attrs: Attributes) -> list[str]:
@@ -356,68 +329,35 @@ class Guard:
     def _deadline(self) -> datetime:
         return self.clock.now() + timedelta(seconds=self.max_wait)
 
-    def _wait_sync(self, rid: str, attrs: Attributes, estimate: Estimate, refusal: Refusal) -> Reservation:
-        waiter = SyncWaiter()
+    def _waiting(
+        self,
+        rid: str,
+        attrs: Attributes,
+        estimate: Estimate,
+        refusal: Refusal,
+        waiter: SyncWaiter | AsyncWaiter,
+    ) -> Generator[_Step, Any, Reservation]:
+        """Wait in the refusing budget's line; only its head reserves. A refusal by another
+        budget moves the waiter to that budget's line."""
         deadline = self._deadline()
         key = _line_key(refusal)
         self._lines.join(key, waiter)
         try:
             while True:
-                got, refusal, key = self._try_as_head(key, waiter, rid, attrs, estimate, refusal)
-                if got is not None:
-                    return got
-                if self.clock.now() >= deadline:
-                    raise self._gave_up(refusal)
-                waiter.wait(self._tick(refusal))
-        finally:
-            self._lines.leave(key, waiter)
-
-    async def _wait_async(
-        self, rid: str, attrs: Attributes, estimate: Estimate, refusal: Refusal
-    ) -> Reservation:
-        waiter = AsyncWaiter()
-        deadline = self._deadline()
-        key = _line_key(refusal)
-        self._lines.join(key, waiter)
-        try:  # a cancelled waiter leaves its line here and holds nothing
-            while True:
-                got: Reservation | None = None
                 if self._lines.is_head(key, waiter):
-                    result = await self.ledger.areserve(rid, attrs, estimate.amount, self.lease)
-                    got, refusal, key = self._after_head_try(key, waiter, result, refusal)
-                if got is not None:
-                    return got
+                    result = yield _Reserve(rid, attrs, estimate.amount)
+                    if isinstance(result, Reservation):
+                        return result
+                    new_key = _line_key(result)
+                    if new_key != key:
+                        self._lines.leave(key, waiter)
+                        self._lines.join(new_key, waiter)
+                    refusal, key = result, new_key
                 if self.clock.now() >= deadline:
                     raise self._gave_up(refusal)
-                await waiter.wait(self._tick(refusal))
+                yield _Wait(self._tick(refusal))
         finally:
             self._lines.leave(key, waiter)
-
-    def _try_as_head(
-        self,
-        key: str,
-        waiter: SyncWaiter | AsyncWaiter,
-        rid: str,
-        attrs: Attributes,
-        estimate: Estimate,
-        refusal: Refusal,
-    ) -> tuple[Reservation | None, Refusal, str]:
-        """Only the head of a line reserves; a refusal by another budget moves to that budget's line."""
-        if not self._lines.is_head(key, waiter):
-            return None, refusal, key
-        result = self.ledger.reserve(rid, attrs, estimate.amount, self.lease)
-        return self._after_head_try(key, waiter, result, refusal)
-
-    def _after_head_try(
-        self, key: str, waiter: SyncWaiter | AsyncWaiter, result: Reservation | Refusal, refusal: Refusal
-    ) -> tuple[Reservation | None, Refusal, str]:
-        if isinstance(result, Reservation):
-            return result, refusal, key
-        new_key = _line_key(result)
-        if new_key != key:
-            self._lines.leave(key, waiter)
-            self._lines.join(new_key, waiter)
-        return None, result, new_key
 
     def _tick(self, refusal: Refusal) -> float:
         if refusal.retry_after is not None:
@@ -439,133 +379,153 @@ class Guard:
         return self._lines.waiting()
 
     # -- ending -------------------------------------------------------------------
-    # Each way to end has an async twin for event-loop callers: the ledger write goes through
-    # ``asettle``/``arelease`` (SQLite: the group commit). The write is queued before the first
-    # suspension, so a cancellation while awaiting it cannot skip it; the admission counts as
-    # ended from then on.
+    # One way to end, ``end`` (blocking) or ``aend`` (asyncio, through the ledger's async
+    # calls): the caller says what happened, the ending policy (spendgate.lifecycle.ending)
+    # decides, ``_ending`` prices it, and the shell makes the one ledger write.
+
+    def end(self, admission: Admission, report: Report) -> Ended:
+        """End ``admission`` as the ending policy decides on ``report``; once (a later call
+        returns its own decision with ``outcome`` None and writes nothing)."""
+        plan = self._ending(admission, report)
+        if admission.ended is not None:
+            return replace(plan, record=None)
+        admission.ended = "released" if plan.record is None else "settled"
+        try:
+            if plan.record is None:
+                outcome: SettleOutcome | ReleaseOutcome = self.ledger.release(admission.request_id)
+            else:
+                outcome = self.ledger.settle(admission.request_id, plan.charged, plan.record)
+        except BaseException:
+            admission.ended = None  # not ended: the caller (or the lease) must still end it
+            raise
+        return self._ended(admission, plan, outcome)
+
+    async def aend(self, admission: Admission, report: Report) -> Ended:
+        """``end`` for asyncio. The ledger write is queued before the first suspension, so a
+        cancellation while awaiting it cannot skip it; the admission counts as ended from then on."""
+        plan = self._ending(admission, report)
+        if admission.ended is not None:
+            return replace(plan, record=None)
+        admission.ended = "released" if plan.record is None else "settled"
+        try:
+            if plan.record is None:
+                outcome: SettleOutcome | ReleaseOutcome = await self.ledger.arelease(admission.request_id)
+            else:
+                outcome = await self.ledger.asettle(admission.request_id, plan.charged, plan.record)
+        except asyncio.CancelledError:
+            raise  # queued: it still happens
+        except BaseException:
+            admission.ended = None
+            raise
+        return self._ended(admission, plan, outcome)
+
+    def _ending(self, admission: Admission, report: Report) -> Ended:
+        """The decision and what it charges, before any ledger write."""
+        ending = report.decide()
+        usage, known, tier, detail = report.usage, report.known, report.tier, report.detail
+        est = admission.estimate
+        if ending.action is Action.RELEASE:
+            return Ended(ending, None, Money(0), None, detail)
+        asked = admission.request.get("service_tier")
+        if ending.action is Action.SETTLE:
+            assert usage is not None
+            cost = cost_of(usage, est.price, service_tier=tier or (asked if isinstance(asked, str) else None))
+            charged = cost.total
+        else:
+            # An upper bound: the reserved output, and the prompt as the provider reported it
+            # (PARTIAL) or its bound (CHARGE_RESERVATION). The breakdown shows the bound's parts.
+            bound = est.max_output_tokens * est.n
+            if ending.action is Action.PARTIAL:
+                assert known is not None
+                cost = cost_of(
+                    replace(known, output_tokens=bound, reasoning_tokens=0, audio_output_tokens=0), est.price
+                )
+                charged = est.with_prompt(known.input_tokens)
+            else:
+                cost = cost_of(Usage(input_tokens=est.prompt.tokens, output_tokens=bound), est.price)
+                charged = admission.reserved
+        return Ended(
+            ending, cost, charged, None, detail, self._record(admission, cost, ending.status, charged)
+        )
+
+    def _ended(self, admission: Admission, plan: Ended, outcome: SettleOutcome | ReleaseOutcome) -> Ended:
+        done = replace(plan, outcome=outcome, record=None)
+        if plan.ending.action in (Action.PARTIAL, Action.CHARGE_RESERVATION):
+            log.warning(
+                "spendgate: %s (%s); charged %s for request %s",
+                plan.ending.why,
+                plan.detail or plan.ending.status,
+                plan.charged.format(),
+                admission.request_id,
+            )
+        if isinstance(outcome, SettleOutcome):
+            admission.outcome = outcome
+            if outcome.overshoot:
+                log.warning(
+                    "provider billed %s above the reservation of %s for %s (request %s)",
+                    outcome.overshoot.format(),
+                    outcome.estimate.format(),
+                    admission.model,
+                    admission.request_id,
+                )
+        if log.isEnabledFor(logging.INFO):
+            cost = plan.cost
+            log.info(
+                "spendgate request %s %s: %s charged %s",
+                admission.request_id,
+                plan.ending.status,
+                admission.model,
+                plan.charged.format(),
+                extra={
+                    "spendgate": self._log_fields(
+                        admission,
+                        cost=cost,
+                        decision=plan.ending.status,
+                        action=plan.ending.action.value,
+                        reason=plan.detail or plan.ending.why,
+                        status=outcome.status,
+                    )
+                },
+            )
+        return done
+
+    # The ending of a whole answer, and the older names for the endings (kept for callers).
 
     def settle(self, admission: Admission, usage: Usage, *, service_tier: str | None = None) -> Cost:
         """Charge the actual cost of ``usage`` in place of the reservation (idempotent)."""
-        cost = self._cost(admission, usage, service_tier)
-        self._end(admission, cost, "ok")
-        return cost
+        return _cost_of(self.end(admission, Report(Happened.COMPLETE, usage=usage, tier=service_tier)))
 
     async def settle_async(
         self, admission: Admission, usage: Usage, *, service_tier: str | None = None
     ) -> Cost:
-        cost = self._cost(admission, usage, service_tier)
-        await self._end_async(admission, cost, "ok")
-        return cost
-
-    def settle_partial(
-        self, admission: Admission, output_text: str, *, status: str = "cut", known: Usage | None = None
-    ) -> Cost:
-        """A stream that ended without its final usage: the output seen so far, and the prompt
-        as far as it is known (``known``: e.g. Anthropic's message_start), else its upper bound."""
-        cost = self._partial_cost(admission, output_text, known)
-        self._end(admission, cost, status)
-        return cost
-
-    async def settle_partial_async(
-        self, admission: Admission, output_text: str, *, status: str = "cut", known: Usage | None = None
-    ) -> Cost:
-        cost = self._partial_cost(admission, output_text, known)
-        await self._end_async(admission, cost, status)
-        return cost
+        return _cost_of(await self.aend(admission, Report(Happened.COMPLETE, usage=usage, tier=service_tier)))
 
     def settle_reserved(self, admission: Admission, why: str) -> Money:
-        """No usage can be read from a response that was billed: charge the whole reservation."""
-        self._end(admission, self._reserved_cost(admission, why), "unread", charge=admission.reserved)
-        return admission.reserved
+        """Billed, but no usage can be read: charge the whole reservation."""
+        return self.end(admission, Report(Happened.COMPLETE, detail=why)).charged
 
     async def settle_reserved_async(self, admission: Admission, why: str) -> Money:
-        cost = self._reserved_cost(admission, why)
-        await self._end_async(admission, cost, "unread", charge=admission.reserved)
-        return admission.reserved
+        return (await self.aend(admission, Report(Happened.COMPLETE, detail=why))).charged
+
+    def settle_partial(
+        self, admission: Admission, output_text: str = "", *, status: str = "cut", known: Usage | None = None
+    ) -> Cost:
+        """Deprecated: a stream that ended without its usage; use ``end(admission, Report(Happened.CUT))``.
+        ``output_text`` is ignored: text seen never bounds what a stream cost (see docs/design.md)."""
+        warnings.warn(
+            "Guard.settle_partial is deprecated; use Guard.end(admission, Report(Happened.CUT, known=...))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        happened = Happened.CLOSED if status == "closed" else Happened.CUT
+        return _cost_of(self.end(admission, Report(happened, known=known)))
 
     def release(self, admission: Admission, reason: str = "error") -> None:
-        """The call failed and nothing was billed: free the reservation."""
-        if admission.ended is not None:
-            return
-        outcome = self.ledger.release(admission.request_id)
-        admission.ended = "released"
-        self._released(admission, reason, outcome)
+        """The call failed before the provider could bill: free the reservation."""
+        self.end(admission, Report(Happened.NOT_SENT, detail=reason))
 
     async def release_async(self, admission: Admission, reason: str = "error") -> None:
-        if admission.ended is not None:
-            return
-        admission.ended = "released"
-        try:
-            outcome = await self.ledger.arelease(admission.request_id)
-        except asyncio.CancelledError:
-            raise  # queued: it still happens
-        except BaseException:
-            admission.ended = None  # not ended: the caller (or the lease) must still end it
-            raise
-        self._released(admission, reason, outcome)
-
-    def _released(self, admission: Admission, reason: str, outcome: ReleaseOutcome) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "spendgate request released (%s)",
-                reason,
-                extra={
-                    "spendgate": self._log_fields(
-                        admission, decision="released", reason=reason, status=outcome.status
-                    )
-                },
-            )
-
-    @staticmethod
-    def _cost(admission: Admission, usage: Usage, service_tier: str | None) -> Cost:
-        tier = service_tier or admission.request.get("service_tier")
-        return cost_of(usage, admission.estimate.price, service_tier=tier if isinstance(tier, str) else None)
-
-    def _partial_cost(self, admission: Admission, output_text: str, known: Usage | None) -> Cost:
-        out = self.counter.count_text(admission.model, output_text).tokens
-        if known is not None:
-            usage = Usage(
-                input_tokens=known.input_tokens,
-                cache_read_tokens=known.cache_read_tokens,
-                cache_write_tokens=known.cache_write_tokens,
-                cache_write_1h_tokens=known.cache_write_1h_tokens,
-                audio_input_tokens=known.audio_input_tokens,
-                output_tokens=max(out, known.output_tokens),
-            )
-        else:
-            usage = Usage(input_tokens=admission.estimate.prompt.tokens, output_tokens=out)
-        return cost_of(usage, admission.estimate.price)
-
-    @staticmethod
-    def _reserved_cost(admission: Admission, why: str) -> Cost:
-        log.warning("spendgate: %s; charging the reserved worst case for %s", why, admission.request_id)
-        est = admission.estimate
-        bound = Usage(input_tokens=est.prompt.tokens, output_tokens=est.max_output_tokens * est.n)
-        return cost_of(bound, est.price)
-
-    def _end(self, admission: Admission, cost: Cost, status: str, charge: Money | None = None) -> None:
-        if admission.ended is not None:
-            return
-        amount = cost.total if charge is None else charge
-        record = self._record(admission, cost, status, amount)
-        self._ended(admission, cost, status, self.ledger.settle(admission.request_id, amount, record))
-
-    async def _end_async(
-        self, admission: Admission, cost: Cost, status: str, charge: Money | None = None
-    ) -> None:
-        if admission.ended is not None:
-            return
-        amount = cost.total if charge is None else charge
-        record = self._record(admission, cost, status, amount)
-        admission.ended = "settled"
-        try:
-            outcome = await self.ledger.asettle(admission.request_id, amount, record)
-        except asyncio.CancelledError:
-            raise  # queued: it still happens
-        except BaseException:
-            admission.ended = None  # not ended: the caller (or the lease) must still end it
-            raise
-        self._ended(admission, cost, status, outcome)
+        await self.aend(admission, Report(Happened.NOT_SENT, detail=reason))
 
     def _record(self, admission: Admission, cost: Cost, status: str, amount: Money) -> RequestRecord:
         breakdown = cost.breakdown()
@@ -581,30 +541,6 @@ class Guard:
             breakdown=breakdown,
             status=status,
         )
-
-    def _ended(self, admission: Admission, cost: Cost, status: str, outcome: SettleOutcome) -> None:
-        admission.ended = "settled"
-        admission.outcome = outcome
-        if outcome.overshoot:
-            log.warning(
-                "provider billed %s above the reservation of %s for %s (request %s)",
-                outcome.overshoot.format(),
-                outcome.estimate.format(),
-                admission.model,
-                admission.request_id,
-            )
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "spendgate request %s: %s cost %s",
-                admission.request_id,
-                admission.model,
-                cost.total.format(),
-                extra={
-                    "spendgate": self._log_fields(
-                        admission, cost=cost, decision=status, status=outcome.status
-                    )
-                },
-            )
 
     def _log_fields(self, admission: Admission, cost: Cost | None = None, **extra: Any) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -625,11 +561,9 @@ class Guard:
         if cost is not None:
             fields["tokens"] = cost.usage.as_dict()
             fields["cost_usd"] = cost.as_dict()
-        budgets = {}
-        for line in admission.reservation.lines:
-            usage = self.ledger.usage(line.budget_id, line.instance or None)
-            budgets[usage.label] = usage.percent
-        fields["budgets_used_percent"] = budgets
+        if admission.outcome is not None and admission.outcome.remaining is not None:
+            # Read by the settle's own transaction: logging costs no ledger call.
+            fields["budget_remaining_usd"] = admission.outcome.remaining.decimal_str()
         return fields
 
     def close(self) -> None:
@@ -644,15 +578,48 @@ def _line_key(refusal: Refusal) -> str:
     return f"{refusal.budget_id}|{instance_key(refusal.instance)}"
 
 
-@dataclass(slots=True)
-class _Begun:
-    """A request after its first try at the ledger (admitted, or about to wait)."""
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """How a request ended: the policy's decision, what it charged, and the ledger's answer."""
+
+    ending: Ending
+    #: The cost charged, with its breakdown (None when released).
+    cost: Cost | None
+    charged: Money
+    #: The ledger's answer; None when the request had already ended.
+    outcome: SettleOutcome | ReleaseOutcome | None
+    #: What the caller said of the ending (an error's name, a status), for the log.
+    detail: str | None = None
+    record: RequestRecord | None = field(default=None, repr=False)
+
+
+def _cost_of(ended: Ended) -> Cost:
+    if ended.cost is None:
+        raise ValueError(f"request was released, not charged ({ended.ending.why})")
+    return ended.cost
+
+
+class _Reserve(NamedTuple):
+    """A step of the admission: reserve ``amount`` for the request (the ledger's arguments)."""
 
     request_id: str
     attributes: Attributes
-    estimate: Estimate
-    body: dict[str, Any]
-    added_usage: bool
-    result: Reservation | Refusal | None  # None until the first try
-    clamped: int | None
-    started: float
+    amount: Money
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """A step of the admission: the shell's waiter waits until woken or ``seconds`` pass."""
+
+    seconds: float
+
+
+_Step = _Reserve | _Wait
+
+
+def _next(steps: Generator[_Step, Any, Admission], value: Any) -> _Step | Admission:
+    """The admission's next step, given the last one's result; the Admission when it is done."""
+    try:
+        return steps.send(value)
+    except StopIteration as done:
+        return cast(Admission, done.value)

@@ -26,9 +26,11 @@ class SyncWaiter:
     def wake(self) -> None:
         self._event.set()
 
-    def wait(self, timeout: float) -> None:
-        self._event.wait(timeout)
+    def wait(self, timeout: float) -> bool:
+        """Whether it was woken (False: the timeout passed)."""
+        woken = self._event.wait(timeout)
         self._event.clear()
+        return woken
 
 
 class AsyncWaiter:
@@ -43,10 +45,13 @@ class AsyncWaiter:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there any more
             self._loop.call_soon_threadsafe(self._event.set)
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, timeout: float) -> bool:
+        """Whether it was woken (False: the timeout passed)."""
+        woken = False
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+            woken = await asyncio.wait_for(self._event.wait(), timeout)
         self._event.clear()
+        return woken
 
 
 Waiter = SyncWaiter | AsyncWaiter

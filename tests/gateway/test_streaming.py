@@ -101,7 +101,7 @@ def test_stream_is_not_buffered(env: Env) -> None:
     assert first_at < total / 2  # the first event came long before the last (20 x 100 ms)
 
 
-def test_client_disconnect_settles_what_was_generated(env: Env) -> None:
+def test_client_disconnect_charges_the_reservation(env: Env) -> None:
     body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 200, "stream": True}
     headers = {"authorization": f"Bearer {env.secret('alice')}", "x-fake-chunk-delay-ms": "20"}
     url = env.gateway.base_url + "/chat/completions"
@@ -123,8 +123,9 @@ def test_client_disconnect_settles_what_was_generated(env: Env) -> None:
             r for r in ledger.query_requests(limit=5, key=env.key("alice").id) if r.request_id == request_id
         ]
         assert record.status == "closed"
-        # Charged for what was generated, far below the 200-token worst case.
-        assert Money(0) < record.cost < billed("chat/completions", body, 200)
+        # No usage came: hidden reasoning and the served tier are unknown, so the reserved
+        # worst case is charged (never under-count), at least what 200 tokens would bill.
+        assert record.cost >= billed("chat/completions", body, 200)
     assert wait_until(lambda: _reserved(env) == Money(0), 5.0)
 
 

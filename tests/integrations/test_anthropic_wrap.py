@@ -69,11 +69,12 @@ def expected(output: int, cached: int = 0, body: dict[str, Any] = BODY) -> Money
     return cost
 
 
-def partial(guard: Guard, text_seen: str, body: dict[str, Any] = BODY) -> Money:
-    """A cut stream's charge: the input message_start reported (the fake's predictable count)
-    plus the output seen so far (at least message_start's placeholder of 1)."""
-    out = max(guard.counter.count_text(MODEL, text_seen).tokens, 1)
-    return cost_of(Usage(input_tokens=prompt_tokens_for("messages", body), output_tokens=out), PRICE).total
+def partial(guard: Guard, body: dict[str, Any] = BODY) -> Money:
+    """A stream ended before its usage: the input message_start reported (the fake's predictable
+    count) plus the reserved output bound. Never the text seen: hidden (or summarised) thinking
+    is billed beyond it (docs/design.md, the ending table)."""
+    estimate = estimate_request("messages", body, catalog=guard.catalog, counter=guard.counter)
+    return estimate.with_prompt(prompt_tokens_for("messages", body))
 
 
 def assert_settled(guard: Guard, cost: Money, *, status: str = "ok", requests: int = 1) -> None:
@@ -219,18 +220,17 @@ def test_a_stream_closed_early_settles_what_was_seen_once(anthropic_upstream: Fa
             break
     stream.close()
     stream.close()  # a second close changes nothing
-    assert_settled(guard, partial(guard, seen), status="closed")
-    assert partial(guard, seen) < estimate_request("messages", BODY, catalog=guard.catalog).amount
+    assert_settled(guard, partial(guard), status="closed")
+    assert partial(guard) < estimate_request("messages", BODY, catalog=guard.catalog).amount
 
 
 def test_messages_stream_left_early_and_a_dropped_stream_settle(anthropic_upstream: FakeUpstream) -> None:
     guard = make_guard()
     _, client = clients(anthropic_upstream, guard)
     with client.messages.stream(**BODY, extra_headers=directives(50)) as helper:
-        for text in helper.text_stream:
-            seen = text
+        for _text in helper.text_stream:
             break
-    assert_settled(guard, partial(guard, seen), status="closed")
+    assert_settled(guard, partial(guard), status="closed")
 
     stream = client.messages.create(**BODY, stream=True, extra_headers=directives(50))
     for _ in stream:
@@ -256,8 +256,8 @@ def test_an_async_stream_closed_early_settles(anthropic_upstream: FakeUpstream) 
         await stream.close()
         return seen
 
-    seen = asyncio.run(run())
-    assert_settled(guard, partial(guard, seen), status="closed")
+    asyncio.run(run())
+    assert_settled(guard, partial(guard), status="closed")
 
 
 def test_a_cut_stream_settles_partially_and_the_error_passes_through(
@@ -274,7 +274,7 @@ def test_a_cut_stream_settles_partially_and_the_error_passes_through(
             seen += text_of(event)
     assert type(guarded.value) is type(bare.value)  # whatever the SDK raises, unchanged
     assert seen == "tok " * 3
-    assert_settled(guard, partial(guard, seen), status="cut")
+    assert_settled(guard, partial(guard), status="cut")
 
     with pytest.raises(type(bare.value)), client.messages.stream(**BODY, extra_headers=cut) as helper:
         helper.get_final_message()

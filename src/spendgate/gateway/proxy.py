@@ -2,10 +2,11 @@
 
     size limit -> auth -> JSON -> route -> key allowlist -> guard.admit -> upstream -> settle
 
-Every reservation ends exactly once: settled from the response's usage (a
-stream from its final usage event, or from the text seen when it is cut or
-the client leaves), released when the upstream failed without billing, and
-the ``finally`` blocks below end it whatever else happens (cancellation too).
+Every reservation ends exactly once, as the lifecycle's ending policy decides
+(``spendgate.lifecycle.ending``; the table in docs/design.md): this module only
+says what happened (not sent, refused, lost, complete, cut, closed) and hands
+over what the answer said, read by ``spendgate.lifecycle.reading``. The
+``finally`` blocks below end it whatever else happens (cancellation too).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -27,14 +27,14 @@ from spendgate.errors import BudgetExceededError, ConfigError, UnknownModelPrice
 from spendgate.estimate import Endpoint, EstimateError
 from spendgate.gateway.settings import Upstream, UpstreamKind, VirtualKey
 from spendgate.gateway.upstream_client import UpstreamError, UpstreamResponse, UpstreamTimeoutError
-from spendgate.ledger import LedgerUnavailableError
+from spendgate.ledger import LedgerUnavailableError, SettleOutcome
+from spendgate.lifecycle import Happened, Report, Show, StreamReader
+from spendgate.lifecycle.reading import answer_report, may_carry_usage
 from spendgate.money import Money
-from spendgate.usage import Usage
 
 if TYPE_CHECKING:
-    from spendgate.cost import Cost
     from spendgate.gateway.app import GatewayState
-    from spendgate.guard import Admission
+    from spendgate.guard import Admission, Ended
 
 log = logging.getLogger("spendgate.gateway")
 
@@ -77,29 +77,6 @@ _ANTHROPIC_TYPES: Final = {
     413: "request_too_large",
     429: "rate_limit_error",
 }
-_RESPONSE_DONE: Final = frozenset({"response.completed", "response.incomplete", "response.failed"})
-_RESPONSE_TEXT: Final = frozenset(
-    {
-        "response.output_text.delta",
-        "response.refusal.delta",
-        "response.function_call_arguments.delta",
-        "response.custom_tool_call_input.delta",
-    }
-)
-#: Stream events that can carry usage, by SSE event name or by a byte search of their data
-#: (JSON escapes quotes inside strings, so generated text cannot match these).
-_USAGE_OBJECT: Final = re.compile(rb'"usage"\s*:\s*\{')
-_ANTHROPIC_USAGE_EVENTS: Final = frozenset({b"message_start", b"message_delta"})
-_ANTHROPIC_USAGE_TYPE: Final = re.compile(rb'"type"\s*:\s*"message_(?:start|delta)"')
-_RESPONSE_DONE_NAMES: Final = frozenset(kind.encode() for kind in _RESPONSE_DONE)
-_RESPONSE_DONE_TYPE: Final = re.compile(rb'"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
-_ANTHROPIC_USAGE: Final = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_input_tokens",
-    "cache_creation_input_tokens",
-    "cache_creation",
-)
 
 
 class GatewayError(Exception):
@@ -386,29 +363,24 @@ async def _call(
     send: Send,
     ctx: _Ctx,
 ) -> None:
-    billed = False  # the upstream answered 2xx: from here on, ending means charging
+    sent = False  # from the first byte sent on, ending early means the provider may have billed
     try:
         payload = json.dumps(admission.request, separators=(",", ":"), ensure_ascii=False).encode()
         sent_at = time.perf_counter()
         try:
+            sent = True
             resp = await state.client.open(upstream, spec.path, payload, forwarded)
-        except UpstreamTimeoutError:
-            await _release(state, admission, "upstream_timeout")
-            raise GatewayError(
-                504,
-                f"The upstream {upstream.name!r} did not answer in time.",
-                etype="server_error",
-                code="upstream_timeout",
-                reason="upstream_timeout",
-            ) from None
         except UpstreamError as exc:
-            await _release(state, admission, "upstream_unreachable")
+            timed_out = isinstance(exc, UpstreamTimeoutError)
+            happened = Happened.LOST if exc.sent else Happened.NOT_SENT
+            await _end(state, admission, Report(happened, detail=repr(exc)))
+            what = "did not answer in time" if timed_out else f"could not be reached ({exc})"
             raise GatewayError(
-                502,
-                f"The upstream {upstream.name!r} could not be reached ({exc}).",
+                504 if timed_out else 502,
+                f"The upstream {upstream.name!r} {what}.",
                 etype="server_error",
-                code="upstream_unreachable",
-                reason="upstream_unreachable",
+                code="upstream_timeout" if timed_out else "upstream_unreachable",
+                reason="upstream_timeout" if timed_out else "upstream_unreachable",
             ) from None
         state.metrics.upstream_answered(upstream.name, time.perf_counter() - sent_at)
         rid = admission.request_id.encode()
@@ -420,11 +392,10 @@ async def _call(
                 data = b""
             finally:
                 await resp.aclose()
-            await _release(state, admission, f"upstream_{resp.status_code}")
+            await _end(state, admission, Report(Happened.REFUSED, detail=f"upstream_{resp.status_code}"))
             ctx.status = resp.status_code
             await respond(send, resp.status_code, data, [*_passed(resp), (b"x-spendgate-request-id", rid)])
             return
-        billed = True
         ctx.status = resp.status_code
         if admission.request.get("stream") is True and resp.headers.get("content-type", "").startswith(
             "text/event-stream"
@@ -434,10 +405,11 @@ async def _call(
         try:
             data = await resp.aread()
         except UpstreamError as exc:
-            await _settle_reserved(state, admission, f"the upstream body broke off ({exc})")
-            status = 504 if isinstance(exc, UpstreamTimeoutError) else 502
+            await _end(
+                state, admission, Report(Happened.CUT, detail=f"the upstream body broke off ({exc!r})")
+            )
             raise GatewayError(
-                status,
+                504 if isinstance(exc, UpstreamTimeoutError) else 502,
                 f"The upstream {upstream.name!r} broke off its response.",
                 etype="server_error",
                 code="upstream_broken",
@@ -445,21 +417,26 @@ async def _call(
             ) from None
         finally:
             await resp.aclose()
-        cost = await _settle_body(state, admission, data)
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            doc = None
+        ended = await _end(
+            state, admission, answer_report(spec.endpoint, doc if isinstance(doc, dict) else None)
+        )
         headers = [*_passed(resp), (b"x-spendgate-request-id", rid)]
-        if cost is not None:
-            headers.append((b"x-spendgate-cost", _usd(cost)))
-        remaining = _remaining(state, admission)
-        if remaining is not None:
-            headers.append((b"x-spendgate-budget-remaining", _usd(remaining)))
+        if ended is not None:
+            headers.append((b"x-spendgate-cost", _usd(ended.charged)))
+            outcome = ended.outcome
+            if isinstance(outcome, SettleOutcome) and outcome.remaining is not None:
+                # Read by the settle's own transaction: no second ledger read.
+                headers.append((b"x-spendgate-budget-remaining", _usd(outcome.remaining)))
         await respond(send, resp.status_code, data, headers)
     finally:
         if admission.ended is None:
             # Cancelled or failed in between: never leave the reservation open, never under-count.
-            if billed:
-                await _settle_reserved(state, admission, "the request ended before its usage was read")
-            else:
-                await _release(state, admission, "gateway_aborted")
+            happened = Happened.LOST if sent else Happened.NOT_SENT
+            await _end(state, admission, Report(happened, detail="gateway_aborted"))
 
 
 def _usd(amount: Money) -> bytes:
@@ -475,76 +452,20 @@ def _passed(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _remaining(state: GatewayState, admission: Admission) -> Money | None:
-    """The tightest matched budget's remaining amount, after settlement."""
-    outcome = admission.outcome
-    if outcome is not None and outcome.status == "settled":
-        return outcome.remaining  # read by the settle's own transaction
-    tightest: Money | None = None
-    ledger = state.guard.ledger
-    for line in admission.reservation.lines:
-        try:
-            available = ledger.usage(line.budget_id, line.instance or None).available
-        except Exception:  # a budget removed meanwhile; the header is advisory
-            continue
-        if tightest is None or available < tightest:
-            tightest = available
-    return tightest
-
-
-async def _release(state: GatewayState, admission: Admission, reason: str) -> None:
+async def _end(state: GatewayState, admission: Admission, report: Report) -> Ended | None:
+    """End the reservation as the ending policy decides; None if the ledger failed (the lease
+    ends it then: the client sees the upstream's answer, not the ledger's problem)."""
     try:
-        await state.guard.release_async(admission, reason)
+        ended = await state.guard.aend(admission, report)
     except Exception:
-        # The lease ends it; the client sees the upstream's problem, not the ledger's.
-        log.exception("could not release request %s", admission.request_id)
-
-
-async def _settle_reserved(state: GatewayState, admission: Admission, why: str) -> None:
-    try:
-        await state.guard.settle_reserved_async(admission, why)
-    except Exception:
-        log.exception("could not settle request %s", admission.request_id)
-
-
-def _record(state: GatewayState, admission: Admission, cost: Cost) -> None:
-    state.metrics.settled(
-        admission.model, admission.attributes.key, cost.usage, float(cost.total.to_decimal())
-    )
-
-
-def _usage_of(endpoint: Endpoint, raw: Any) -> Usage:
-    if endpoint == "messages":
-        return Usage.from_anthropic(raw)
-    if endpoint == "responses":
-        return Usage.from_openai_responses(raw)
-    return Usage.from_openai(raw)
-
-
-async def _settle_body(state: GatewayState, admission: Admission, data: bytes) -> Money | None:
-    """Settle a whole response; returns the amount charged (None if the ledger failed)."""
-    try:
-        doc = json.loads(data)
-        raw_usage = doc.get("usage") if isinstance(doc, dict) else None
-        usage = _usage_of(admission.endpoint, raw_usage) if isinstance(raw_usage, dict) else None
-    except ValueError:
-        usage = None
-        doc = None
-    try:
-        if usage is None:
-            # Billed, but no usage to read: charge the worst case reserved (never under-count).
-            return await state.guard.settle_reserved_async(
-                admission, "the upstream response carries no readable usage"
-            )
-        tier = doc.get("service_tier") if isinstance(doc, dict) else None
-        cost = await state.guard.settle_async(
-            admission, usage, service_tier=tier if isinstance(tier, str) else None
-        )
-    except Exception:
-        log.exception("could not settle request %s", admission.request_id)
+        log.exception("could not end request %s", admission.request_id)
         return None
-    _record(state, admission, cost)
-    return cost.total
+    cost = ended.cost
+    if cost is not None and ended.outcome is not None:
+        state.metrics.settled(
+            admission.model, admission.attributes.key, cost.usage, float(ended.charged.to_decimal())
+        )
+    return ended
 
 
 async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -566,24 +487,17 @@ def _dumps(obj: Any) -> bytes:
 
 
 class StreamTracker:
-    """Reads SSE events as they pass: collects the usage, hides the usage chunk the guard asked
-    for, and keeps the other events' data to count the text from if the stream ends without
-    usage. Events are forwarded whole, as soon as each one is complete.
+    """Frames SSE bytes into events as they pass and hands the ones that can carry usage to the
+    lifecycle's ``StreamReader`` (which also says which usage chunk to hide). Events are
+    forwarded whole, as soon as each one is complete; only the events that can carry usage
+    (told apart by their SSE event name or a cheap byte search) are parsed at all."""
 
-    Only the events that can carry usage are parsed as they pass (told apart by their SSE
-    event name or a cheap byte search); the text events are parsed only when a stream is cut,
-    which is what made a stream cost about twice a plain call to the gateway."""
-
-    __slots__ = ("anthropic_final", "buffer", "endpoint", "hide_usage", "raw", "tier", "usage")
+    __slots__ = ("buffer", "endpoint", "reader")
 
     def __init__(self, endpoint: Endpoint, hide_usage: bool) -> None:
         self.endpoint = endpoint
-        self.hide_usage = hide_usage
+        self.reader = StreamReader(endpoint, hide_usage)
         self.buffer = b""
-        self.raw: list[bytes] = []  # data of the events not parsed yet (text deltas, mostly)
-        self.usage: Any = None  # the provider's usage object (dict)
-        self.tier: str | None = None
-        self.anthropic_final = False
 
     def feed(self, chunk: bytes) -> bytes:
         """The complete events in ``buffer + chunk`` to forward now; keeps the incomplete rest."""
@@ -617,18 +531,6 @@ class StreamTracker:
             return kept + b"\n\n" if kept else b""
         return rest
 
-    def text(self) -> str:
-        """The text the stream carried so far (parsed now, from the events kept)."""
-        parts: list[str] = []
-        for data in self.raw:
-            try:
-                obj = json.loads(data)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                _event_text(self.endpoint, obj, parts)
-        return "".join(parts)
-
     def _event(self, event: bytes) -> bytes:
         """The event to forward (``event`` itself if unchanged; b"" to drop it)."""
         name: bytes | None = None
@@ -641,10 +543,8 @@ class StreamTracker:
         if not data_lines:
             return event
         data = data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
-        if data == b"[DONE]":
-            return event
-        if not self._may_carry_usage(name, data):
-            self.raw.append(data)
+        if data == b"[DONE]" or not may_carry_usage(self.endpoint, name, data):
+            self.reader.events += 1
             return event
         try:
             obj = json.loads(data)
@@ -652,144 +552,15 @@ class StreamTracker:
             return event
         if not isinstance(obj, dict):
             return event
-        if self.endpoint == "messages":
-            self._anthropic(obj)
+        if name is not None and "type" not in obj and self.endpoint == "responses":
+            obj["type"] = name.decode("latin-1")  # the SSE event name is the event's type
+        show = self.reader.see(obj)
+        if show is Show.KEEP:
             return event
-        if self.endpoint == "responses":
-            kind = obj.get("type") or (name.decode() if name else None)
-            if kind in _RESPONSE_DONE:
-                response = obj.get("response")
-                if isinstance(response, dict) and isinstance(response.get("usage"), dict):
-                    self.usage = response["usage"]
-                    tier = response.get("service_tier")
-                    self.tier = tier if isinstance(tier, str) else None
-            else:
-                self.raw.append(data)
-            return event
-        choices = obj.get("choices") or ()
-        usage = obj.get("usage")
-        if not isinstance(usage, dict):
-            self.raw.append(data)
-            return event
-        if choices:
-            self.raw.append(data)  # text in the same chunk as the usage (some servers)
-        # The last report wins: some compatible servers send a running total in every chunk.
-        self.usage = usage
-        tier = obj.get("service_tier")
-        if isinstance(tier, str):
-            self.tier = tier
-        if not self.hide_usage:
-            return event
-        if not choices:
+        if show is Show.DROP:
             return b""  # exactly the event the guard added
         obj["usage"] = None  # the caller did not ask for usage
         return b"data: " + _dumps(obj)
-
-    def _may_carry_usage(self, name: bytes | None, data: bytes) -> bool:
-        """False only for events that certainly carry no usage (a false True costs a parse)."""
-        if self.endpoint == "messages":
-            if name is not None:
-                return name in _ANTHROPIC_USAGE_EVENTS
-            return _ANTHROPIC_USAGE_TYPE.search(data) is not None
-        if self.endpoint == "responses":
-            if name is not None:
-                return name in _RESPONSE_DONE_NAMES
-            return _RESPONSE_DONE_TYPE.search(data) is not None
-        return _USAGE_OBJECT.search(data) is not None
-
-    def _anthropic(self, obj: dict[str, Any]) -> None:
-        kind = obj.get("type")
-        if kind == "message_start":
-            message = obj.get("message")
-            self._merge(message.get("usage") if isinstance(message, dict) else None)
-        elif kind == "message_delta":
-            # Cumulative counts: they replace message_start's (its output_tokens is a placeholder).
-            self._merge(obj.get("usage"))
-            self.anthropic_final = True
-
-    def _merge(self, usage: Any) -> None:
-        if not isinstance(usage, dict):
-            return
-        if self.usage is None:
-            self.usage = {}
-        for name in _ANTHROPIC_USAGE:
-            value = usage.get(name)
-            if value is not None:
-                self.usage[name] = value
-
-    async def settle(self, state: GatewayState, admission: Admission, status: str) -> Cost | None:
-        """End the reservation once: from the final usage, else from the text seen."""
-        if admission.ended is not None:
-            return None
-        guard = state.guard
-        try:
-            final = self.anthropic_final if self.endpoint == "messages" else self.usage is not None
-            usage: Usage | None = None
-            if final:
-                try:
-                    usage = _usage_of(self.endpoint, self.usage)
-                except ValueError:
-                    log.warning("unreadable usage in request %s", admission.request_id, exc_info=True)
-            if usage is not None:
-                cost = await guard.settle_async(admission, usage, service_tier=self.tier)
-            else:
-                known = None
-                if self.endpoint == "messages" and self.usage:
-                    try:  # message_start told the real prompt and cache tokens
-                        known = Usage.from_anthropic(self.usage)
-                    except ValueError:
-                        known = None
-                cost = await guard.settle_partial_async(admission, self.text(), status=status, known=known)
-        except Exception:
-            log.exception("could not settle stream %s", admission.request_id)
-            return None
-        _record(state, admission, cost)
-        return cost
-
-
-def _event_text(endpoint: Endpoint, obj: dict[str, Any], parts: list[str]) -> None:
-    """The generated text one stream event carries."""
-    if endpoint == "messages":
-        if obj.get("type") == "content_block_delta":
-            delta = obj.get("delta")
-            if isinstance(delta, dict):
-                for field in ("text", "thinking", "partial_json"):
-                    text = delta.get(field)
-                    if isinstance(text, str):
-                        parts.append(text)
-                        break
-        return
-    if endpoint == "responses":
-        if obj.get("type") in _RESPONSE_TEXT:
-            delta = obj.get("delta")
-            if isinstance(delta, str):
-                parts.append(delta)
-        return
-    for choice in obj.get("choices") or ():
-        if not isinstance(choice, dict):
-            continue
-        if endpoint == "completions":
-            text = choice.get("text")
-            if isinstance(text, str):
-                parts.append(text)
-        else:
-            _delta_text(choice.get("delta"), parts)
-
-
-def _delta_text(delta: Any, parts: list[str]) -> None:
-    if not isinstance(delta, dict):
-        return
-    for name in ("content", "refusal"):
-        value = delta.get(name)
-        if isinstance(value, str):
-            parts.append(value)
-    for call in delta.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            for name in ("name", "arguments"):
-                value = function.get(name)
-                if isinstance(value, str):
-                    parts.append(value)
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -804,7 +575,7 @@ def _stream_error(
     message: str = "The upstream stream broke off",
     code: str = "upstream_stream_cut",
 ) -> bytes:
-    message += "; the request was charged for what was generated."
+    message += "; without its final usage, the request was charged an upper bound of its cost."
     if anthropic:
         body = {"type": "error", "error": {"type": "api_error", "message": message}}
         return b"event: error\ndata: " + _dumps(body) + b"\n\n"
@@ -829,7 +600,7 @@ async def _stream(
         (b"x-spendgate-request-id", admission.request_id.encode()),
         *(h for h in _passed(resp) if h[0] != b"content-type"),
     ]
-    outcome = "cut"
+    outcome = Happened.CUT
 
     async def pump() -> None:
         nonlocal outcome
@@ -841,14 +612,14 @@ async def _stream(
         tail = tracker.flush()
         if tail:
             await send({"type": "http.response.body", "body": tail, "more_body": True})
-        outcome = "complete"
+        outcome = Happened.COMPLETE
 
     pumping = asyncio.ensure_future(pump())
     watching = asyncio.ensure_future(_wait_disconnect(receive))
     try:
         await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
         if watching.done():
-            outcome = "closed"  # the client left: stop the upstream call, charge what was generated
+            outcome = Happened.CLOSED  # the client left: stop the upstream call and end it
             ctx.status = 499
     finally:
         for task in (pumping, watching):
@@ -856,15 +627,15 @@ async def _stream(
         try:
             # Settle before any other await: the write is queued before settle's first
             # suspension, so even a second cancellation cannot skip it.
-            cost = await tracker.settle(state, admission, "complete" if outcome == "complete" else outcome)
+            ended = await _end(state, admission, tracker.reader.report(outcome))
         finally:
             await asyncio.gather(pumping, watching, return_exceptions=True)
             await resp.aclose()
-    if outcome == "closed":
+    if outcome is Happened.CLOSED:
         return
-    if outcome == "complete":
+    if outcome is Happened.COMPLETE:
         # An SSE comment: every SSE client ignores it, a curious one can read the cost.
-        trailer = b": x-spendgate-cost " + _usd(cost.total) + b"\n\n" if cost is not None else b""
+        trailer = b": x-spendgate-cost " + _usd(ended.charged) + b"\n\n" if ended is not None else b""
     else:
         exc = pumping.exception() if pumping.done() and not pumping.cancelled() else None
         log.warning("upstream stream broke off for %s: %r", admission.request_id, exc)

@@ -11,11 +11,12 @@ is where every Messages call meets the wire, so ``messages.create`` (plain and
 Each call: the body is prepared as the SDK sends it (``extra_body`` merged in,
 since it is sent; ``extra_headers``/``timeout``/``extra_query`` never part of
 it), ``guard.admit("messages", body)``, the SDK call with the admitted body,
-then ``guard.settle()`` from ``Usage.from_anthropic(message.usage)``. Streams
-settle from ``message_start``'s usage (input, cache) merged with
-``message_delta``'s cumulative ``output_tokens``; a stream closed early or
-broken settles ``guard.settle_partial()`` with the text seen, exactly once.
-Any exception from the SDK is re-raised unchanged after ``guard.release()``.
+then ``guard.end()`` on what the answer said, as the lifecycle's ending policy
+decides (docs/design.md). Streams are read by the lifecycle's ``StreamReader``:
+``message_start``'s usage (input, cache) merged with ``message_delta``'s
+cumulative ``output_tokens``; a stream closed early or broken ends once, on
+what it said. Any exception from the SDK is re-raised unchanged after the
+reservation is ended as the exception says (refused: released; lost: charged).
 
 Per-call attribution: ``spendgate_attributes={"team": "research"}`` on
 ``messages.create``/``messages.stream`` (removed before the SDK sees it), on
@@ -37,7 +38,16 @@ from anthropic.resources.messages import AsyncMessages, Messages
 
 from spendgate import attribution
 from spendgate.guard import Admission, Guard
-from spendgate.usage import Usage
+from spendgate.integrations.common import (
+    StreamEnding,
+    aend_quietly,
+    aiterate,
+    end_quietly,
+    failure_report,
+    iterate,
+)
+from spendgate.lifecycle import Happened, Report
+from spendgate.lifecycle.reading import answer_report
 
 try:  # the SDK's own body preparation: the estimate sees exactly the data that is sent
     from anthropic._utils import _prepare as _sdk_prepare
@@ -54,13 +64,6 @@ _PATH: Final = "/v1/messages"
 #: Carries ``spendgate_attributes`` from ``create()``/``stream()`` to ``post()``, which removes it:
 #: ``stream()`` sends its request later, in ``__enter__``, so a context variable would miss it.
 _ATTRIBUTES_HEADER: Final = "x-spendgate-attributes"
-_USAGE_FIELDS: Final = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_input_tokens",
-    "cache_creation_input_tokens",
-    "cache_creation",
-)
 
 
 # -- the request body ----------------------------------------------------------------------
@@ -120,139 +123,55 @@ def _with_attributes(kwargs: dict[str, Any], attributes: Mapping[str, Any] | Non
     return kwargs
 
 
-# -- settling --------------------------------------------------------------------------------
-
-
-def _release_quietly(guard: Guard, admission: Admission, error: BaseException) -> None:
-    """Release after a failed call; a ledger failure here must not replace the provider's error."""
-    try:
-        guard.release(admission, type(error).__name__)
-    except Exception:
-        log.exception("spendgate: could not release %s (it expires with its lease)", admission.request_id)
-
-
-class _Tracker:
-    """What a stream has shown so far, and the one settlement it ends with."""
-
-    __slots__ = ("admission", "done", "final", "guard", "texts", "usage")
-
-    def __init__(self, guard: Guard, admission: Admission) -> None:
-        self.guard = guard
-        self.admission = admission
-        self.usage: dict[str, Any] = {}
-        self.texts: list[str] = []
-        self.final = False  # message_delta seen: the usage is the billed one
-        self.done = False
-
-    def observe(self, event: Any) -> None:
-        kind = getattr(event, "type", None)
-        if kind == "content_block_delta":
-            delta = event.delta
-            # text, thinking and tool input are all generated (and billed) output
-            for name in ("text", "thinking", "partial_json"):
-                text = getattr(delta, name, None)
-                if isinstance(text, str):
-                    self.texts.append(text)
-                    break
-        elif kind == "message_start":
-            self._merge(getattr(event.message, "usage", None))
-        elif kind == "message_delta":
-            # Cumulative counts: they replace message_start's (its output_tokens is a placeholder).
-            self._merge(getattr(event, "usage", None))
-            self.final = True
-
-    def _merge(self, usage: Any) -> None:
-        for name in _USAGE_FIELDS:
-            value = getattr(usage, name, None)
-            if value is not None:
-                self.usage[name] = value
-
-    def end(self, status: str, *, quiet: bool) -> None:
-        """Settle once: the billed usage when known, else the prompt bound plus the text seen."""
-        if self.done:
-            return
-        self.done = True
-        try:
-            if self.final:
-                self.guard.settle(self.admission, Usage.from_anthropic(self.usage))
-            else:
-                # message_start already told the real input and cache tokens: use them.
-                known = Usage.from_anthropic(self.usage) if self.usage else None
-                self.guard.settle_partial(self.admission, "".join(self.texts), status=status, known=known)
-        except Exception:
-            if not quiet:
-                raise
-            # Inside the stream's own error or close: the caller sees that, not a ledger error.
-            log.exception("spendgate: could not settle stream %s", self.admission.request_id)
+# -- ending ----------------------------------------------------------------------------------
 
 
 class GuardedStream(Stream[_T]):
-    """The SDK's ``Stream`` of raw events, settled once when it ends, breaks or is closed."""
+    """The SDK's ``Stream`` of raw events, ended once when it ends, breaks or is closed."""
 
-    _spendgate_tracker: _Tracker | None = None
+    _spendgate_ending: StreamEnding | None = None
 
     def __stream__(self) -> Iterator[_T]:
-        tracker = self._spendgate_tracker
-        if tracker is None:
+        ending = self._spendgate_ending
+        if ending is None:
             yield from super().__stream__()
-            return
-        try:
-            for event in super().__stream__():
-                tracker.observe(event)
-                yield event
-        except GeneratorExit:  # the caller stopped reading
-            tracker.end("closed", quiet=True)
-            raise
-        except BaseException:
-            tracker.end("cut", quiet=True)
-            raise
-        tracker.end("cut", quiet=False)  # a stream that ends without message_delta was cut short
+        else:
+            yield from iterate(super().__stream__(), ending)
 
     def close(self) -> None:
         super().close()
-        if self._spendgate_tracker is not None:
-            self._spendgate_tracker.end("closed", quiet=True)
+        if self._spendgate_ending is not None:
+            self._spendgate_ending.end(Happened.CLOSED)
 
 
 class AsyncGuardedStream(AsyncStream[_T]):
-    """The SDK's ``AsyncStream`` of raw events, settled once when it ends, breaks or is closed."""
+    """The SDK's ``AsyncStream`` of raw events, ended once (through the ledger's async calls)."""
 
-    _spendgate_tracker: _Tracker | None = None
+    _spendgate_ending: StreamEnding | None = None
 
     async def __stream__(self) -> AsyncIterator[_T]:
-        tracker = self._spendgate_tracker
-        if tracker is None:
-            async for event in super().__stream__():
-                yield event
-            return
-        try:
-            async for event in super().__stream__():
-                tracker.observe(event)
-                yield event
-        except GeneratorExit:
-            tracker.end("closed", quiet=True)
-            raise
-        except BaseException:
-            tracker.end("cut", quiet=True)
-            raise
-        tracker.end("cut", quiet=False)
+        ending = self._spendgate_ending
+        events = super().__stream__()
+        async for event in events if ending is None else aiterate(events, ending):
+            yield event
 
     async def close(self) -> None:
         await super().close()
-        if self._spendgate_tracker is not None:
-            self._spendgate_tracker.end("closed", quiet=True)
+        if self._spendgate_ending is not None:
+            await self._spendgate_ending.aend(Happened.CLOSED)
 
 
-def _finish(guard: Guard, admission: Admission, result: Any, parsed: Any) -> None:
-    """Settle a non-stream result, or hand a stream its tracker (``parsed`` is the raw response's body)."""
+def _outcome(guard: Guard, admission: Admission, parsed: Any) -> Report | None:
+    """The report to end a whole answer on now, or None for a stream (its ending comes later)."""
     if isinstance(parsed, GuardedStream | AsyncGuardedStream):
-        parsed._spendgate_tracker = _Tracker(guard, admission)
-        return
-    usage = getattr(parsed, "usage", None)
-    if usage is None:
-        guard.settle_reserved(admission, f"no usage in a {type(result).__name__}")
-        return
-    guard.settle(admission, Usage.from_anthropic(usage))
+        parsed._spendgate_ending = StreamEnding(guard, admission)
+        return None
+    return answer_report("messages", parsed)
+
+
+def _unparsed(exc: BaseException) -> Report:
+    # Answered (and billed), but unreadable: the ending policy charges the reservation.
+    return Report(Happened.COMPLETE, detail=f"the response could not be parsed ({type(exc).__name__})")
 
 
 # -- the clients -----------------------------------------------------------------------------
@@ -278,6 +197,18 @@ class _GuardedAsyncMessages(AsyncMessages):
         return super().stream(*args, **_with_attributes(kwargs, spendgate_attributes))
 
 
+def _copy_keeping_guard(cls: type[Any]) -> Any:
+    """``cls.copy()``/``with_options()`` whose copies stay guarded by the same Guard (the next
+    class's ``copy`` in the MRO does the copying: a user's subclass keeps its own)."""
+
+    def guarded_copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        client = super(cls, self).copy(*args, **kwargs)
+        client._spendgate_guard = self._spendgate_guard
+        return client
+
+    return guarded_copy
+
+
 class _GuardedAnthropic(anthropic.Anthropic):
     _spendgate_guard: Guard
 
@@ -298,24 +229,18 @@ class _GuardedAnthropic(anthropic.Anthropic):
         try:
             result = super().post(path, **kwargs)
         except BaseException as exc:
-            _release_quietly(guard, admission, exc)
+            end_quietly(guard, admission, failure_report(exc, anthropic, "messages"))
             raise
         try:
             # with_raw_response / with_streaming_response: the parsed body is cached, the caller gets it too
             parsed = result.parse() if isinstance(result, anthropic.APIResponse) else result
         except BaseException as exc:
-            # Answered (and billed), but unreadable: keep the reservation as the charge.
-            guard.settle_reserved(admission, f"the response could not be parsed ({type(exc).__name__})")
+            end_quietly(guard, admission, _unparsed(exc))
             raise
-        _finish(guard, admission, result, parsed)
+        report = _outcome(guard, admission, parsed)
+        if report is not None:
+            end_quietly(guard, admission, report)
         return result
-
-    def copy(self, *args: Any, **kwargs: Any) -> Any:
-        client = super().copy(*args, **kwargs)
-        client._spendgate_guard = self._spendgate_guard
-        return client
-
-    with_options = copy
 
     @cached_property
     def messages(self) -> Messages:
@@ -342,27 +267,26 @@ class _GuardedAsyncAnthropic(anthropic.AsyncAnthropic):
         try:
             result = await super().post(path, **kwargs)
         except BaseException as exc:
-            _release_quietly(guard, admission, exc)
+            await aend_quietly(guard, admission, failure_report(exc, anthropic, "messages"))
             raise
         try:
             parsed = await result.parse() if isinstance(result, anthropic.AsyncAPIResponse) else result
         except BaseException as exc:
-            guard.settle_reserved(admission, f"the response could not be parsed ({type(exc).__name__})")
+            await aend_quietly(guard, admission, _unparsed(exc))
             raise
-        _finish(guard, admission, result, parsed)
+        report = _outcome(guard, admission, parsed)
+        if report is not None:
+            await aend_quietly(guard, admission, report)
         return result
-
-    def copy(self, *args: Any, **kwargs: Any) -> Any:
-        client = super().copy(*args, **kwargs)
-        client._spendgate_guard = self._spendgate_guard
-        return client
-
-    with_options = copy
 
     @cached_property
     def messages(self) -> AsyncMessages:
         return _GuardedAsyncMessages(self)
 
+
+for _cls in (_GuardedAnthropic, _GuardedAsyncAnthropic):
+    setattr(_cls, "copy", _copy_keeping_guard(_cls))  # noqa: B010 - replaces a method mypy guards
+    setattr(_cls, "with_options", _cls.copy)  # noqa: B010
 
 _SUBCLASSES: dict[type[Any], type[Any]] = {}
 

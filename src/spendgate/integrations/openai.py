@@ -23,10 +23,11 @@ and the request's ``user``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
 import openai
@@ -36,7 +37,16 @@ from openai._response import APIResponse, AsyncAPIResponse
 
 from spendgate.estimate import Endpoint
 from spendgate.guard import Admission, Guard
-from spendgate.usage import Usage
+from spendgate.integrations.common import (
+    StreamEnding,
+    aend_quietly,
+    aiterate,
+    end_quietly,
+    failure_report,
+    iterate,
+)
+from spendgate.lifecycle import Happened, Report
+from spendgate.lifecycle.reading import answer_report
 
 __all__ = [
     "AsyncGuardedStream",
@@ -66,19 +76,6 @@ _GUARDED: Final[tuple[tuple[tuple[str, ...], Endpoint], ...]] = (
 )
 _METHODS: Final = ("create", "parse")
 _GUARD_ATTR: Final = "_spendgate_guard"
-#: Responses API stream events that carry the final response (and its usage).
-_RESPONSE_DONE: Final = frozenset({"response.completed", "response.incomplete", "response.failed"})
-#: Responses API stream events whose ``delta`` is generated text.
-_RESPONSE_TEXT: Final = frozenset(
-    {
-        "response.output_text.delta",
-        "response.refusal.delta",
-        "response.function_call_arguments.delta",
-        "response.custom_tool_call_input.delta",
-    }
-)
-
-
 # -- wrapping ----------------------------------------------------------------------
 
 
@@ -167,8 +164,14 @@ class _Call:
     __slots__ = ("attributes", "body", "extra_keys", "options", "params")
 
     def __init__(
-        self, kwargs: dict[str, Any], original: Callable[..., Any], default_model: str | None
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        original: Callable[..., Any],
+        default_model: str | None,
     ) -> None:
+        if args:
+            raise TypeError(f"{getattr(original, '__name__', 'create')}() takes keyword arguments only")
         self.attributes = kwargs.pop("spendgate_attributes", None)
         func = getattr(original, "__func__", original)
         self.params = _params_of(func)
@@ -218,14 +221,12 @@ def _sync_guarded(
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        if args:
-            raise TypeError(f"{getattr(original, '__name__', 'create')}() takes keyword arguments only")
-        call = _Call(kwargs, original, default_model)
+        call = _Call(args, kwargs, original, default_model)
         admission = guard.admit(endpoint, call.body, attributes=call.attributes)
         try:
             result = original(**call.kwargs_for(admission.request))
         except BaseException as exc:
-            _end_failed(guard, admission, exc)
+            end_quietly(guard, admission, failure_report(exc, openai, endpoint))
             raise
         return _finish(guard, admission, result)
 
@@ -237,287 +238,71 @@ def _async_guarded(
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
-        if args:
-            raise TypeError(f"{getattr(original, '__name__', 'create')}() takes keyword arguments only")
-        call = _Call(kwargs, original, default_model)
+        call = _Call(args, kwargs, original, default_model)
         admission = await guard.admit_async(endpoint, call.body, attributes=call.attributes)
         try:
             result = await original(**call.kwargs_for(admission.request))
-        except BaseException as exc:  # cancellation too: a cancelled call holds nothing
-            _end_failed(guard, admission, exc)
+        except BaseException as exc:  # cancellation too: the provider may have billed
+            await aend_quietly(guard, admission, failure_report(exc, openai, endpoint))
             raise
-        return await _finish_async(guard, admission, result)
+        if isinstance(result, AsyncAPIResponse):
+            # Its parse() reads the body: awaited here, cached by the response for _outcome.
+            with contextlib.suppress(Exception):  # _outcome finds nothing cached: unreadable
+                await result.parse()
+        return await _afinish(guard, admission, result)
 
     return guarded
 
 
-def _end_failed(guard: Guard, admission: Admission, exc: BaseException) -> None:
-    """Release the reservation of a call that raised, unless the provider answered (and billed)."""
-    # Some SDK errors come after a whole, billed response: the helpers' LengthFinishReasonError
-    # and ContentFilterFinishReasonError (``.completion``), or a body that failed validation.
-    completion = getattr(exc, "completion", None)
-    if getattr(completion, "usage", None) is not None:
-        _settle_response(guard, admission, completion)
-        return
-    body = getattr(exc, "body", None)
-    if (
-        isinstance(exc, openai.APIResponseValidationError)
-        and isinstance(body, Mapping)
-        and body.get("usage") is not None
-    ):
-        _settle_usage(guard, admission, body["usage"], _tier_of(body.get("service_tier")), str)
-        return
-    try:
-        guard.release(admission, reason=type(exc).__name__)
-    except Exception:
-        # The provider's error is what the caller must see; the lease ends the reservation.
-        log.exception("spendgate could not release request %s", admission.request_id)
+# -- ending ------------------------------------------------------------------------
+# One classification of what came back, for both shells: a stream to guard (its reservation
+# ends when it does), or the facts of a whole answer to end the reservation on now.
+
+
+def _outcome(guard: Guard, admission: Admission, result: Any) -> tuple[Any, Report | None]:
+    """(what to hand the caller, the report to end on now, or None when a stream ends it later)."""
+    if isinstance(result, Stream | AsyncStream):
+        return _guarded_stream(result, StreamEnding(guard, admission)), None
+    if isinstance(result, LegacyAPIResponse | APIResponse | AsyncAPIResponse):
+        # with_raw_response / with_streaming_response: the parsed body is cached by the response,
+        # so the caller's own .parse() returns the same (guarded) object.
+        try:
+            if isinstance(result, AsyncAPIResponse):
+                parsed = result._parsed_by_type[result._cast_to]
+            else:
+                parsed = result.parse()
+        except Exception as exc:
+            log.warning("spendgate could not parse the response of %s", admission.request_id, exc_info=True)
+            why = f"the response could not be parsed ({type(exc).__name__})"
+            return result, Report(Happened.COMPLETE, detail=why)  # answered, unreadable
+        if isinstance(parsed, Stream | AsyncStream):
+            result._parsed_by_type[result._cast_to] = _guarded_stream(parsed, StreamEnding(guard, admission))
+            return result, None
+        return result, answer_report(admission.endpoint, parsed)
+    return result, answer_report(admission.endpoint, result)
 
 
 def _finish(guard: Guard, admission: Admission, result: Any) -> Any:
-    if isinstance(result, Stream):
-        return GuardedStream(result, _StreamState(guard, admission))
-    if isinstance(result, LegacyAPIResponse | APIResponse):
-        # with_raw_response / with_streaming_response: settle from the parsed body, which
-        # the response caches, so the caller's own .parse() returns the same object.
-        try:
-            parsed = result.parse()
-        except Exception:
-            log.warning("spendgate could not parse the response of %s", admission.request_id, exc_info=True)
-            guard.settle_reserved(admission, "the response could not be parsed")
-            return result
-        if isinstance(parsed, Stream):
-            result._parsed_by_type[result._cast_to] = GuardedStream(parsed, _StreamState(guard, admission))
-        else:
-            _settle_response(guard, admission, parsed)
-        return result
-    _settle_response(guard, admission, result)
-    return result
+    given, report = _outcome(guard, admission, result)
+    if report is not None:
+        end_quietly(guard, admission, report)
+    return given
 
 
-async def _finish_async(guard: Guard, admission: Admission, result: Any) -> Any:
-    if isinstance(result, AsyncStream):
-        return AsyncGuardedStream(result, _StreamState(guard, admission))
-    if isinstance(result, LegacyAPIResponse | AsyncAPIResponse):
-        try:
-            parsed = await result.parse() if isinstance(result, AsyncAPIResponse) else result.parse()
-        except Exception:
-            log.warning("spendgate could not parse the response of %s", admission.request_id, exc_info=True)
-            guard.settle_reserved(admission, "the response could not be parsed")
-            return result
-        if isinstance(parsed, AsyncStream):
-            result._parsed_by_type[result._cast_to] = AsyncGuardedStream(
-                parsed, _StreamState(guard, admission)
-            )
-        else:
-            _settle_response(guard, admission, parsed)
-        return result
-    _settle_response(guard, admission, result)
-    return result
-
-
-# -- settling ----------------------------------------------------------------------
-
-
-def _usage(endpoint: Endpoint, usage: Any) -> Usage:
-    if endpoint == "responses":
-        return Usage.from_openai_responses(usage)
-    return Usage.from_openai(usage)
-
-
-def _tier(obj: Any) -> str | None:
-    return _tier_of(getattr(obj, "service_tier", None))
-
-
-def _tier_of(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _settle_response(guard: Guard, admission: Admission, response: Any) -> None:
-    raw_usage = getattr(response, "usage", None)
-    if raw_usage is None:
-        log.warning(
-            "%s response for %s carries no usage; spendgate charges the prompt bound "
-            "and the output it can see (request %s)",
-            admission.endpoint,
-            admission.model,
-            admission.request_id,
-        )
-        _settle_partial(guard, admission, _visible_text(admission.endpoint, response), "no_usage")
-        return
-    _settle_usage(
-        guard, admission, raw_usage, _tier(response), lambda: _visible_text(admission.endpoint, response)
-    )
-
-
-def _settle_usage(
-    guard: Guard, admission: Admission, raw_usage: Any, tier: str | None, text: Callable[[], str]
-) -> None:
-    try:
-        usage = _usage(admission.endpoint, raw_usage)
-    except ValueError:
-        log.warning("unreadable usage in request %s", admission.request_id, exc_info=True)
-        _settle_partial(guard, admission, text(), "bad_usage")
-        return
-    try:
-        guard.settle(admission, usage, service_tier=tier)
-    except Exception:
-        # The call succeeded and was billed: hand the response over; the lease charges the reservation.
-        log.exception("spendgate could not settle request %s", admission.request_id)
-
-
-def _settle_partial(guard: Guard, admission: Admission, text: str, status: str) -> None:
-    try:
-        guard.settle_partial(admission, text, status=status)
-    except Exception:
-        log.exception("spendgate could not settle request %s", admission.request_id)
-
-
-def _visible_text(endpoint: Endpoint, response: Any) -> str:
-    if endpoint == "responses":
-        try:
-            return str(getattr(response, "output_text", "") or "")
-        except Exception:  # a property over output items of unknown shapes
-            return ""
-    parts: list[str] = []
-    for choice in getattr(response, "choices", None) or ():
-        if endpoint == "completions":
-            parts.append(getattr(choice, "text", None) or "")
-            continue
-        message = getattr(choice, "message", None)
-        _message_text(message, parts)
-    return "".join(parts)
-
-
-def _message_text(message: Any, parts: list[str]) -> None:
-    """Generated text of a chat message or delta: content, refusal, tool call names and arguments."""
-    if message is None:
-        return
-    for name in ("content", "refusal"):
-        value = getattr(message, name, None)
-        if isinstance(value, str):
-            parts.append(value)
-    for call in getattr(message, "tool_calls", None) or ():
-        function = getattr(call, "function", None)
-        for name in ("name", "arguments"):
-            value = getattr(function, name, None)
-            if isinstance(value, str):
-                parts.append(value)
+async def _afinish(guard: Guard, admission: Admission, result: Any) -> Any:
+    given, report = _outcome(guard, admission, result)
+    if report is not None:
+        await aend_quietly(guard, admission, report)
+    return given
 
 
 # -- streams -----------------------------------------------------------------------
 
 
-class _StreamState:
-    """What a stream has shown so far, and its single settlement."""
-
-    __slots__ = ("admission", "guard", "hide_usage", "parts", "tier", "usage")
-
-    def __init__(self, guard: Guard, admission: Admission) -> None:
-        self.guard = guard
-        self.admission = admission
-        self.hide_usage = admission.added_stream_usage
-        self.parts: list[str] = []
-        self.usage: Any = None
-        self.tier: str | None = None
-
-    def see(self, item: Any) -> bool:
-        """Record ``item``; False when the caller must not see it (the usage chunk we asked for)."""
-        if self.admission.endpoint == "responses":
-            kind = getattr(item, "type", None)
-            if kind in _RESPONSE_TEXT:
-                delta = getattr(item, "delta", None)
-                if isinstance(delta, str):
-                    self.parts.append(delta)
-            elif kind in _RESPONSE_DONE:
-                response = getattr(item, "response", None)
-                usage = getattr(response, "usage", None)
-                if usage is not None:
-                    self.usage, self.tier = usage, _tier(response)
-            return True
-        choices = getattr(item, "choices", None) or ()
-        for choice in choices:
-            if self.admission.endpoint == "completions":
-                text = getattr(choice, "text", None)
-                if isinstance(text, str):
-                    self.parts.append(text)
-            else:
-                _message_text(getattr(choice, "delta", None), self.parts)
-        usage = getattr(item, "usage", None)
-        if usage is None:
-            return True
-        # The last report wins: some compatible servers send a running total in every chunk.
-        self.usage, self.tier = usage, _tier(item) or self.tier
-        if self.hide_usage:
-            if not choices:
-                return False
-            item.usage = None  # the caller did not ask for usage
-        return True
-
-    def finish(self, status: str) -> None:
-        """Settle once: from the usage reported, else from the text seen so far."""
-        if self.admission.ended is not None:
-            return
-        if self.usage is not None:
-            try:
-                usage = _usage(self.admission.endpoint, self.usage)
-            except ValueError:
-                log.warning("unreadable usage in request %s", self.admission.request_id, exc_info=True)
-            else:
-                try:
-                    self.guard.settle(self.admission, usage, service_tier=self.tier)
-                except Exception:
-                    log.exception("spendgate could not settle request %s", self.admission.request_id)
-                return
-        if status == "complete":
-            log.warning(
-                "stream for %s ended without usage; spendgate charges the prompt bound and the "
-                "output it saw (request %s)",
-                self.admission.model,
-                self.admission.request_id,
-            )
-        _settle_partial(self.guard, self.admission, "".join(self.parts), status)
-
-
-def _iterate(inner: Stream[_T], state: _StreamState) -> Generator[_T, None, None]:
-    # Holds the state, not the GuardedStream, so dropping the stream frees it at once.
-    status = "closed"  # a GeneratorExit (close, break out of a with block, garbage)
-    try:
-        for item in inner:
-            if state.see(item):
-                yield item
-        status = "complete"
-    except GeneratorExit:
-        raise
-    except BaseException:
-        status = "cut"
-        raise
-    finally:
-        try:
-            if status != "complete":
-                inner.close()
-        finally:
-            state.finish(status)
-
-
-async def _aiterate(inner: AsyncStream[_T], state: _StreamState) -> AsyncGenerator[_T, None]:
-    status = "closed"
-    try:
-        async for item in inner:
-            if state.see(item):
-                yield item
-        status = "complete"
-    except GeneratorExit:
-        raise
-    except BaseException:
-        status = "cut"
-        raise
-    finally:
-        try:
-            if status != "complete":
-                await inner.close()
-        finally:
-            state.finish(status)
+def _guarded_stream(inner: Stream[Any] | AsyncStream[Any], ending: StreamEnding) -> Any:
+    if isinstance(inner, AsyncStream):
+        return AsyncGuardedStream(inner, ending)
+    return GuardedStream(inner, ending)
 
 
 def _adopt(stream: Stream[Any] | AsyncStream[Any], inner: Stream[Any] | AsyncStream[Any]) -> None:
@@ -530,64 +315,54 @@ def _adopt(stream: Stream[Any] | AsyncStream[Any], inner: Stream[Any] | AsyncStr
     stream._decoder = inner._decoder
 
 
-def _finish_dropped(stream: object) -> None:
-    """A stream garbage-collected unsettled: settle it from what was seen (synchronously: the
-    ledger calls are; the response is closed by its own finalizer). Never raise from a finalizer."""
-    state: _StreamState | None = getattr(stream, "_state", None)
-    if state is not None and state.admission.ended is None:
-        try:
-            state.finish("closed")
-        except Exception:
-            log.exception("spendgate could not settle a dropped stream")
-
-
 class GuardedStream(Stream[_T]):
-    """The SDK's ``Stream``, settled once: on the final usage, or from what was seen when the
-    caller stops early (``close()``, leaving a ``with`` block, dropping it) or the stream breaks.
-    The usage chunk the guard asked for is not shown to a caller who did not ask for it."""
+    """The SDK's ``Stream``, ended once: on the final usage, or as the ending policy says when
+    the caller stops early (``close()``, leaving a ``with`` block, dropping it) or the stream
+    breaks. The usage chunk the guard asked for is not shown to a caller who did not ask for it."""
 
-    def __init__(self, inner: Stream[_T], state: _StreamState) -> None:
+    def __init__(self, inner: Stream[_T], ending: StreamEnding) -> None:
         _adopt(self, inner)
         self._inner = inner
-        self._state = state
-        self._guarded = _iterate(inner, state)
+        self._ending = ending
+        # Holds the ending, not this stream, so dropping the stream frees it at once.
+        self._guarded = iterate(iter(inner), ending)
         self._iterator = self._guarded
 
     @property
     def admission(self) -> Admission:
-        return self._state.admission
+        return self._ending.admission
 
     def close(self) -> None:
         try:
-            self._guarded.close()  # runs the generator's finally if it started
+            self._guarded.close()  # type: ignore[attr-defined]  # runs the generator's finally if it started
         finally:
             self._inner.close()
-            self._state.finish("closed")  # a generator never started has no finally to run
+            self._ending.end(Happened.CLOSED)  # a generator never started has no finally to run
 
     def __del__(self) -> None:
-        _finish_dropped(self)
+        self._ending.dropped()
 
 
 class AsyncGuardedStream(AsyncStream[_T]):
-    """``GuardedStream`` for ``AsyncStream``."""
+    """``GuardedStream`` for ``AsyncStream``: its ending goes through the ledger's async calls."""
 
-    def __init__(self, inner: AsyncStream[_T], state: _StreamState) -> None:
+    def __init__(self, inner: AsyncStream[_T], ending: StreamEnding) -> None:
         _adopt(self, inner)
         self._inner = inner
-        self._state = state
-        self._guarded = _aiterate(inner, state)
+        self._ending = ending
+        self._guarded = aiterate(inner.__aiter__(), ending)
         self._iterator = self._guarded
 
     @property
     def admission(self) -> Admission:
-        return self._state.admission
+        return self._ending.admission
 
     async def close(self) -> None:
         try:
-            await self._guarded.aclose()
+            await self._guarded.aclose()  # type: ignore[attr-defined]
         finally:
             await self._inner.close()
-            self._state.finish("closed")
+            await self._ending.aend(Happened.CLOSED)
 
     def __del__(self) -> None:
-        _finish_dropped(self)
+        self._ending.dropped()

@@ -25,7 +25,8 @@ Directives (request headers, so the body stays a valid provider body):
 ``x-fake-reasoning-tokens: N`` (part of the output tokens, clamped to them; not emitted as text),
 ``x-fake-latency-ms: N`` (before the response starts), ``x-fake-chunk-delay-ms: N`` (between stream
 events), ``x-fake-error: 400|401|429|500|503`` (the provider's error shape; 429 has ``retry-after``),
-``x-fake-stream-cut-after: N`` (close the connection after N content events, before any usage).
+``x-fake-stream-cut-after: N`` (close the connection after N content events, before any usage),
+``x-fake-omit-usage: 1`` (answer, and bill, without any usage report, as some compatible servers do).
 
 Usage conventions: OpenAI ``prompt_tokens``/``input_tokens`` include cached tokens, reported again in
 ``*_tokens_details.cached_tokens``; Anthropic ``input_tokens`` exclude them and
@@ -432,6 +433,8 @@ class FakeApp:
             )
         else:
             plan = self._messages_stream(gen) if stream else self._json_with_bill(self._message_obj(gen), gen)
+        if req.headers.get("x-fake-omit-usage"):
+            _omit_usage(plan)
         if plan.events is not None:
             plan.cut_after = cut
             plan.chunk_delay_s = (self.options.chunk_delay_ms if chunk_delay is None else chunk_delay) / 1000
@@ -746,6 +749,35 @@ class FakeApp:
             (ev("message_stop"), 0),
         ]
         return self._stream_plan(events, gen)
+
+
+def _without_usage(obj: Any) -> Any:
+    """``obj`` with every usage report taken out (top level, in a response or a message)."""
+    if isinstance(obj, dict):
+        obj.pop("usage", None)
+        for inner in ("response", "message"):
+            if isinstance(obj.get(inner), dict):
+                obj[inner].pop("usage", None)
+    return obj
+
+
+def _omit_usage(plan: Plan) -> None:
+    """The answer as a server that reports no usage sends it (``x-fake-omit-usage``): billed
+    all the same. A chat chunk that carried only usage is left out."""
+    if plan.events is None:
+        plan.body = _dumps(_without_usage(json.loads(plan.body)))
+        return
+    kept: list[tuple[bytes, int]] = []
+    for event, tokens in plan.events:
+        head, sep, data = event.rstrip(b"\n").rpartition(b"data: ")
+        if not sep or data == b"[DONE]":
+            kept.append((event, tokens))
+            continue
+        obj = json.loads(data)
+        if isinstance(obj, dict) and obj.get("choices") == [] and "usage" in obj:
+            continue
+        kept.append((head + b"data: " + _dumps(_without_usage(obj)) + b"\n\n", tokens))
+    plan.events = kept
 
 
 def _include_usage(body: Mapping[str, Any]) -> bool:

@@ -1,0 +1,159 @@
+"""What the openai and anthropic wrappers share: both SDKs are generated from one template
+(the same error classes, the same ``Stream`` over httpx), so what a failure means and how a
+guarded stream ends are decided here once. The decisions themselves are the lifecycle's
+(``spendgate.lifecycle``); this module only reads SDK objects and runs the guard's shells.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping
+from types import ModuleType
+from typing import Any, Final, TypeVar
+
+from spendgate.guard import Admission, Ended, Guard
+from spendgate.lifecycle import Happened, Report, Show, StreamReader
+from spendgate.lifecycle.reading import answer_report, field
+
+log = logging.getLogger("spendgate.integrations")
+
+_T = TypeVar("_T")
+#: Tasks that end dropped async streams: kept referenced until they finish.
+_PENDING: set[asyncio.Task[Any]] = set()
+
+
+#: The transport errors of a connection never made, by name: the SDKs ride on httpx or its
+#: fork httpx2 (anthropic 2.x), whose classes are distinct but named alike.
+_NOT_CONNECTED: Final = frozenset({"ConnectError", "ConnectTimeout"})
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether the SDK's connection error came from a connection that was never made."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cause chain is short; bounded all the same
+        if seen is None:
+            return False
+        if any(cls.__name__ in _NOT_CONNECTED for cls in type(seen).__mro__):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def failure_report(exc: BaseException, sdk: ModuleType, endpoint: Any) -> Report:
+    """What an exception from the SDK call says happened."""
+    # Some errors come after a whole, billed answer: openai's LengthFinishReasonError and
+    # ContentFilterFinishReasonError carry it (``.completion``), a body that failed the
+    # SDK's validation carries its usage.
+    completion = getattr(exc, "completion", None)
+    if field(completion, "usage") is not None:
+        return answer_report(endpoint, completion)
+    body = getattr(exc, "body", None)
+    if isinstance(exc, sdk.APIResponseValidationError) and isinstance(body, Mapping) and body.get("usage"):
+        return answer_report(endpoint, body)
+    name = type(exc).__name__
+    if isinstance(exc, sdk.APIStatusError):
+        return Report(Happened.REFUSED, detail=name)
+    if isinstance(exc, sdk.APIConnectionError):  # timeouts included
+        return Report(Happened.NOT_SENT if _never_connected(exc) else Happened.LOST, detail=name)
+    if isinstance(exc, sdk.APIError) or not isinstance(exc, Exception):
+        # An answer that could not be read, or a cancellation/interrupt while waiting for one.
+        return Report(Happened.LOST, detail=name)
+    return Report(Happened.NOT_SENT, detail=name)  # raised by the SDK before it sent anything
+
+
+def end_quietly(guard: Guard, admission: Admission, report: Report) -> Ended | None:
+    """End the reservation; a ledger failure must not replace the caller's answer or error
+    (the lease ends the reservation then)."""
+    try:
+        return guard.end(admission, report)
+    except Exception:
+        log.exception("spendgate could not end request %s", admission.request_id)
+        return None
+
+
+async def aend_quietly(guard: Guard, admission: Admission, report: Report) -> Ended | None:
+    try:
+        return await guard.aend(admission, report)
+    except Exception:
+        log.exception("spendgate could not end request %s", admission.request_id)
+        return None
+
+
+class StreamEnding:
+    """One guarded stream: what it has said so far (the lifecycle's reader) and its one ending."""
+
+    __slots__ = ("admission", "guard", "reader")
+
+    def __init__(self, guard: Guard, admission: Admission) -> None:
+        self.guard = guard
+        self.admission = admission
+        self.reader = StreamReader(admission.endpoint, admission.added_stream_usage)
+
+    def shown(self, item: Any) -> bool:
+        """Read ``item``; False when the caller must not see it (the usage chunk we asked for)."""
+        show = self.reader.see(item)
+        if show is Show.STRIP:
+            item.usage = None  # the caller did not ask for usage
+        return show is not Show.DROP
+
+    def end(self, happened: Happened) -> None:
+        if self.admission.ended is None:
+            end_quietly(self.guard, self.admission, self.reader.report(happened))
+
+    async def aend(self, happened: Happened) -> None:
+        if self.admission.ended is None:
+            await aend_quietly(self.guard, self.admission, self.reader.report(happened))
+
+    def dropped(self) -> None:
+        """The stream was garbage-collected unended. On a thread running an event loop the
+        ending is scheduled there (never a blocking ledger call on a loop); elsewhere it runs now.
+        Never raises: this runs in a finalizer."""
+        if self.admission.ended is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        try:
+            if loop is None:
+                self.end(Happened.CLOSED)
+            else:
+                task = loop.create_task(self.aend(Happened.CLOSED))
+                _PENDING.add(task)
+                task.add_done_callback(_PENDING.discard)
+        except Exception:
+            log.exception("spendgate could not end a dropped stream")
+
+
+def iterate(items: Iterator[_T], ending: StreamEnding) -> Iterator[_T]:
+    """``items`` as the caller sees them; the stream's reservation ends once, when it ends."""
+    happened = Happened.CLOSED  # a GeneratorExit: closed, left a with block, garbage-collected
+    try:
+        for item in items:
+            if ending.shown(item):
+                yield item
+        happened = Happened.COMPLETE
+    except GeneratorExit:
+        raise
+    except BaseException:
+        happened = Happened.CUT
+        raise
+    finally:
+        ending.end(happened)
+
+
+async def aiterate(items: AsyncIterator[_T], ending: StreamEnding) -> AsyncIterator[_T]:
+    happened = Happened.CLOSED
+    try:
+        async for item in items:
+            if ending.shown(item):
+                yield item
+        happened = Happened.COMPLETE
+    except GeneratorExit:
+        raise
+    except BaseException:
+        happened = Happened.CUT
+        raise
+    finally:
+        await ending.aend(happened)
