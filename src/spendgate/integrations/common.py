@@ -56,10 +56,11 @@ def failure_report(exc: BaseException, sdk: ModuleType, endpoint: Any) -> Report
         return Report(Happened.REFUSED, detail=name)
     if isinstance(exc, sdk.APIConnectionError):  # timeouts included
         return Report(Happened.NOT_SENT if _never_connected(exc) else Happened.LOST, detail=name)
-    if isinstance(exc, sdk.APIError) or not isinstance(exc, Exception):
-        # An answer that could not be read, or a cancellation/interrupt while waiting for one.
-        return Report(Happened.LOST, detail=name)
-    return Report(Happened.NOT_SENT, detail=name)  # raised by the SDK before it sent anything
+    if isinstance(exc, TypeError):
+        return Report(Happened.NOT_SENT, detail=name)  # the SDK's own argument checks, before sending
+    # An answer that could not be read (the SDK's own, or its structured-output parsing, which
+    # fails after a billed answer), or a cancellation/interrupt while waiting: never under-count.
+    return Report(Happened.LOST, detail=name)
 
 
 def end_quietly(guard: Guard, admission: Admission, report: Report) -> Ended | None:
