@@ -5,7 +5,7 @@ the same ledger outcome (status, amount charged, nothing left reserved)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,14 +187,35 @@ def through_sdk(up: FakeUpstream, tmp: Path, kind: str, case: Case) -> Outcome:
         guard.close()
 
 
+def upstream_bill(up: FakeUpstream, before: dict[str, Any], model: str) -> Money:
+    """What the fake upstream's own tally says it billed since ``before``, priced here."""
+    now = up.stats()["models"].get(model, {})
+    then = before["models"].get(model, {})
+    delta = {k: now.get(k, 0) - then.get(k, 0) for k in ("prompt_tokens", "cached_tokens", "output_tokens")}
+    usage = Usage(
+        input_tokens=delta["prompt_tokens"],
+        cache_read_tokens=delta["cached_tokens"],
+        output_tokens=delta["output_tokens"],
+    )
+    return cost_of(usage, Catalog.default().price(model)).total
+
+
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_every_surface_ends_a_call_alike(
     gateway: tuple[Gateway, str], up: FakeUpstream, tmp_path: Path, kind: str, case: Case
 ) -> None:
     want = expected(kind, case)
-    assert through_sdk(up, tmp_path, kind, case) == want
-    assert through_gateway(*gateway, kind, case) == want
+    model = _body(kind, case.stream)["model"]
+    surfaces: list[Callable[[], Outcome]] = [
+        lambda: through_sdk(up, tmp_path, kind, case),
+        lambda: through_gateway(*gateway, kind, case),
+    ]
+    for through in surfaces:
+        before = up.stats()
+        assert through() == want
+        # Never under-count, against the upstream's own count of what it billed.
+        assert want.charged >= upstream_bill(up, before, model)
 
 
 def test_an_unreachable_upstream_is_released_everywhere(gateway: tuple[Gateway, str], tmp_path: Path) -> None:
