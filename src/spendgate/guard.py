@@ -520,6 +520,18 @@ class Guard:
         happened = Happened.CLOSED if status == "closed" else Happened.CUT
         return _cost_of(self.end(admission, Report(happened, known=known)))
 
+    async def settle_partial_async(
+        self, admission: Admission, output_text: str = "", *, status: str = "cut", known: Usage | None = None
+    ) -> Cost:
+        """Deprecated: use ``aend(admission, Report(Happened.CUT, known=...))``."""
+        warnings.warn(
+            "Guard.settle_partial_async is deprecated; use Guard.aend(admission, Report(Happened.CUT, known=...))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        happened = Happened.CLOSED if status == "closed" else Happened.CUT
+        return _cost_of(await self.aend(admission, Report(happened, known=known)))
+
     def release(self, admission: Admission, reason: str = "error") -> None:
         """The call failed before the provider could bill: free the reservation."""
         self.end(admission, Report(Happened.NOT_SENT, detail=reason))

@@ -373,3 +373,13 @@ def test_attribution_reaches_team_and_user_budgets(anthropic_upstream: FakeUpstr
     assert guard.ledger.usage("per-user", {"user": "u1"}).spent == cost
     assert guard.ledger.usage("per-user", {"user": "ctx"}).spent == cost
     assert guard.ledger.usage("all").spent == cost * 6
+
+
+def test_a_stream_dropped_before_it_is_read_ends(anthropic_upstream: FakeUpstream) -> None:
+    guard = make_guard()
+    _, client = clients(anthropic_upstream, guard)
+    stream = client.messages.create(**BODY, stream=True, extra_headers=directives(5))
+    del stream  # never read, never closed: its finalizer ends the reservation
+    gc.collect()
+    assert guard.ledger.usage("all").reserved == Money(0)
+    assert [r.status for r in guard.ledger.query_requests()] == ["closed"]

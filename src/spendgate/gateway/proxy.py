@@ -28,7 +28,7 @@ from spendgate.estimate import Endpoint, EstimateError
 from spendgate.gateway.settings import Upstream, UpstreamKind, VirtualKey
 from spendgate.gateway.upstream_client import UpstreamError, UpstreamResponse, UpstreamTimeoutError
 from spendgate.ledger import LedgerUnavailableError, SettleOutcome
-from spendgate.lifecycle import Happened, Report, Show, StreamReader
+from spendgate.lifecycle import Action, Happened, Report, Show, StreamReader
 from spendgate.lifecycle.reading import answer_report, may_carry_usage
 from spendgate.money import Money
 
@@ -159,7 +159,7 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
             raise
         seconds = state.settings.request_timeout
         message = f"The request ran past the gateway's request timeout ({seconds:g} s)"
-        if ctx.answering:  # a stream already started (and was settled on what it sent): end it
+        if ctx.answering:  # a stream already started (and its reservation was ended): close it
             log.warning("request timeout in a stream that had started")
             with contextlib.suppress(Exception):  # the client may be gone too
                 trailer = _stream_error(anthropic, message, "request_timeout")
@@ -364,6 +364,7 @@ async def _call(
     ctx: _Ctx,
 ) -> None:
     sent = False  # from the first byte sent on, ending early means the provider may have billed
+    state_report: Report | None = None  # the last ending tried, to try again if the ledger failed
     try:
         payload = json.dumps(admission.request, separators=(",", ":"), ensure_ascii=False).encode()
         sent_at = time.perf_counter()
@@ -372,8 +373,8 @@ async def _call(
             resp = await state.client.open(upstream, spec.path, payload, forwarded)
         except UpstreamError as exc:
             timed_out = isinstance(exc, UpstreamTimeoutError)
-            happened = Happened.LOST if exc.sent else Happened.NOT_SENT
-            await _end(state, admission, Report(happened, detail=repr(exc)))
+            state_report = Report(Happened.LOST if exc.sent else Happened.NOT_SENT, detail=repr(exc))
+            await _end(state, admission, state_report)
             what = "did not answer in time" if timed_out else f"could not be reached ({exc})"
             raise GatewayError(
                 504 if timed_out else 502,
@@ -392,7 +393,8 @@ async def _call(
                 data = b""
             finally:
                 await resp.aclose()
-            await _end(state, admission, Report(Happened.REFUSED, detail=f"upstream_{resp.status_code}"))
+            state_report = Report(Happened.REFUSED, detail=f"upstream_{resp.status_code}")
+            await _end(state, admission, state_report)
             ctx.status = resp.status_code
             await respond(send, resp.status_code, data, [*_passed(resp), (b"x-spendgate-request-id", rid)])
             return
@@ -421,9 +423,8 @@ async def _call(
             doc = json.loads(data)
         except ValueError:
             doc = None
-        ended = await _end(
-            state, admission, answer_report(spec.endpoint, doc if isinstance(doc, dict) else None)
-        )
+        state_report = answer_report(spec.endpoint, doc if isinstance(doc, dict) else None)
+        ended = await _end(state, admission, state_report)
         headers = [*_passed(resp), (b"x-spendgate-request-id", rid)]
         if ended is not None:
             headers.append((b"x-spendgate-cost", _usd(ended.charged)))
@@ -435,8 +436,10 @@ async def _call(
     finally:
         if admission.ended is None:
             # Cancelled or failed in between: never leave the reservation open, never under-count.
+            # A report whose ending failed (the ledger) is tried again as it was; else the
+            # request ended in between (cancelled, failed): lost once sent.
             happened = Happened.LOST if sent else Happened.NOT_SENT
-            await _end(state, admission, Report(happened, detail="gateway_aborted"))
+            await _end(state, admission, state_report or Report(happened, detail="gateway_aborted"))
 
 
 def _usd(amount: Money) -> bytes:
@@ -460,10 +463,11 @@ async def _end(state: GatewayState, admission: Admission, report: Report) -> End
     except Exception:
         log.exception("could not end request %s", admission.request_id)
         return None
-    cost = ended.cost
-    if cost is not None and ended.outcome is not None:
+    if ended.cost is not None and ended.outcome is not None:
+        # Tokens only from the provider's usage: a bound charged is money, not tokens seen.
+        usage = ended.cost.usage if ended.ending.action is Action.SETTLE else None
         state.metrics.settled(
-            admission.model, admission.attributes.key, cost.usage, float(ended.charged.to_decimal())
+            admission.model, admission.attributes.key, usage, float(ended.charged.to_decimal())
         )
     return ended
 
@@ -575,7 +579,7 @@ def _stream_error(
     message: str = "The upstream stream broke off",
     code: str = "upstream_stream_cut",
 ) -> bytes:
-    message += "; without its final usage, the request was charged an upper bound of its cost."
+    message += "; the request was charged its reported usage, or without it an upper bound of its cost."
     if anthropic:
         body = {"type": "error", "error": {"type": "api_error", "message": message}}
         return b"event: error\ndata: " + _dumps(body) + b"\n\n"

@@ -42,9 +42,11 @@ from spendgate.integrations.common import (
     StreamEnding,
     aend_quietly,
     aiterate,
+    attempts,
     end_quietly,
     failure_report,
     iterate,
+    watch_attempts,
 )
 from spendgate.lifecycle import Happened, Report
 from spendgate.lifecycle.reading import answer_report
@@ -143,6 +145,10 @@ class GuardedStream(Stream[_T]):
         if self._spendgate_ending is not None:
             self._spendgate_ending.end(Happened.CLOSED)
 
+    def __del__(self) -> None:
+        if self._spendgate_ending is not None:
+            self._spendgate_ending.dropped()
+
 
 class AsyncGuardedStream(AsyncStream[_T]):
     """The SDK's ``AsyncStream`` of raw events, ended once (through the ledger's async calls)."""
@@ -159,6 +165,10 @@ class AsyncGuardedStream(AsyncStream[_T]):
         await super().close()
         if self._spendgate_ending is not None:
             await self._spendgate_ending.aend(Happened.CLOSED)
+
+    def __del__(self) -> None:
+        if self._spendgate_ending is not None:
+            self._spendgate_ending.dropped()
 
 
 def _outcome(guard: Guard, admission: Admission, parsed: Any) -> Report | None:
@@ -204,6 +214,7 @@ def _copy_keeping_guard(cls: type[Any]) -> Any:
     def guarded_copy(self: Any, *args: Any, **kwargs: Any) -> Any:
         client = super(cls, self).copy(*args, **kwargs)
         client._spendgate_guard = self._spendgate_guard
+        client._spendgate_watched = watch_attempts(client)
         return client
 
     return guarded_copy
@@ -211,6 +222,7 @@ def _copy_keeping_guard(cls: type[Any]) -> Any:
 
 class _GuardedAnthropic(anthropic.Anthropic):
     _spendgate_guard: Guard
+    _spendgate_watched = False  # whether its HTTP client's attempts are counted
 
     def post(self, path: str, **kwargs: Any) -> Any:
         if path != _PATH or not isinstance(kwargs.get("body"), Mapping):
@@ -226,11 +238,13 @@ class _GuardedAnthropic(anthropic.Anthropic):
         kwargs.update(body=admission.request, options=options)
         if kwargs.get("stream"):
             kwargs["stream_cls"] = _guarded_stream_cls(kwargs.get("stream_cls"), GuardedStream)
-        try:
-            result = super().post(path, **kwargs)
-        except BaseException as exc:
-            end_quietly(guard, admission, failure_report(exc, anthropic, "messages"))
-            raise
+        with attempts() as counted:
+            try:
+                result = super().post(path, **kwargs)
+            except BaseException as exc:
+                watched = counted if self._spendgate_watched else None
+                end_quietly(guard, admission, failure_report(exc, anthropic, "messages", watched))
+                raise
         try:
             # with_raw_response / with_streaming_response: the parsed body is cached, the caller gets it too
             parsed = result.parse() if isinstance(result, anthropic.APIResponse) else result
@@ -249,6 +263,7 @@ class _GuardedAnthropic(anthropic.Anthropic):
 
 class _GuardedAsyncAnthropic(anthropic.AsyncAnthropic):
     _spendgate_guard: Guard
+    _spendgate_watched = False
 
     async def post(self, path: str, **kwargs: Any) -> Any:
         if path != _PATH or not isinstance(kwargs.get("body"), Mapping):
@@ -264,11 +279,13 @@ class _GuardedAsyncAnthropic(anthropic.AsyncAnthropic):
         kwargs.update(body=admission.request, options=options)
         if kwargs.get("stream"):
             kwargs["stream_cls"] = _guarded_stream_cls(kwargs.get("stream_cls"), AsyncGuardedStream)
-        try:
-            result = await super().post(path, **kwargs)
-        except BaseException as exc:
-            await aend_quietly(guard, admission, failure_report(exc, anthropic, "messages"))
-            raise
+        with attempts() as counted:
+            try:
+                result = await super().post(path, **kwargs)
+            except BaseException as exc:
+                watched = counted if self._spendgate_watched else None
+                await aend_quietly(guard, admission, failure_report(exc, anthropic, "messages", watched))
+                raise
         try:
             parsed = await result.parse() if isinstance(result, anthropic.AsyncAPIResponse) else result
         except BaseException as exc:
@@ -312,6 +329,7 @@ def _guarded_copy(client: Any, guard: Guard, root: type[Any]) -> Any:
     # A fresh copy, of a subclass with no new fields: only its methods change.
     guarded.__class__ = _guarded_class(type(client), root)
     guarded._spendgate_guard = guard
+    guarded._spendgate_watched = watch_attempts(guarded)
     return guarded
 
 

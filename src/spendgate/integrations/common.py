@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from types import ModuleType
 from typing import Any, Final, TypeVar
 
@@ -36,12 +38,114 @@ def _never_connected(exc: BaseException) -> bool:
             return False
         if any(cls.__name__ in _NOT_CONNECTED for cls in type(seen).__mro__):
             return True
-        seen = seen.__cause__ or seen.__context__
+        # The explicit cause only: an older SDK retries inside ``except`` blocks, so the
+        # implicit context may be an earlier attempt's error.
+        seen = seen.__cause__
     return False
 
 
-def failure_report(exc: BaseException, sdk: ModuleType, endpoint: Any) -> Report:
-    """What an exception from the SDK call says happened."""
+class Attempts:
+    """What the SDK's HTTP client did during one guarded call (its retries included): how many
+    requests went on the wire and how many got an answer. Counted by event hooks and the
+    transport's trace on the client's own httpx (or httpx2) client, so a failure is judged by
+    what happened, not by its type."""
+
+    __slots__ = ("answered", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.answered = 0
+
+
+#: The guarded call in progress on this thread or task (None outside one).
+_ATTEMPTS: ContextVar[Attempts | None] = ContextVar("spendgate_attempts", default=None)
+_HOOKED = "_spendgate_hooked"
+
+
+#: The transport's trace event of a request going on the wire (``http11.``/``http2.`` before it):
+#: a connection was made and the request is being sent.
+_ON_THE_WIRE: Final = "send_request_headers.started"
+
+
+def _on_request(request: Any) -> None:
+    attempts = _ATTEMPTS.get()
+    if attempts is None:
+        return
+    theirs = request.extensions.get("trace")
+
+    def trace(name: str, info: Any) -> None:
+        if name.endswith(_ON_THE_WIRE):
+            attempts.sent += 1
+        if theirs is not None:
+            theirs(name, info)
+
+    request.extensions["trace"] = trace
+
+
+async def _aon_request(request: Any) -> None:
+    attempts = _ATTEMPTS.get()
+    if attempts is None:
+        return
+    theirs = request.extensions.get("trace")
+
+    async def trace(name: str, info: Any) -> None:
+        if name.endswith(_ON_THE_WIRE):
+            attempts.sent += 1
+        if theirs is not None:
+            await theirs(name, info)
+
+    request.extensions["trace"] = trace
+
+
+def _on_response(_response: Any) -> None:
+    attempts = _ATTEMPTS.get()
+    if attempts is not None:
+        attempts.answered += 1
+
+
+async def _aon_response(response: Any) -> None:
+    _on_response(response)
+
+
+def watch_attempts(client: Any) -> bool:
+    """Count the requests ``client`` (an SDK client) sends inside guarded calls. Its httpx client
+    may be shared with the caller's unguarded client: the hooks count nothing outside a
+    guarded call. A client without the usual hooks is judged by its errors' types alone:
+    returns whether its attempts are counted."""
+    http: Any = getattr(client, "_client", None)
+    hooks = getattr(http, "event_hooks", None)
+    if getattr(http, _HOOKED, False):
+        return True
+    if not isinstance(hooks, Mapping):
+        return False
+    is_async = hasattr(http, "aclose")
+    try:
+        http.event_hooks = {
+            "request": [*hooks.get("request", ()), _aon_request if is_async else _on_request],
+            "response": [*hooks.get("response", ()), _aon_response if is_async else _on_response],
+        }
+        setattr(http, _HOOKED, True)
+    except (AttributeError, TypeError):  # an http client of another kind: by types alone
+        return False
+    return True
+
+
+@contextmanager
+def attempts() -> Iterator[Attempts]:
+    """Count the requests of the guarded call made inside this block."""
+    counted = Attempts()
+    token = _ATTEMPTS.set(counted)
+    try:
+        yield counted
+    finally:
+        _ATTEMPTS.reset(token)
+
+
+def failure_report(
+    exc: BaseException, sdk: ModuleType, endpoint: Any, counted: Attempts | None = None
+) -> Report:
+    """What an exception from the SDK call says happened; ``counted``: what its HTTP client did
+    (None when the client could not be watched)."""
     # Some errors come after a whole, billed answer: openai's LengthFinishReasonError and
     # ContentFilterFinishReasonError carry it (``.completion``), a body that failed the
     # SDK's validation carries its usage.
@@ -52,6 +156,16 @@ def failure_report(exc: BaseException, sdk: ModuleType, endpoint: Any) -> Report
     if isinstance(exc, sdk.APIResponseValidationError) and isinstance(body, Mapping) and body.get("usage"):
         return answer_report(endpoint, body)
     name = type(exc).__name__
+    if counted is not None and counted.sent:
+        if counted.answered < counted.sent:
+            # An attempt (a retry's too) went out and got no answer: it may have been billed.
+            return Report(Happened.LOST, detail=f"{name} after {counted.sent} attempt(s)")
+        if isinstance(exc, sdk.APIStatusError):
+            return Report(Happened.REFUSED, detail=name)  # every attempt was answered, refused
+        return Report(Happened.LOST, detail=name)  # answered, then the SDK failed: maybe billed
+    if counted is not None:
+        return Report(Happened.NOT_SENT, detail=name)  # no request left the client
+    # Not watched: judged by the error's type.
     if isinstance(exc, sdk.APIStatusError):
         return Report(Happened.REFUSED, detail=name)
     if isinstance(exc, sdk.APIConnectionError):  # timeouts included

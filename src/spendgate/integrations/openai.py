@@ -1,4 +1,4 @@
-"""The ``openai`` SDK, guarded: every model call is reserved before it is sent and settled after.
+"""The ``openai`` SDK, guarded: every model call is reserved before it is sent and ended after.
 
 ``wrap_openai(client, guard)`` returns ``client.copy()`` (same class, same HTTP
 pool, same settings; the caller's client is untouched) whose
@@ -11,8 +11,12 @@ copies.
 
 Each call: ``guard.admit()`` on the request body (``extra_body`` included,
 ``extra_headers``/``extra_query``/``timeout`` left out), the SDK call with the
-admitted body, then ``guard.settle()`` from the response's ``usage``. Any
-exception from the SDK is re-raised unchanged after ``guard.release()``.
+admitted body, then ``guard.end()`` on what the answer said, as the ending
+policy decides (docs/design.md, the ending table). Any exception from the SDK
+is re-raised unchanged after the reservation is ended as the call's attempts
+say (counted by hooks on the SDK's HTTP client: none sent, released; every
+one refused, released; one unanswered or an answer the SDK then failed on,
+charged).
 Streams come back as :class:`GuardedStream`/:class:`AsyncGuardedStream`,
 subclasses of the SDK's ``Stream``/``AsyncStream``.
 
@@ -41,9 +45,11 @@ from spendgate.integrations.common import (
     StreamEnding,
     aend_quietly,
     aiterate,
+    attempts,
     end_quietly,
     failure_report,
     iterate,
+    watch_attempts,
 )
 from spendgate.lifecycle import Happened, Report
 from spendgate.lifecycle.reading import answer_report
@@ -119,6 +125,7 @@ def _install(
     # streaming-response wrappers and its stream helpers look ``create`` up on the resource
     # when they are first built, so they pick up the guarded one.
     object.__setattr__(client, _GUARD_ATTR, guard)
+    watched = watch_attempts(client)
     for path, endpoint in _GUARDED:
         resource: Any = client
         for name in path:
@@ -128,9 +135,9 @@ def _install(
             if original is None:
                 continue
             if is_async:
-                guarded = _async_guarded(original, endpoint, guard, default_model)
+                guarded = _async_guarded(original, endpoint, guard, default_model, watched)
             else:
-                guarded = _sync_guarded(original, endpoint, guard, default_model)
+                guarded = _sync_guarded(original, endpoint, guard, default_model, watched)
             object.__setattr__(resource, method, guarded)
 
     class_copy: Callable[..., Any] = type(client).copy
@@ -217,39 +224,51 @@ def _is_lazy_iterable(value: object) -> bool:
 
 
 def _sync_guarded(
-    original: Callable[..., Any], endpoint: Endpoint, guard: Guard, default_model: str | None
+    original: Callable[..., Any], endpoint: Endpoint, guard: Guard, default_model: str | None, watched: bool
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         call = _Call(args, kwargs, original, default_model)
         admission = guard.admit(endpoint, call.body, attributes=call.attributes)
+        with attempts() as counted:
+            try:
+                result = original(**call.kwargs_for(admission.request))
+            except BaseException as exc:
+                report = failure_report(exc, openai, endpoint, counted if watched else None)
+                end_quietly(guard, admission, report)
+                raise
         try:
-            result = original(**call.kwargs_for(admission.request))
-        except BaseException as exc:
-            end_quietly(guard, admission, failure_report(exc, openai, endpoint))
+            return _finish(guard, admission, result)
+        except BaseException:  # an interrupt while reading the answer: it was answered
+            end_quietly(guard, admission, Report(Happened.LOST, detail="interrupted while read"))
             raise
-        return _finish(guard, admission, result)
 
     return guarded
 
 
 def _async_guarded(
-    original: Callable[..., Any], endpoint: Endpoint, guard: Guard, default_model: str | None
+    original: Callable[..., Any], endpoint: Endpoint, guard: Guard, default_model: str | None, watched: bool
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
         call = _Call(args, kwargs, original, default_model)
         admission = await guard.admit_async(endpoint, call.body, attributes=call.attributes)
+        with attempts() as counted:
+            try:
+                result = await original(**call.kwargs_for(admission.request))
+            except BaseException as exc:  # cancellation too: the provider may have billed
+                report = failure_report(exc, openai, endpoint, counted if watched else None)
+                await aend_quietly(guard, admission, report)
+                raise
         try:
-            result = await original(**call.kwargs_for(admission.request))
-        except BaseException as exc:  # cancellation too: the provider may have billed
-            await aend_quietly(guard, admission, failure_report(exc, openai, endpoint))
+            if isinstance(result, AsyncAPIResponse):
+                # Its parse() reads the body: awaited here, cached by the response for _outcome.
+                with contextlib.suppress(Exception):  # _outcome finds nothing cached: unreadable
+                    await result.parse()
+            return await _afinish(guard, admission, result)
+        except BaseException:  # cancelled while reading the answer: it was answered
+            await aend_quietly(guard, admission, Report(Happened.LOST, detail="cancelled while read"))
             raise
-        if isinstance(result, AsyncAPIResponse):
-            # Its parse() reads the body: awaited here, cached by the response for _outcome.
-            with contextlib.suppress(Exception):  # _outcome finds nothing cached: unreadable
-                await result.parse()
-        return await _afinish(guard, admission, result)
 
     return guarded
 

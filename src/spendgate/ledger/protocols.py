@@ -70,11 +70,12 @@ class Reservations(Protocol):
     async def asettle(
         self, request_id: str, actual: Money, record: RequestRecord | None = None
     ) -> SettleOutcome:
-        """``settle`` for asyncio callers."""
+        """``settle`` for asyncio callers. The write is queued before the first suspension:
+        a caller cancelled while awaiting it does not skip it (the guard counts on this)."""
 
     @abstractmethod
     async def arelease(self, request_id: str) -> ReleaseOutcome:
-        """``release`` for asyncio callers."""
+        """``release`` for asyncio callers; queued before the first suspension, like ``asettle``."""
 
     @abstractmethod
     def expire_leases(self) -> int:

@@ -28,13 +28,13 @@ __all__ = ["Action", "Ending", "Happened", "Report", "decide"]
 class Happened(StrEnum):
     """What became of a call, as the caller of the provider saw it."""
 
-    #: The call failed before the request could reach the provider (connection refused,
-    #: a bad argument the SDK rejected, a cancellation before sending).
+    #: The call failed before the request could reach the provider (no connection was made,
+    #: an argument the SDK rejected before sending).
     NOT_SENT = "not_sent"
     #: The provider answered with an error status (4xx/5xx, its 429 included).
     REFUSED = "refused"
     #: The request was (or may have been) sent, and no answer was read: a timeout, a dropped
-    #: connection, a cancellation while waiting, an answer that could not be parsed.
+    #: connection, a cancellation while waiting, an SDK failing after an answer it did not return.
     LOST = "lost"
     #: A whole 2xx answer: a response body, or a stream read to its end.
     COMPLETE = "complete"

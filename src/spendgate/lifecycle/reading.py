@@ -188,8 +188,11 @@ class StreamReader:
             self._merge(field(field(event, "message"), "usage"))
         elif kind == "message_delta":
             # Cumulative counts: they replace message_start's (its output_tokens is a placeholder).
-            self._merge(field(event, "usage"))
-            self._final = self._known
+            # One without usage leaves the bill unknown, never message_start's placeholder.
+            usage = field(event, "usage")
+            if usage is not None:
+                self._merge(usage)
+                self._final = self._known
 
     def _merge(self, usage: Any) -> None:
         if usage is None:
