@@ -66,7 +66,7 @@ def _plain(amount: Money) -> str:
 
 class _Base:
     """What Client and AsyncClient share: the guard, the budget, the spend, and making the
-    guarded ``openai`` client of ``_client_class()`` (the one thing they differ in)."""
+    guarded ``openai`` client of class ``_openai_class`` (the one thing they differ in)."""
 
     guard: Guard
 
@@ -85,13 +85,15 @@ class _Base:
         from spendgate.integrations.openai import guard_in_place
 
         self._setup(cost_tracking_budget, budget_window, default_model, ledger, on_exceed)
-        client = self._client_class()(api_key=api_key, base_url=base_url, **openai_kwargs)
+        import openai
+
+        make = getattr(openai, self._openai_class)
+        client = make(api_key=api_key, base_url=base_url, **openai_kwargs)
         guard_in_place(client, self.guard, default_model=default_model)
         self.openai = client
 
-    @staticmethod
-    def _client_class() -> type[Any]:
-        raise NotImplementedError
+    #: The name of the ``openai`` client class this one guards (imported when a client is made).
+    _openai_class = ""
 
     def __getattr__(self, name: str) -> Any:
         # Only called for names not found on the client: the rest of the openai client.
@@ -206,11 +208,7 @@ class Client(_Base):
         embeddings: Embeddings
         responses: Responses
 
-    @staticmethod
-    def _client_class() -> type[Any]:
-        import openai
-
-        return openai.OpenAI
+    _openai_class = "OpenAI"
 
     def close(self) -> None:
         self.openai.close()
@@ -233,11 +231,7 @@ class AsyncClient(_Base):
         embeddings: AsyncEmbeddings
         responses: AsyncResponses
 
-    @staticmethod
-    def _client_class() -> type[Any]:
-        import openai
-
-        return openai.AsyncOpenAI
+    _openai_class = "AsyncOpenAI"
 
     async def close(self) -> None:
         await self.openai.close()

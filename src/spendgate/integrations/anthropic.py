@@ -38,16 +38,8 @@ from anthropic.resources.messages import AsyncMessages, Messages
 
 from spendgate import attribution
 from spendgate.guard import Admission, Guard
-from spendgate.integrations.common import (
-    StreamEnding,
-    aend_quietly,
-    aiterate,
-    attempts,
-    end_quietly,
-    failure_report,
-    iterate,
-    watch_attempts,
-)
+from spendgate.integrations import common
+from spendgate.integrations.common import StreamEnding
 from spendgate.lifecycle import Happened, Report
 from spendgate.lifecycle.reading import answer_report
 
@@ -138,7 +130,7 @@ class GuardedStream(Stream[_T]):
         if ending is None:
             yield from super().__stream__()
         else:
-            yield from iterate(super().__stream__(), ending)
+            yield from common.iterate(super().__stream__(), ending)
 
     def close(self) -> None:
         super().close()
@@ -158,7 +150,7 @@ class AsyncGuardedStream(AsyncStream[_T]):
     async def __stream__(self) -> AsyncIterator[_T]:
         ending = self._spendgate_ending
         events = super().__stream__()
-        async for event in events if ending is None else aiterate(events, ending):
+        async for event in events if ending is None else common.aiterate(events, ending):
             yield event
 
     async def close(self) -> None:
@@ -214,7 +206,7 @@ def _copy_keeping_guard(cls: type[Any]) -> Any:
     def guarded_copy(self: Any, *args: Any, **kwargs: Any) -> Any:
         client = super(cls, self).copy(*args, **kwargs)
         client._spendgate_guard = self._spendgate_guard
-        client._spendgate_watched = watch_attempts(client)
+        client._spendgate_watched = common.watch_attempts(client)
         return client
 
     return guarded_copy
@@ -238,22 +230,24 @@ class _GuardedAnthropic(anthropic.Anthropic):
         kwargs.update(body=admission.request, options=options)
         if kwargs.get("stream"):
             kwargs["stream_cls"] = _guarded_stream_cls(kwargs.get("stream_cls"), GuardedStream)
-        with attempts() as counted:
+        with common.attempts() as counted:
             try:
                 result = super().post(path, **kwargs)
             except BaseException as exc:
                 watched = counted if self._spendgate_watched else None
-                end_quietly(guard, admission, failure_report(exc, anthropic, "messages", watched))
+                common.end_quietly(
+                    guard, admission, common.failure_report(exc, anthropic, "messages", watched)
+                )
                 raise
         try:
             # with_raw_response / with_streaming_response: the parsed body is cached, the caller gets it too
             parsed = result.parse() if isinstance(result, anthropic.APIResponse) else result
         except BaseException as exc:
-            end_quietly(guard, admission, _unparsed(exc))
+            common.end_quietly(guard, admission, _unparsed(exc))
             raise
         report = _outcome(guard, admission, parsed)
         if report is not None:
-            end_quietly(guard, admission, report)
+            common.end_quietly(guard, admission, report)
         return result
 
     @cached_property
@@ -279,21 +273,23 @@ class _GuardedAsyncAnthropic(anthropic.AsyncAnthropic):
         kwargs.update(body=admission.request, options=options)
         if kwargs.get("stream"):
             kwargs["stream_cls"] = _guarded_stream_cls(kwargs.get("stream_cls"), AsyncGuardedStream)
-        with attempts() as counted:
+        with common.attempts() as counted:
             try:
                 result = await super().post(path, **kwargs)
             except BaseException as exc:
                 watched = counted if self._spendgate_watched else None
-                await aend_quietly(guard, admission, failure_report(exc, anthropic, "messages", watched))
+                await common.aend_quietly(
+                    guard, admission, common.failure_report(exc, anthropic, "messages", watched)
+                )
                 raise
         try:
             parsed = await result.parse() if isinstance(result, anthropic.AsyncAPIResponse) else result
         except BaseException as exc:
-            await aend_quietly(guard, admission, _unparsed(exc))
+            await common.aend_quietly(guard, admission, _unparsed(exc))
             raise
         report = _outcome(guard, admission, parsed)
         if report is not None:
-            await aend_quietly(guard, admission, report)
+            await common.aend_quietly(guard, admission, report)
         return result
 
     @cached_property
@@ -329,7 +325,7 @@ def _guarded_copy(client: Any, guard: Guard, root: type[Any]) -> Any:
     # A fresh copy, of a subclass with no new fields: only its methods change.
     guarded.__class__ = _guarded_class(type(client), root)
     guarded._spendgate_guard = guard
-    guarded._spendgate_watched = watch_attempts(guarded)
+    guarded._spendgate_watched = common.watch_attempts(guarded)
     return guarded
 
 

@@ -195,6 +195,12 @@ async def aend_quietly(guard: Guard, admission: Admission, report: Report) -> En
         return None
 
 
+def _how(kind: type[BaseException] | None) -> Happened:
+    if kind is None:
+        return Happened.COMPLETE
+    return Happened.CLOSED if issubclass(kind, GeneratorExit) else Happened.CUT
+
+
 class StreamEnding:
     """One guarded stream: what it has said so far (the lifecycle's reader) and its one ending."""
 
@@ -220,6 +226,21 @@ class StreamEnding:
         if self.admission.ended is None:
             await aend_quietly(self.guard, self.admission, self.reader.report(happened))
 
+    # As a context manager around the iteration, the way out says how the stream ended: its end
+    # (complete), GeneratorExit (closed: close(), a with block left, garbage), any other
+    # exception (cut, a cancellation included).
+    def __enter__(self) -> StreamEnding:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.end(_how(kind))
+
+    async def __aenter__(self) -> StreamEnding:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        await self.aend(_how(kind))
+
     def dropped(self) -> None:
         """The stream was garbage-collected unended. On a thread running an event loop the
         ending is scheduled there (never a blocking ledger call on a loop); elsewhere it runs now.
@@ -243,32 +264,14 @@ class StreamEnding:
 
 def iterate(items: Iterator[_T], ending: StreamEnding) -> Iterator[_T]:
     """``items`` as the caller sees them; the stream's reservation ends once, when it ends."""
-    happened = Happened.CLOSED  # a GeneratorExit: closed, left a with block, garbage-collected
-    try:
+    with ending:
         for item in items:
             if ending.shown(item):
                 yield item
-        happened = Happened.COMPLETE
-    except GeneratorExit:
-        raise
-    except BaseException:
-        happened = Happened.CUT
-        raise
-    finally:
-        ending.end(happened)
 
 
 async def aiterate(items: AsyncIterator[_T], ending: StreamEnding) -> AsyncIterator[_T]:
-    happened = Happened.CLOSED
-    try:
+    async with ending:
         async for item in items:
             if ending.shown(item):
                 yield item
-        happened = Happened.COMPLETE
-    except GeneratorExit:
-        raise
-    except BaseException:
-        happened = Happened.CUT
-        raise
-    finally:
-        await ending.aend(happened)

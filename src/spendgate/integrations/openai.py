@@ -41,16 +41,8 @@ from openai._response import APIResponse, AsyncAPIResponse
 
 from spendgate.estimate import Endpoint
 from spendgate.guard import Admission, Guard
-from spendgate.integrations.common import (
-    StreamEnding,
-    aend_quietly,
-    aiterate,
-    attempts,
-    end_quietly,
-    failure_report,
-    iterate,
-    watch_attempts,
-)
+from spendgate.integrations import common
+from spendgate.integrations.common import StreamEnding
 from spendgate.lifecycle import Happened, Report
 from spendgate.lifecycle.reading import answer_report
 
@@ -125,7 +117,7 @@ def _install(
     # streaming-response wrappers and its stream helpers look ``create`` up on the resource
     # when they are first built, so they pick up the guarded one.
     object.__setattr__(client, _GUARD_ATTR, guard)
-    watched = watch_attempts(client)
+    watched = common.watch_attempts(client)
     for path, endpoint in _GUARDED:
         resource: Any = client
         for name in path:
@@ -230,17 +222,17 @@ def _sync_guarded(
     def guarded(*args: Any, **kwargs: Any) -> Any:
         call = _Call(args, kwargs, original, default_model)
         admission = guard.admit(endpoint, call.body, attributes=call.attributes)
-        with attempts() as counted:
+        with common.attempts() as counted:
             try:
                 result = original(**call.kwargs_for(admission.request))
             except BaseException as exc:
-                report = failure_report(exc, openai, endpoint, counted if watched else None)
-                end_quietly(guard, admission, report)
+                report = common.failure_report(exc, openai, endpoint, counted if watched else None)
+                common.end_quietly(guard, admission, report)
                 raise
         try:
             return _finish(guard, admission, result)
         except BaseException:  # an interrupt while reading the answer: it was answered
-            end_quietly(guard, admission, Report(Happened.LOST, detail="interrupted while read"))
+            common.end_quietly(guard, admission, Report(Happened.LOST, detail="interrupted while read"))
             raise
 
     return guarded
@@ -253,12 +245,12 @@ def _async_guarded(
     async def guarded(*args: Any, **kwargs: Any) -> Any:
         call = _Call(args, kwargs, original, default_model)
         admission = await guard.admit_async(endpoint, call.body, attributes=call.attributes)
-        with attempts() as counted:
+        with common.attempts() as counted:
             try:
                 result = await original(**call.kwargs_for(admission.request))
             except BaseException as exc:  # cancellation too: the provider may have billed
-                report = failure_report(exc, openai, endpoint, counted if watched else None)
-                await aend_quietly(guard, admission, report)
+                report = common.failure_report(exc, openai, endpoint, counted if watched else None)
+                await common.aend_quietly(guard, admission, report)
                 raise
         try:
             if isinstance(result, AsyncAPIResponse):
@@ -267,7 +259,7 @@ def _async_guarded(
                     await result.parse()
             return await _afinish(guard, admission, result)
         except BaseException:  # cancelled while reading the answer: it was answered
-            await aend_quietly(guard, admission, Report(Happened.LOST, detail="cancelled while read"))
+            await common.aend_quietly(guard, admission, Report(Happened.LOST, detail="cancelled while read"))
             raise
 
     return guarded
@@ -304,14 +296,14 @@ def _outcome(guard: Guard, admission: Admission, result: Any) -> tuple[Any, Repo
 def _finish(guard: Guard, admission: Admission, result: Any) -> Any:
     given, report = _outcome(guard, admission, result)
     if report is not None:
-        end_quietly(guard, admission, report)
+        common.end_quietly(guard, admission, report)
     return given
 
 
 async def _afinish(guard: Guard, admission: Admission, result: Any) -> Any:
     given, report = _outcome(guard, admission, result)
     if report is not None:
-        await aend_quietly(guard, admission, report)
+        await common.aend_quietly(guard, admission, report)
     return given
 
 
@@ -344,7 +336,7 @@ class GuardedStream(Stream[_T]):
         self._inner = inner
         self._ending = ending
         # Holds the ending, not this stream, so dropping the stream frees it at once.
-        self._guarded = iterate(iter(inner), ending)
+        self._guarded = common.iterate(iter(inner), ending)
         self._iterator = self._guarded
 
     @property
@@ -369,7 +361,7 @@ class AsyncGuardedStream(AsyncStream[_T]):
         _adopt(self, inner)
         self._inner = inner
         self._ending = ending
-        self._guarded = aiterate(inner.__aiter__(), ending)
+        self._guarded = common.aiterate(inner.__aiter__(), ending)
         self._iterator = self._guarded
 
     @property
