@@ -510,9 +510,13 @@ def write_yaml(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def run_spendgate(upstream: FakeUpstream, args: argparse.Namespace, tmp: Path) -> Result:
-    ledger = f"sqlite:///{tmp / 'gateway.db'}"
-    key = create_key(ledger)
+def run_spendgate(
+    upstream: FakeUpstream, args: argparse.Namespace, tmp: Path, *, memory: bool = False
+) -> Result:
+    """``memory``: the same gateway on the ``memory://`` ledger, without virtual keys (a memory
+    key store cannot be filled from outside): what the gateway costs without a durable ledger."""
+    ledger = "memory://" if memory else f"sqlite:///{tmp / 'gateway.db'}"
+    key = None if memory else create_key(ledger)
     port = free_port()
     config: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": port},
@@ -557,7 +561,10 @@ def run_spendgate(upstream: FakeUpstream, args: argparse.Namespace, tmp: Path) -
     note = "virtual key" if key else "no key (keys.required: false)"
     if args.workers > 1:
         note += f"; {args.workers} worker processes"
-    return Result("spendgate", figures, import_s, min(ready), rss, note)
+    return Result(MEMORY_NAME if memory else "spendgate", figures, import_s, min(ready), rss, note)
+
+
+MEMORY_NAME = "spendgate (memory)"
 
 
 # --- the bare proxy ----------------------------------------------------------------------------
@@ -790,6 +797,11 @@ def main(argv: list[str] | None = None) -> int:
         "--stream", action="store_true", help="streamed chat completions (SSE; timed to the last byte)"
     )
     parser.add_argument(
+        "--memory-ledger",
+        action="store_true",
+        help="also spendgate on the memory:// ledger (no keys): the gateway's cost without SQLite",
+    )
+    parser.add_argument(
         "--bare-loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
@@ -826,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
             bare, bare_loop = run_bare_proxy(upstream, args)
         if not args.skip_spendgate:
             results.append(run_spendgate(upstream, args, Path(tmp)))
+            if args.memory_ledger:
+                results.append(run_spendgate(upstream, args, Path(tmp), memory=True))
         if not args.skip_litellm:
             results.append(run_litellm(upstream, args, Path(tmp)))
     report(base, bare, bare_loop, results, args)
