@@ -384,3 +384,20 @@ def test_async_clamp_and_wait_go_through_the_async_ledger(ledger: str, tmp_path:
     usage = guard.ledger.usage("team", {"team": "a"})
     assert (usage.spent, usage.reserved) == (Money(0), Money(0))
     guard.close()
+
+
+@pytest.mark.parametrize("happened", [Happened.COMPLETE, Happened.CUT, Happened.LOST])
+def test_a_bound_charged_is_logged_with_parts_that_sum_to_it(happened: Happened) -> None:
+    from decimal import Decimal
+
+    guard = make_guard(Money.usd("1"))
+    adm = guard.admit("chat", BODY, attributes={"team": "a"})
+    known = Usage(input_tokens=5, output_tokens=1) if happened is Happened.CUT else None
+    ended = guard.end(adm, Report(happened, known=known))
+    [record] = guard.ledger.query_requests()
+    parts = sum((Decimal(v) for v in record.breakdown_strings().values()), Decimal(0))
+    assert record.cost == ended.charged == Money.from_femto_ceil(int(parts * 10**15))
+    if known is None:
+        assert ended.charged == adm.reserved  # the whole reservation
+    else:
+        assert ended.charged == adm.estimate.with_prompt(5) < adm.reserved

@@ -15,11 +15,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
+from spendgate.cost import Cost
 from spendgate.errors import SpendgateError
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog
 from spendgate.pricing.schema import ModelPrice, Rates
 from spendgate.tokens import TokenCount, TokenCounter, default_counter
+from spendgate.usage import Usage
 
 Endpoint = Literal["chat", "completions", "embeddings", "responses", "messages"]
 ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completions", "embeddings", "responses", "messages")
@@ -55,8 +57,23 @@ class Estimate:
 
     def with_prompt(self, prompt_tokens: int) -> Money:
         """The worst case with the prompt the provider reported in place of its bound."""
-        femto = prompt_tokens * self.prompt_rate + self.n * self.max_output_tokens * self.output_rate
-        return Money.from_femto_ceil(femto)
+        return self.bound_cost(prompt_tokens).total
+
+    def bound_cost(self, prompt_tokens: int | None = None) -> Cost:
+        """The worst case as a Cost whose parts sum to it (the prompt at the worst prompt rate,
+        the output cap at the worst output rate): what a request ended without usage is
+        charged, with ``prompt_tokens`` the provider reported in place of the bound."""
+        prompt = self.prompt.tokens if prompt_tokens is None else prompt_tokens
+        output = self.n * self.max_output_tokens
+        return Cost(
+            model=self.model,
+            usage=Usage(input_tokens=prompt, output_tokens=output),
+            input_femto=prompt * self.prompt_rate,
+            cache_read_femto=0,
+            cache_write_femto=0,
+            output_femto=output * self.output_rate,
+            reasoning_femto=0,
+        )
 
     def max_output_affordable(self, budget: Money) -> int:
         """The largest output cap whose worst case fits in ``budget`` (0 if none)."""

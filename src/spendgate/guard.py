@@ -433,17 +433,9 @@ class Guard:
             charged = cost.total
         else:
             # An upper bound: the reserved output, and the prompt as the provider reported it
-            # (PARTIAL) or its bound (CHARGE_RESERVATION). The breakdown shows the bound's parts.
-            bound = est.max_output_tokens * est.n
-            if ending.action is Action.PARTIAL:
-                assert known is not None
-                cost = cost_of(
-                    replace(known, output_tokens=bound, reasoning_tokens=0, audio_output_tokens=0), est.price
-                )
-                charged = est.with_prompt(known.input_tokens)
-            else:
-                cost = cost_of(Usage(input_tokens=est.prompt.tokens, output_tokens=bound), est.price)
-                charged = admission.reserved
+            # (PARTIAL) or its bound (the reservation), at the reserved rates; its parts sum to it.
+            cost = est.bound_cost(known.input_tokens if ending.action is Action.PARTIAL and known else None)
+            charged = cost.total
         return Ended(
             ending, cost, charged, None, detail, self._record(admission, cost, ending.status, charged)
         )
