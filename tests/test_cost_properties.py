@@ -1,7 +1,7 @@
 """Property tests: cost never falls when any independent token count rises.
 
-Counts are drawn in the independent form (uncached input, cache reads, 5-minute
-and 1-hour cache writes, plain output, reasoning), since in OpenAI's form a
+Counts are drawn in the independent form (uncached input, cache reads, default,
+1-hour and 12-hour cache writes, plain output, reasoning, image output), since in OpenAI's form a
 rise in cached tokens at a fixed prompt *moves* tokens to a cheaper rate.
 Prices are drawn from the shipped catalog, so a tier priced below its base
 would be caught here.
@@ -19,19 +19,21 @@ from spendgate.usage import Usage
 
 CATALOG = Catalog.builtin()
 MODELS = [p for p in CATALOG.models() if p.mode != "embedding"]
-KINDS = ("uncached", "read", "write", "write_1h", "plain_out", "reasoning")
+KINDS = ("uncached", "read", "write", "write_1h", "write_12h", "plain_out", "reasoning", "image_out")
 
 counts = st.integers(min_value=0, max_value=2_000_000)
 
 
 def build(c: dict[str, int]) -> Usage:
     return Usage(
-        input_tokens=c["uncached"] + c["read"] + c["write"] + c["write_1h"],
+        input_tokens=c["uncached"] + c["read"] + c["write"] + c["write_1h"] + c["write_12h"],
         cache_read_tokens=c["read"],
         cache_write_tokens=c["write"],
         cache_write_1h_tokens=c["write_1h"],
-        output_tokens=c["plain_out"] + c["reasoning"],
+        cache_write_12h_tokens=c["write_12h"],
+        output_tokens=c["plain_out"] + c["reasoning"] + c["image_out"],
         reasoning_tokens=c["reasoning"],
+        image_output_tokens=c["image_out"],
     )
 
 
@@ -55,9 +57,20 @@ def test_cost_never_falls_when_a_count_rises(
 
 
 @settings(max_examples=200, deadline=None)
-@given(price=st.sampled_from(MODELS), base=st.fixed_dictionaries({k: counts for k in KINDS}))
-def test_total_is_exact_sum_rounded_up(price: ModelPrice, base: dict[str, int]) -> None:
-    cost = cost_of(build(base), price)
+@given(
+    price=st.sampled_from(MODELS),
+    base=st.fixed_dictionaries({k: counts for k in KINDS}),
+    residency=st.sampled_from([None, "eu", "us", "fedramp"]),
+    geo=st.sampled_from(["", "us", "global"]),
+    speed=st.sampled_from(["", "fast"]),
+)
+def test_total_is_exact_sum_rounded_up(
+    price: ModelPrice, base: dict[str, int], residency: str | None, geo: str, speed: str
+) -> None:
+    cost = cost_of(build(base), price, data_residency=residency, inference_geo=geo, speed=speed)
+    plain = cost_of(build(base), price)
+    assert cost.exact_femto >= plain.exact_femto  # a multiplier is an uplift, never a discount
+    assert sum(v for k, v in cost.breakdown().items() if k != "total") <= cost.total.to_decimal()
     assert (
         cost.total.nanos * 10**6 >= cost.exact_femto > (cost.total.nanos - 1) * 10**6 or cost.exact_femto == 0
     )

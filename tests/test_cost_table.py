@@ -18,19 +18,64 @@ from spendgate.usage import Usage
 
 
 def oa(
-    prompt: int, completion: int, cached: int = 0, reasoning: int = 0, audio_in: int = 0, audio_out: int = 0
+    prompt: int,
+    completion: int,
+    cached: int = 0,
+    reasoning: int = 0,
+    audio_in: int = 0,
+    audio_out: int = 0,
+    cache_write: int = 0,
 ) -> Usage:
     return Usage.from_openai(
         {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
-            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": audio_in},
+            "prompt_tokens_details": {
+                "cached_tokens": cached,
+                "audio_tokens": audio_in,
+                "cache_write_tokens": cache_write,
+            },
             "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": audio_out},
         }
     )
 
 
-def an(inp: int, out: int, read: int = 0, write: int = 0, write_1h: int | None = None) -> Usage:
+def xai(prompt: int, completion: int, reasoning: int) -> Usage:
+    return Usage.from_openai(
+        {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion + reasoning,
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
+        }
+    )
+
+
+def resp_ttl(inp: int, out: int, cached: int, ttl_30m: int, ttl_12h: int) -> Usage:
+    return Usage.from_openai_responses(
+        {
+            "input_tokens": inp,
+            "output_tokens": out,
+            "total_tokens": inp + out,
+            "input_tokens_details": {
+                "cached_tokens": cached,
+                "cache_write_tokens": ttl_30m + ttl_12h,
+                "cache_write_tokens_details": {"ttl_30m_tokens": ttl_30m, "ttl_12h_tokens": ttl_12h},
+            },
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
+    )
+
+
+def an(
+    inp: int,
+    out: int,
+    read: int = 0,
+    write: int = 0,
+    write_1h: int | None = None,
+    geo: str | None = None,
+    speed: str | None = None,
+) -> Usage:
     usage: dict[str, Any] = {
         "input_tokens": inp,
         "output_tokens": out,
@@ -42,10 +87,16 @@ def an(inp: int, out: int, read: int = 0, write: int = 0, write_1h: int | None =
             "ephemeral_5m_input_tokens": write - write_1h,
             "ephemeral_1h_input_tokens": write_1h,
         }
+    if geo is not None:
+        usage["inference_geo"] = geo
+    if speed is not None:
+        usage["speed"] = speed
     return Usage.from_anthropic(usage)
 
 
-def gm(prompt: int, candidates: int, thoughts: int = 0, cached: int = 0, audio: int = 0) -> Usage:
+def gm(
+    prompt: int, candidates: int, thoughts: int = 0, cached: int = 0, audio: int = 0, image_out: int = 0
+) -> Usage:
     meta: dict[str, Any] = {
         "promptTokenCount": prompt,
         "candidatesTokenCount": candidates,
@@ -56,6 +107,11 @@ def gm(prompt: int, candidates: int, thoughts: int = 0, cached: int = 0, audio: 
         meta["promptTokensDetails"] = [
             {"modality": "TEXT", "tokenCount": prompt - audio},
             {"modality": "AUDIO", "tokenCount": audio},
+        ]
+    if image_out:
+        meta["candidatesTokensDetails"] = [
+            {"modality": "TEXT", "tokenCount": candidates - image_out},
+            {"modality": "IMAGE", "tokenCount": image_out},
         ]
     return Usage.from_gemini(meta)
 
@@ -134,6 +190,48 @@ CASES: list[tuple[str, str, Usage, str | None, int]] = [
         3_000_000,
     ),  # 3000*0.5 + 1000*1.5
     ("nothing used", "gpt-4o", oa(0, 0), None, 0),
+    # -- issue 10 section 2 -----------------------------------------------------------------
+    # xAI: reasoning beside the completion (total 3300 = 1000 + 300 + 2000): 1000*1.25 + (300+2000)*2.5
+    ("xai reasoning outside completion", "xai/grok-4.3", xai(1000, 300, 2000), None, 7_000_000),
+    # OpenAI 30-minute cache writes at 5: 25000*4 + 75000*5 + 3000*20 = 0.1 + 0.375 + 0.06
+    ("openai cache writes", "gpt-5.6", oa(100_000, 3000, cache_write=75_000), None, 535_000_000),
+    # 15000*4 + 10000*0.4 + 50000*5 (30m) + 25000*10 (12h) + 3000*20 = 0.06+0.004+0.25+0.25+0.06
+    (
+        "openai 12h cache writes",
+        "gpt-5.6",
+        resp_ttl(100_000, 3000, 10_000, 50_000, 25_000),
+        None,
+        624_000_000,
+    ),
+    # image output at 120, text output at 12: 1000*2 + 710*12 + 1290*120 = 0.002 + 0.00852 + 0.1548
+    (
+        "gemini image output",
+        "vertex_ai/deep-research-pro-preview-12-2025",
+        gm(1000, 2000, image_out=1290),
+        None,
+        165_320_000,
+    ),
+    # Anthropic US-only inference x1.1: (1000*5 + 500*25) * 1.1 = 0.0175 * 1.1
+    ("anthropic inference_geo us", "claude-opus-4-6", an(1000, 500, geo="us"), None, 19_250_000),
+    ("anthropic inference_geo global", "claude-opus-4-6", an(1000, 500, geo="global"), None, 17_500_000),
+    # fast mode x2 and US-only x1.1: 0.0175 * 2 * 1.1
+    ("anthropic speed fast", "claude-opus-5", an(1000, 500, geo="us", speed="fast"), None, 38_500_000),
+    # Bedrock Converse, cache beside inputTokens: 1000*3 + 5000*0.30 + 2000*3.75 + 500*15
+    (
+        "bedrock converse cache",
+        "anthropic.claude-sonnet-4-5-20250929-v1:0",
+        Usage.from_bedrock(
+            {
+                "inputTokens": 1000,
+                "outputTokens": 500,
+                "cacheReadInputTokens": 5000,
+                "cacheWriteInputTokens": 2000,
+                "totalTokens": 8500,
+            }
+        ),
+        None,
+        19_500_000,
+    ),
 ]
 
 
@@ -179,3 +277,39 @@ def test_breakdown_parts(catalog: Catalog) -> None:
         "reasoning": "0",
         "total": "0.0195",
     }
+
+
+# -- issue 10 section 2: multipliers a request's endpoint selects ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "expected"),
+    [
+        # OpenAI regional processing (eu./us.api.openai.com) x1.1: (1000*2.5 + 500*15) * 1.1
+        ("gpt-5.4", {"data_residency": "eu"}, 11_000_000),
+        ("gpt-5.4", {"data_residency": "us"}, 11_000_000),
+        ("gpt-5.4", {"data_residency": "fedramp"}, 11_000_000),
+        ("gpt-5.4", {}, 10_000_000),
+        # Vertex non-global endpoint x1.1: (1000*3 + 500*15) * 1.1
+        ("vertex_ai/claude-sonnet-4-5", {"endpoint_location": "us-east5"}, 11_550_000),
+        ("vertex_ai/claude-sonnet-4-5", {"endpoint_location": "global"}, 10_500_000),
+        # a model without a multiplier for the condition: list price
+        ("gpt-4o-mini", {"data_residency": "eu"}, 450_000),  # 1000*0.15 + 500*0.60
+    ],
+)
+def test_endpoint_multipliers(catalog: Catalog, model: str, options: dict[str, str], expected: int) -> None:
+    cost = cost_of(oa(1000, 500), catalog.price(model), **options)
+    assert cost.total == Money(expected), cost.as_dict()
+    assert sum(v for k, v in cost.breakdown().items() if k != "total") <= cost.total.to_decimal()
+
+
+def test_multiplier_rounds_up_once(catalog: Catalog) -> None:
+    # gpt-5 batch cache read 0.0625 per 1M = 62.5 nano-USD a token, x1.1 FedRAMP = 68.75 -> 69
+    cost = cost_of(oa(1, 0, cached=1), catalog.price("gpt-5"), service_tier="batch", data_residency="fedramp")
+    assert cost.total == Money(69)
+
+
+def test_12h_write_without_its_own_rate_falls_back_to_the_1h_rate(catalog: Catalog) -> None:
+    # claude-sonnet-4-5 has no 12-hour rate: the 1-hour one (6) covers it, never $0.
+    usage = Usage(input_tokens=1000, cache_write_12h_tokens=1000)
+    assert cost_of(usage, catalog.price("claude-sonnet-4-5")).total == Money(6_000_000)

@@ -111,3 +111,168 @@ def test_invalid_usage_refused() -> None:
 
 def test_add() -> None:
     assert Usage(1, 2, cache_read_tokens=1) + Usage(3, 4) == Usage(4, 6, cache_read_tokens=1)
+
+
+# -- issue 10 section 2: usage fields that were dropped or mis-read ------------------------
+
+
+def test_xai_reasoning_outside_completion_is_added() -> None:
+    # xAI: total = prompt + completion + reasoning, so reasoning is beside the completion.
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 300,
+            "total_tokens": 3300,
+            "completion_tokens_details": {"reasoning_tokens": 2000},
+        }
+    )
+    assert usage == Usage(input_tokens=1000, output_tokens=2300, reasoning_tokens=2000)
+
+
+def test_xai_reasoning_without_total_is_never_clamped_away() -> None:
+    # More reasoning than completion cannot be inside it: it is added, never dropped.
+    usage = Usage.from_openai(
+        {"prompt_tokens": 10, "completion_tokens": 3, "completion_tokens_details": {"reasoning_tokens": 20}}
+    )
+    assert (usage.output_tokens, usage.reasoning_tokens) == (23, 20)
+
+
+def test_openai_reasoning_inside_completion_is_not_double_counted() -> None:
+    # OpenAI: total = prompt + completion, reasoning is part of the completion.
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 3000,
+            "total_tokens": 4000,
+            "completion_tokens_details": {"reasoning_tokens": 2000},
+        }
+    )
+    assert (usage.output_tokens, usage.reasoning_tokens) == (3000, 2000)
+
+
+def test_xai_responses_reasoning_outside_output() -> None:
+    usage = Usage.from_openai_responses(
+        {
+            "input_tokens": 1000,
+            "output_tokens": 300,
+            "total_tokens": 3300,
+            "output_tokens_details": {"reasoning_tokens": 2000},
+        }
+    )
+    assert (usage.output_tokens, usage.reasoning_tokens) == (2300, 2000)
+
+
+def test_openai_chat_cache_writes() -> None:
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 100_000,
+            "completion_tokens": 3000,
+            "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 75_000},
+        }
+    )
+    assert usage == Usage(input_tokens=100_000, output_tokens=3000, cache_write_tokens=75_000)
+
+
+def test_openai_responses_cache_writes_by_ttl() -> None:
+    usage = Usage.from_openai_responses(
+        {
+            "input_tokens": 100_000,
+            "input_tokens_details": {
+                "cached_tokens": 10_000,
+                "cache_write_tokens": 75_000,
+                "cache_write_tokens_details": {"ttl_30m_tokens": 50_000, "ttl_12h_tokens": 25_000},
+            },
+            "output_tokens": 3000,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 103_000,
+        }
+    )
+    assert usage == Usage(
+        input_tokens=100_000,
+        output_tokens=3000,
+        cache_read_tokens=10_000,
+        cache_write_tokens=50_000,
+        cache_write_12h_tokens=25_000,
+    )
+
+
+def test_openai_cache_write_split_without_total_counts_the_rest_as_default_ttl() -> None:
+    usage = Usage.from_openai_responses(
+        {
+            "input_tokens": 1000,
+            "output_tokens": 1,
+            "input_tokens_details": {
+                "cache_write_tokens": 900,
+                "cache_write_tokens_details": {"ttl_12h_tokens": 600},
+            },
+        }
+    )
+    assert (usage.cache_write_tokens, usage.cache_write_12h_tokens) == (300, 600)
+
+
+def test_image_output_tokens_openai_and_gemini() -> None:
+    chat = Usage.from_openai(
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 1500,
+            "completion_tokens_details": {"image_tokens": 1290, "text_tokens": 210},
+        }
+    )
+    assert (chat.output_tokens, chat.image_output_tokens) == (1500, 1290)
+    images_api = Usage.from_openai_responses(
+        {
+            "input_tokens": 50,
+            "output_tokens": 4160,
+            "output_tokens_details": {"image_tokens": 4160, "text_tokens": 0},
+        }
+    )
+    assert images_api.image_output_tokens == 4160
+    gemini = Usage.from_gemini(
+        {
+            "promptTokenCount": 1000,
+            "candidatesTokenCount": 2000,
+            "candidatesTokensDetails": [
+                {"modality": "TEXT", "tokenCount": 710},
+                {"modality": "IMAGE", "tokenCount": 1290},
+            ],
+        }
+    )
+    assert (gemini.output_tokens, gemini.image_output_tokens) == (2000, 1290)
+
+
+def test_anthropic_inference_geo_and_speed_are_kept() -> None:
+    usage = Usage.from_anthropic(
+        {"input_tokens": 10, "output_tokens": 5, "inference_geo": "us", "speed": "fast"}
+    )
+    assert (usage.inference_geo, usage.speed) == ("us", "fast")
+    assert usage.as_dict() == {"input_tokens": 10, "output_tokens": 5}
+    plain = Usage.from_anthropic({"input_tokens": 10, "output_tokens": 5, "inference_geo": "not_available"})
+    assert plain.inference_geo == "not_available"
+    assert (usage + Usage(1, 1)).inference_geo == "us"
+
+
+def test_bedrock_converse_usage() -> None:
+    converse = {
+        "inputTokens": 1000,
+        "outputTokens": 500,
+        "cacheReadInputTokens": 5000,
+        "cacheWriteInputTokens": 2000,
+        "totalTokens": 8500,
+    }
+    expected = Usage(input_tokens=8000, output_tokens=500, cache_read_tokens=5000, cache_write_tokens=2000)
+    assert Usage.from_bedrock(converse) == expected
+    response = {"output": {"message": {}}, "stopReason": "end_turn", "usage": converse, "metrics": {}}
+    assert Usage.from_response(response) == expected
+    # the stream's metadata event
+    assert Usage.from_response({"metadata": {"usage": converse}}) == expected
+    assert Usage.from_response({"usage": {"inputTokens": 3, "outputTokens": 4, "totalTokens": 7}}) == Usage(
+        3, 4
+    )
+
+
+def test_bedrock_cache_inside_input_when_the_total_says_so() -> None:
+    # A proxy that folds the cache into inputTokens: total = input + output.
+    usage = Usage.from_bedrock(
+        {"inputTokens": 6000, "outputTokens": 10, "cacheReadInputTokens": 5000, "totalTokens": 6010}
+    )
+    assert (usage.input_tokens, usage.cache_read_tokens) == (6000, 5000)

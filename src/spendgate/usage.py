@@ -3,16 +3,21 @@
 Conventions (OpenAI's, the most common): ``input_tokens`` counts every prompt
 token, cache reads and cache writes included; ``output_tokens`` counts every
 generated token, reasoning included. The detail fields say how many of those
-are of a kind priced apart. Anthropic reports input *excluding* cache reads
-and writes; Gemini reports thoughts *beside* the candidates: both are
-converted here, so a token is never priced twice nor missed.
+are of a kind priced apart. Anthropic and Bedrock report input *excluding*
+cache reads and writes; Gemini reports thoughts *beside* the candidates, and
+xAI reasoning beside the completion: all are converted here, so a token is
+never priced twice nor missed. Where a provider's convention is not fixed, the
+report's own ``total_tokens`` says which one it used.
+
+Two conditions that change the price ride along (Anthropic reports them):
+``inference_geo`` and ``speed``; ``""`` when not reported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +32,14 @@ class Usage:
     reasoning_tokens: int = 0
     audio_input_tokens: int = 0
     audio_output_tokens: int = 0
+    #: Writes to a 12-hour cache (OpenAI); ``cache_write_tokens`` are the default TTL's.
+    cache_write_12h_tokens: int = 0
+    #: Generated image tokens (part of output_tokens), priced at the image output rate.
+    image_output_tokens: int = 0
+    #: Where the request ran (Anthropic ``inference_geo``: "us", "global"...), "" if not said.
+    inference_geo: str = ""
+    #: The speed it ran at (Anthropic ``speed``: "fast", "standard"), "" if not said.
+    speed: str = ""
 
     def __post_init__(self) -> None:
         # One cheap check on the hot path; the loop that names the bad field runs only on failure.
@@ -39,17 +52,25 @@ class Usage:
             self.reasoning_tokens,
             self.audio_input_tokens,
             self.audio_output_tokens,
+            self.cache_write_12h_tokens,
+            self.image_output_tokens,
         )
         if not all(type(v) is int and v >= 0 for v in values):
-            for f in fields(self):
-                value = getattr(self, f.name)
+            for name in COUNT_FIELDS:
+                value = getattr(self, name)
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError(f"Usage.{f.name} must be a whole number >= 0, got {value!r}")
-        if self.cache_read_tokens + self.cache_write_tokens + self.cache_write_1h_tokens > self.input_tokens:
+                    raise ValueError(f"Usage.{name} must be a whole number >= 0, got {value!r}")
+        if type(self.inference_geo) is not str or type(self.speed) is not str:
+            raise ValueError(
+                f"Usage.inference_geo and .speed are names, got {self.inference_geo!r}, {self.speed!r}"
+            )
+        writes = self.cache_write_tokens + self.cache_write_1h_tokens + self.cache_write_12h_tokens
+        if self.cache_read_tokens + writes > self.input_tokens:
             raise ValueError(
                 "Usage: cache reads and writes are part of input_tokens (OpenAI's convention); "
                 f"got input_tokens={self.input_tokens} with cache_read={self.cache_read_tokens}, "
-                f"cache_write={self.cache_write_tokens}, cache_write_1h={self.cache_write_1h_tokens}"
+                f"cache_write={self.cache_write_tokens}, cache_write_1h={self.cache_write_1h_tokens}, "
+                f"cache_write_12h={self.cache_write_12h_tokens}"
             )
         if self.reasoning_tokens > self.output_tokens:
             raise ValueError(
@@ -62,12 +83,19 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+        """The non-zero token counts (the conditions are not counts: see the attributes)."""
+        return {name: value for name in COUNT_FIELDS if (value := getattr(self, name))}
 
     def __add__(self, other: Usage) -> Usage:
         if not isinstance(other, Usage):
             return NotImplemented
-        return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        counts = {name: getattr(self, name) + getattr(other, name) for name in COUNT_FIELDS}
+        # Parts of one request (stream events) report the same conditions, or one of them does.
+        return Usage(
+            **counts,
+            inference_geo=self.inference_geo or other.inference_geo,
+            speed=self.speed or other.speed,
+        )
 
     # -- constructors from provider shapes --------------------------------
     @classmethod
@@ -77,25 +105,41 @@ class Usage:
         completion = _int(usage, "completion_tokens")
         pdet = _get(usage, "prompt_tokens_details")
         cdet = _get(usage, "completion_tokens_details")
+        reasoning = _int(cdet, "reasoning_tokens")
+        output = _with_reasoning(prompt, completion, reasoning, _total(usage))
+        read = min(_int(pdet, "cached_tokens"), prompt)
+        write, write_12h = _openai_writes(pdet)
         return cls(
-            input_tokens=prompt,
-            output_tokens=completion,
-            cache_read_tokens=min(_int(pdet, "cached_tokens"), prompt),
-            reasoning_tokens=min(_int(cdet, "reasoning_tokens"), completion),
+            # Writes are part of the prompt; if a report says otherwise, count them all.
+            input_tokens=max(prompt, read + write + write_12h),
+            output_tokens=output,
+            cache_read_tokens=read,
+            cache_write_tokens=write,
+            cache_write_12h_tokens=write_12h,
+            reasoning_tokens=min(reasoning, output),
             audio_input_tokens=_int(pdet, "audio_tokens"),
             audio_output_tokens=_int(cdet, "audio_tokens"),
+            image_output_tokens=min(_int(cdet, "image_tokens"), output),
         )
 
     @classmethod
     def from_openai_responses(cls, usage: Any) -> Usage:
         """Responses API ``usage``: input_tokens / output_tokens with *_details."""
         inp = _int(usage, "input_tokens")
-        out = _int(usage, "output_tokens")
+        idet = _get(usage, "input_tokens_details")
+        odet = _get(usage, "output_tokens_details")
+        reasoning = _int(odet, "reasoning_tokens")
+        out = _with_reasoning(inp, _int(usage, "output_tokens"), reasoning, _total(usage))
+        read = min(_int(idet, "cached_tokens"), inp)
+        write, write_12h = _openai_writes(idet)
         return cls(
-            input_tokens=inp,
+            input_tokens=max(inp, read + write + write_12h),
             output_tokens=out,
-            cache_read_tokens=min(_int(_get(usage, "input_tokens_details"), "cached_tokens"), inp),
-            reasoning_tokens=min(_int(_get(usage, "output_tokens_details"), "reasoning_tokens"), out),
+            cache_read_tokens=read,
+            cache_write_tokens=write,
+            cache_write_12h_tokens=write_12h,
+            reasoning_tokens=min(reasoning, out),
+            image_output_tokens=min(_int(odet, "image_tokens"), out),
         )
 
     @classmethod
@@ -115,6 +159,29 @@ class Usage:
             cache_read_tokens=read,
             cache_write_tokens=write_5m,
             cache_write_1h_tokens=write_1h,
+            inference_geo=_str(usage, "inference_geo"),
+            speed=_str(usage, "speed"),
+        )
+
+    @classmethod
+    def from_bedrock(cls, usage: Any) -> Usage:
+        """Bedrock Converse ``usage`` (also a stream's ``metadata.usage``): camelCase counts.
+
+        ``inputTokens`` excludes cache reads and writes (``totalTokens`` is the sum of all
+        four), as Anthropic's does; a report whose total says the cache is inside the input
+        (total = input + output) is read that way instead.
+        """
+        inp = _int(usage, "inputTokens")
+        out = _int(usage, "outputTokens")
+        read = _int(usage, "cacheReadInputTokens")
+        write = _int(usage, "cacheWriteInputTokens")
+        total = _total(usage, "totalTokens")
+        inside = total is not None and total == inp + out and read + write <= inp
+        return cls(
+            input_tokens=inp if inside else inp + read + write,
+            output_tokens=out,
+            cache_read_tokens=read,
+            cache_write_tokens=write,
         )
 
     @classmethod
@@ -130,11 +197,8 @@ class Usage:
             for d in _list(usage, "promptTokensDetails", "prompt_tokens_details")
             if str(_get(d, "modality") or "").upper().endswith("AUDIO")
         )
-        audio_out = sum(
-            _int(d, "tokenCount", "token_count")
-            for d in _list(usage, "candidatesTokensDetails", "candidates_tokens_details")
-            if str(_get(d, "modality") or "").upper().endswith("AUDIO")
-        )
+        audio_out = _modality(usage, "AUDIO")
+        image_out = _modality(usage, "IMAGE")
         inp = prompt + tool_prompt
         return cls(
             input_tokens=inp,
@@ -143,6 +207,7 @@ class Usage:
             reasoning_tokens=thoughts,
             audio_input_tokens=min(audio_in, inp),
             audio_output_tokens=min(audio_out, candidates),
+            image_output_tokens=min(image_out, candidates),
         )
 
     @classmethod
@@ -152,7 +217,11 @@ class Usage:
         if usage is None:
             usage = _get(response, "usageMetadata", "usage_metadata")
         if usage is None:
+            usage = _get(_get(response, "metadata"), "usage")  # a Bedrock stream's metadata event
+        if usage is None:
             usage = response
+        if _has(usage, "inputTokens", "outputTokens"):
+            return cls.from_bedrock(usage)
         if _has(usage, "promptTokenCount", "prompt_token_count", "candidatesTokenCount"):
             return cls.from_gemini(usage)
         if _has(usage, "prompt_tokens", "completion_tokens"):
@@ -168,6 +237,54 @@ class Usage:
                 return cls.from_anthropic(usage)
             return cls.from_openai_responses(usage)
         raise ValueError(f"no token usage found in {type(response).__name__}")
+
+
+#: The token-count fields, in declaration order (the rest are conditions).
+COUNT_FIELDS: Final = tuple(f.name for f in fields(Usage) if f.type in ("int", int))
+
+
+def _with_reasoning(prompt: int, output: int, reasoning: int, total: int | None) -> int:
+    """The output including reasoning, whichever convention the report used.
+
+    OpenAI counts reasoning inside the completion (total = prompt + completion); xAI
+    beside it (total = prompt + completion + reasoning). The total decides; without one,
+    more reasoning than completion can only be beside it. Never clamped away.
+    """
+    if not reasoning:
+        return output
+    if total is not None and total == prompt + output + reasoning and total != prompt + output:
+        return output + reasoning
+    if reasoning > output and (total is None or total != prompt + output):
+        return output + reasoning
+    return output
+
+
+def _openai_writes(details: Any) -> tuple[int, int]:
+    """(default-TTL writes, 12-hour writes) from OpenAI's ``*_tokens_details``."""
+    written = _int(details, "cache_write_tokens")
+    split = _get(details, "cache_write_tokens_details")
+    write_12h = _int(split, "ttl_12h_tokens")
+    write_30m = _int(split, "ttl_30m_tokens")
+    # Writes the split does not place are default-TTL (30-minute) ones.
+    return max(write_30m, written - write_12h), write_12h
+
+
+def _total(obj: Any, name: str = "total_tokens") -> int | None:
+    return _int(obj, name) if _get(obj, name) is not None else None
+
+
+def _modality(usage: Any, kind: str) -> int:
+    """Gemini output tokens of one modality (``candidatesTokensDetails``)."""
+    return sum(
+        _int(d, "tokenCount", "token_count")
+        for d in _list(usage, "candidatesTokensDetails", "candidates_tokens_details")
+        if str(_get(d, "modality") or "").upper().endswith(kind)
+    )
+
+
+def _str(obj: Any, name: str) -> str:
+    value = _get(obj, name)
+    return value.lower() if isinstance(value, str) else ""
 
 
 def _get(obj: Any, *names: str) -> Any:

@@ -33,6 +33,7 @@ from spendgate.pricing.community import (
 )
 from spendgate.pricing.schema import ModelPrice, Rates, RateTable, Tier
 
+W12 = 5_000_000_000  # gpt-long-test's 12-hour cache write, 5 per 1M
 FIXTURE = Path(__file__).parent / "fixtures" / "community_sample.json"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -213,14 +214,37 @@ EXPECTED: dict[str, ModelPrice] = {
         mode="responses",
         max_output_tokens=128000,
         context_window=1050000,
+        # the 12-hour write (5) is carried, and kept by the tiers that do not price it apart
         standard=RateTable(
-            Rates(input=2_500_000_000, output=15_000_000_000, cache_read=250_000_000),
-            (Tier(272000, Rates(input=5_000_000_000, output=22_500_000_000, cache_read=500_000_000)),),
+            Rates(input=2_500_000_000, output=15_000_000_000, cache_read=250_000_000, cache_write_12h=W12),
+            (
+                Tier(
+                    272000,
+                    Rates(
+                        input=5_000_000_000,
+                        output=22_500_000_000,
+                        cache_read=500_000_000,
+                        cache_write_12h=W12,
+                    ),
+                ),
+            ),
         ),
         service_tiers={
             "priority": RateTable(
-                Rates(input=5_000_000_000, output=30_000_000_000, cache_read=250_000_000),
-                (Tier(272000, Rates(input=10_000_000_000, output=45_000_000_000, cache_read=500_000_000)),),
+                Rates(
+                    input=5_000_000_000, output=30_000_000_000, cache_read=250_000_000, cache_write_12h=W12
+                ),
+                (
+                    Tier(
+                        272000,
+                        Rates(
+                            input=10_000_000_000,
+                            output=45_000_000_000,
+                            cache_read=500_000_000,
+                            cache_write_12h=2 * W12,
+                        ),
+                    ),
+                ),
             )
         },
     ),
@@ -342,7 +366,7 @@ def test_skipped_entries_are_counted_not_listed(result: ConvertResult) -> None:
     ]
     assert result.notes["float digits rounded to 15 significant"] == 2
     assert result.notes["ignored price key input_cost_per_token_ultrafast"] == 1
-    assert result.notes["ignored price key cache_creation_input_token_cost_above_12hr"] == 1
+    assert result.notes["ignored price key cache_creation_input_token_cost_above_12hr"] == 0  # carried now
     assert result.notes["batch long-context rate missing, standard long-context rate used"] == 2
     summary = result.summary()
     assert summary[0] == "models kept: 14 across 11 providers"
@@ -557,7 +581,7 @@ def test_document_metadata_and_order(result: ConvertResult) -> None:
         sha256=community.sha256_hex(data),
         date="2025-01-02",
     )
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert doc["source"] == {
         "name": "model_prices_and_context_window.json",
         "origin": "litellm-9.8.7-py3-none-any.whl",
@@ -713,3 +737,137 @@ def test_convert_source_in_one_call() -> None:
     assert doc["corrections"] == 0
     assert set(doc["models"]) == set(result.models) == set(EXPECTED)
     assert copy.deepcopy(doc) == json.loads(dump_document(doc))
+
+
+# -- issue 10 section 2: 12-hour writes, image output, multipliers ------------------------
+def test_12h_cache_writes_and_image_output_rates_are_carried() -> None:
+    raw = {
+        "m": {
+            "litellm_provider": "openai",
+            "mode": "chat",
+            "input_cost_per_token": Decimal("4e-06"),
+            "output_cost_per_token": Decimal("2e-05"),
+            "cache_creation_input_token_cost": Decimal("5e-06"),
+            "cache_creation_input_token_cost_above_12hr": Decimal("1e-05"),
+            "cache_creation_input_token_cost_above_12hr_above_272k_tokens": Decimal("2e-05"),
+            "cache_creation_input_token_cost_above_12hr_priority": Decimal("2e-05"),
+            "input_cost_per_token_priority": Decimal("8e-06"),
+            "output_cost_per_image_token": Decimal("1.2e-04"),
+        }
+    }
+    result = convert_catalog(raw, strict=True)
+    price = result.models["m"]
+    assert price.standard.base.cache_write_12h == 10_000_000_000
+    assert price.standard.base.image_output == 120_000_000_000
+    assert price.rates(272_001).cache_write_12h == 20_000_000_000
+    assert price.rates(1, "priority").cache_write_12h == 20_000_000_000
+    assert not any("12hr" in note or "image_token" in note for note in result.notes)
+    data = price.to_data()
+    assert data["prices"]["cache_write_12h"] == "10"
+    assert data["prices"]["image_output"] == "120"
+    assert ModelPrice.from_data("m", data) == price
+
+
+def test_missing_12h_and_image_rates_fall_back_to_their_covering_rates() -> None:
+    rates = Rates(input=3, output=15, cache_write=4, cache_write_1h=6)
+    assert rates.cache_write_12h_rate() == 6  # the 1-hour write covers a longer one
+    assert rates.image_output_rate() == 15  # image output is output
+    assert Rates(input=3, output=15).cache_write_12h_rate() == 3  # down to input, never $0
+
+
+def test_multipliers_are_carried_from_the_community_data() -> None:
+    raw = {
+        "claude": {
+            "litellm_provider": "anthropic",
+            "mode": "chat",
+            "input_cost_per_token": Decimal("5e-06"),
+            "output_cost_per_token": Decimal("2.5e-05"),
+            "provider_specific_entry": {"us": Decimal("1.1"), "fast": Decimal("2.0")},
+        },
+        "gpt": {
+            "litellm_provider": "openai",
+            "mode": "chat",
+            "input_cost_per_token": Decimal("2.5e-06"),
+            "output_cost_per_token": Decimal("1.5e-05"),
+            "regional_processing_uplift_multiplier_eu": Decimal("1.1"),
+            "regional_processing_uplift_multiplier_us": Decimal("1.1"),
+            "fedramp_uplift_multiplier": Decimal("1.1"),
+        },
+        "vertex": {
+            "litellm_provider": "vertex_ai-anthropic_models",
+            "mode": "chat",
+            "input_cost_per_token": Decimal("3e-06"),
+            "output_cost_per_token": Decimal("1.5e-05"),
+            "regional_endpoint_uplift_multiplier": Decimal("1.1"),
+        },
+        "azure-realtime": {
+            "litellm_provider": "azure",
+            "mode": "chat",
+            "input_cost_per_token": Decimal("1e-06"),
+            "output_cost_per_token": Decimal("1e-06"),
+            "provider_specific_entry": {"realtime_ga_only": 1},
+        },
+    }
+    models = convert_catalog(raw, strict=True).models
+    assert models["claude"].multipliers == {"inference_geo": {"us": "1.1"}, "speed": {"fast": "2"}}
+    assert models["gpt"].multipliers == {"data_residency": {"eu": "1.1", "fedramp": "1.1", "us": "1.1"}}
+    assert models["vertex"].multipliers == {"endpoint_location": {"regional": "1.1"}}
+    assert models["azure-realtime"].multipliers == {}
+    for price in models.values():
+        assert ModelPrice.from_data(price.name, price.to_data()) == price
+    assert models["claude"].to_data()["multipliers"] == {
+        "inference_geo": {"us": "1.1"},
+        "speed": {"fast": "2"},
+    }
+
+
+def test_multiplier_selection() -> None:
+    price = ModelPrice.from_data(
+        "m",
+        {
+            "prices": {"input": "1", "output": "1"},
+            "multipliers": {
+                "inference_geo": {"us": "1.1"},
+                "speed": {"fast": "2"},
+                "data_residency": {"eu": "1.1"},
+                "endpoint_location": {"regional": "1.1"},
+            },
+        },
+    )
+    assert price.multiplier() == (1, 1)
+    assert price.multiplier(inference_geo="US") == (11, 10)
+    assert price.multiplier(inference_geo="global") == (1, 1)
+    assert price.multiplier(speed="fast", inference_geo="us") == (22, 10)
+    assert price.multiplier(data_residency="eu", endpoint_location="europe-west4") == (121, 100)
+    assert price.multiplier(endpoint_location="global") == (1, 1)
+    with pytest.raises(ValueError, match="multipliers"):
+        ModelPrice.from_data("m", {"prices": {"input": "1"}, "multipliers": {"speed": {"fast": "0.5"}}})
+    with pytest.raises(ValueError, match="multipliers"):
+        ModelPrice.from_data("m", {"prices": {"input": "1"}, "multipliers": {"colour": {"red": "2"}}})
+
+
+def test_old_data_files_still_load() -> None:
+    # A schema-1 entry (no 12-hour rate, no image rate, no multipliers) loads unchanged.
+    old = {
+        "provider": "openai",
+        "mode": "chat",
+        "prices": {"input": "2.5", "output": "10", "cache_write_1h": "5"},
+    }
+    price = ModelPrice.from_data("old", old)
+    assert price.multipliers == {}
+    assert price.standard.base.cache_write_12h_rate() == 5_000_000_000
+    assert price.to_data() == old
+
+
+def test_catalog_reads_schema_1_and_2_and_refuses_a_newer_one() -> None:
+    from spendgate.errors import ConfigError
+    from spendgate.pricing.catalog import Catalog
+
+    entry = {"prices": {"input": "1", "output": "2"}}
+    for version in (None, 1, 2):
+        doc: dict[str, Any] = {"models": {"m": entry}}
+        if version is not None:
+            doc["schema_version"] = version
+        assert "m" in Catalog.from_document(doc)
+    with pytest.raises(ConfigError, match="schema_version 3"):
+        Catalog.from_document({"schema_version": 3, "models": {"m": entry}})

@@ -35,7 +35,7 @@ def all_rates(price: ModelPrice) -> list[Rates]:
 
 def test_document_records_its_source() -> None:
     doc = document()
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     source = doc["source"]
     assert source["name"] == "model_prices_and_context_window.json"
     assert re.fullmatch(r"litellm \d+\.\d+\.\d+\S*", source["version"])
@@ -141,3 +141,15 @@ def test_shipped_corrections_are_applied() -> None:
 
 def test_data_file_stays_small() -> None:
     assert DATA.stat().st_size < 2_000_000
+
+
+def test_shipped_data_carries_12h_writes_image_output_and_multipliers() -> None:
+    gpt = models()["gpt-5.6"]
+    assert gpt.standard.base.cache_write == 5_000_000_000
+    assert gpt.standard.base.cache_write_12h == 10_000_000_000
+    assert gpt.multipliers["data_residency"] == {"eu": "1.1", "us": "1.1", "fedramp": "1.1"}
+    assert models()["claude-opus-4-6"].multipliers == {"inference_geo": {"us": "1.1"}}
+    assert models()["claude-opus-5"].multipliers == {"inference_geo": {"us": "1.1"}, "speed": {"fast": "2"}}
+    assert models()["vertex_ai/claude-sonnet-4-5"].multipliers == {"endpoint_location": {"regional": "1.1"}}
+    image = models()["vertex_ai/deep-research-pro-preview-12-2025"].standard.base
+    assert image.image_output == 120_000_000_000

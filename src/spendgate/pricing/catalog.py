@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from spendgate.errors import ConfigError, UnknownModelPriceError
-from spendgate.pricing.schema import RATE_FIELDS, ModelPrice, Rates, RateTable
+from spendgate.pricing.schema import RATE_FIELDS, SCHEMA_VERSION, ModelPrice, Rates, RateTable
 
 log = logging.getLogger("spendgate.pricing")
 
@@ -103,6 +103,14 @@ class Catalog:
         """Build from spendgate's data-file shape (see docs/pricing.md)."""
         if not isinstance(doc, Mapping) or not isinstance(doc.get("models"), Mapping):
             raise ConfigError(where, "not a spendgate price catalog (no 'models' mapping)")
+        version = doc.get("schema_version", 1)
+        # Older formats are subsets of this one; a newer one may price what this version cannot.
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+            raise ConfigError(
+                where,
+                f"price catalog schema_version {version!r} is not one this spendgate reads "
+                f"(1 to {SCHEMA_VERSION}); upgrade spendgate or regenerate the file",
+            )
         models: dict[str, ModelPrice] = {}
         for name, data in doc["models"].items():
             key = f"{where}.models[{name!r}]"

@@ -8,9 +8,14 @@ arithmetic only (``2.5e-06`` -> ``"2.5"``); no price ever goes through a float.
 What is read, per entry:
 
 * ``input_cost_per_token``, ``output_cost_per_token``, ``cache_read_input_token_cost``,
-  ``cache_creation_input_token_cost`` (5-minute write), ``..._above_1hr`` (1-hour write),
+  ``cache_creation_input_token_cost`` (default-TTL write: Anthropic's 5 minutes, OpenAI's
+  30), ``..._above_1hr`` (1-hour write), ``..._above_12hr`` (12-hour write),
   ``output_cost_per_reasoning_token``, ``input_cost_per_audio_token``,
-  ``output_cost_per_audio_token``;
+  ``output_cost_per_audio_token``, ``output_cost_per_image_token``;
+* multipliers (uplifts on the whole price): ``provider_specific_entry`` numbers
+  (``{"us": 1.1}`` -> ``inference_geo``, ``{"fast": 2}`` -> ``speed``),
+  ``regional_processing_uplift_multiplier_<eu|us>`` and ``fedramp_uplift_multiplier``
+  (-> ``data_residency``), ``regional_endpoint_uplift_multiplier`` (-> ``endpoint_location``);
 * long-context tiers: those keys with ``_above_<N>k_tokens`` (a prompt above N*1000
   tokens prices the whole request at the tier's rates) and ``tiered_pricing`` ranges
   (``[start, end]``: a prompt above ``start`` tokens; a range from 0 is the base);
@@ -43,7 +48,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
 from spendgate.errors import SpendgateError
-from spendgate.pricing.schema import MODES, RATE_FIELDS, ModelPrice, Rates, RateTable, Tier
+from spendgate.pricing.schema import (
+    MODES,
+    RATE_FIELDS,
+    SCHEMA_VERSION,
+    ModelPrice,
+    Rates,
+    RateTable,
+    Tier,
+)
 
 #: The community file's name, recorded in the data document.
 SOURCE_NAME: Final = "model_prices_and_context_window.json"
@@ -52,19 +65,20 @@ WHEEL_MEMBERS: Final = (
     "litellm/model_prices_and_context_window_backup.json",
     "litellm/model_prices_and_context_window.json",
 )
-SCHEMA_VERSION: Final = 1
 #: The corrections file shipped next to the generated data file.
 CORRECTIONS_PATH: Final = Path(__file__).parent / "data" / "corrections.json"
 DOWNLOAD_TIMEOUT_SECONDS: Final = 60.0
 
 #: Community base key -> our rate field. Longest first where one is a prefix of another.
 _PRICE_KEYS: Final = {
+    "cache_creation_input_token_cost_above_12hr": "cache_write_12h",
     "cache_creation_input_token_cost_above_1hr": "cache_write_1h",
     "cache_creation_input_token_cost": "cache_write",
     "cache_read_input_token_cost": "cache_read",
     "input_cost_per_audio_token": "audio_input",
     "output_cost_per_audio_token": "audio_output",
     "output_cost_per_reasoning_token": "reasoning",
+    "output_cost_per_image_token": "image_output",
     "input_cost_per_token": "input",
     "output_cost_per_token": "output",
 }
@@ -318,10 +332,46 @@ _PARENT: Final = {
     "cache_read": "input",
     "cache_write": "input",
     "cache_write_1h": "cache_write",
+    "cache_write_12h": "cache_write_1h",
     "reasoning": "output",
     "audio_input": "input",
     "audio_output": "output",
+    "image_output": "output",
 }
+
+#: Community multiplier keys -> (our kind, condition).
+_MULTIPLIER_KEYS: Final = {
+    "regional_processing_uplift_multiplier_eu": ("data_residency", "eu"),
+    "regional_processing_uplift_multiplier_us": ("data_residency", "us"),
+    "fedramp_uplift_multiplier": ("data_residency", "fedramp"),
+    "regional_endpoint_uplift_multiplier": ("endpoint_location", "regional"),
+}
+#: A ``provider_specific_entry`` key that names an inference geo ("us", "eu"); other keys
+#: there are flags (``realtime_ga_only``), not prices.
+_GEO: Final = re.compile(r"^[a-z]{2,8}$")
+
+
+def _multipliers(name: str, entry: Mapping[str, Any], result: ConvertResult) -> dict[str, dict[str, str]]:
+    """The entry's uplifts in our shape; an unreadable one is noted, never silently dropped."""
+    found: dict[str, dict[str, str]] = {}
+
+    def add(kind: str, condition: str, value: object, key: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, Decimal | int) or not value >= 1:
+            result.note(f"ignored multiplier {key} that is not a number >= 1", name)
+            return
+        found.setdefault(kind, {})[condition] = _text(Decimal(value))
+
+    for key, (kind, condition) in _MULTIPLIER_KEYS.items():
+        if entry.get(key) is not None:
+            add(kind, condition, entry[key], key)
+    specific = entry.get("provider_specific_entry")
+    if isinstance(specific, Mapping):
+        for key, value in specific.items():
+            if key == "fast":
+                add("speed", "fast", value, f"provider_specific_entry.{key}")
+            elif isinstance(key, str) and _GEO.match(key) and not isinstance(value, Mapping | str):
+                add("inference_geo", key, value, f"provider_specific_entry.{key}")
+    return found
 
 
 def _effective(rates: Rates, rate: str) -> int:
@@ -425,6 +475,9 @@ def _convert_entry(name: str, entry: Mapping[str, Any], result: ConvertResult) -
     for tier in ("batch", "flex", "priority"):
         if any(svc == tier for svc, _ in buckets):
             data[tier] = _table(tier, buckets, standard, name, result).to_data()
+    multipliers = _multipliers(name, entry, result)
+    if multipliers:
+        data["multipliers"] = multipliers
     # Through the data shape, so the result is exactly what the data file will load as.
     return ModelPrice.from_data(name, data, where=f"{name} (converted)")
 

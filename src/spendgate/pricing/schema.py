@@ -1,14 +1,22 @@
 """What a model's price is: rates per 1M tokens in integer nano-USD.
 
 A rate of ``None`` means "not priced apart": it falls back to the rate that
-covers it (cache reads and writes to input, reasoning to output, a tier's
-missing rate to the base rate), so no token is ever priced at $0 by omission.
+covers it (cache reads and writes to input, a 1-hour write to the default write,
+a 12-hour write to the 1-hour write, reasoning and image output to output, a
+tier's missing rate to the base rate), so no token is ever priced at $0 by
+omission.
+
+A model may also carry *multipliers*: uplifts on its whole price that a
+request's conditions select (Anthropic's US-only ``inference_geo``, fast
+``speed``, OpenAI's regional and FedRAMP endpoints, Vertex's non-global
+endpoints). See :meth:`ModelPrice.multiplier`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 from spendgate.money import nanos_per_million_to_decimal, rate_to_nanos_per_million
@@ -20,10 +28,22 @@ RATE_FIELDS: Final = (
     "cache_read",
     "cache_write",
     "cache_write_1h",
+    "cache_write_12h",
     "reasoning",
     "audio_input",
     "audio_output",
+    "image_output",
 )
+
+#: The data file's format. 2 added ``cache_write_12h``, ``image_output`` and ``multipliers``;
+#: a version-1 file is a valid version-2 file, so both load.
+SCHEMA_VERSION: Final = 2
+
+#: Multiplier kinds -> what selects a value (see ModelPrice.multiplier). ``endpoint_location``
+#: has one key, ``regional``: any location but ``global``.
+MULTIPLIER_KINDS: Final = ("inference_geo", "speed", "data_residency", "endpoint_location")
+#: Conditions that mean "no uplift" (Anthropic reports these when not pinned to a geo).
+_UNPINNED: Final = frozenset({"", "global", "not_available"})
 
 #: Pricing modes besides ``standard`` that a catalog may carry.
 SERVICE_TIERS: Final = ("standard", "batch", "flex", "priority")
@@ -43,13 +63,18 @@ class Rates:
     reasoning: int | None = None
     audio_input: int | None = None
     audio_output: int | None = None
+    cache_write_12h: int | None = None
+    image_output: int | None = None
     #: The effective rates (fallbacks applied), in RATE_FIELDS order; derived, for the hot path.
-    effective: tuple[int, int, int, int, int, int, int, int] = field(init=False, repr=False, compare=False)
+    effective: tuple[int, int, int, int, int, int, int, int, int, int] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         inp = self.input or 0
         out = self.output or 0
         write = self.cache_write if self.cache_write is not None else inp
+        write_1h = self.cache_write_1h if self.cache_write_1h is not None else write
         object.__setattr__(
             self,
             "effective",
@@ -58,10 +83,13 @@ class Rates:
                 out,
                 self.cache_read if self.cache_read is not None else inp,
                 write,
-                self.cache_write_1h if self.cache_write_1h is not None else write,
+                write_1h,
+                # a longer-lived write is covered by the shorter one's rate, never by $0
+                self.cache_write_12h if self.cache_write_12h is not None else write_1h,
                 self.reasoning if self.reasoning is not None else out,
                 self.audio_input if self.audio_input is not None else inp,
                 self.audio_output if self.audio_output is not None else out,
+                self.image_output if self.image_output is not None else out,
             ),
         )
 
@@ -93,14 +121,20 @@ class Rates:
     def cache_write_1h_rate(self) -> int:
         return self.effective[4]
 
-    def reasoning_rate(self) -> int:
+    def cache_write_12h_rate(self) -> int:
         return self.effective[5]
 
-    def audio_input_rate(self) -> int:
+    def reasoning_rate(self) -> int:
         return self.effective[6]
 
-    def audio_output_rate(self) -> int:
+    def audio_input_rate(self) -> int:
         return self.effective[7]
+
+    def audio_output_rate(self) -> int:
+        return self.effective[8]
+
+    def image_output_rate(self) -> int:
+        return self.effective[9]
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any], *, where: str) -> Rates:
@@ -180,6 +214,36 @@ class ModelPrice:
     context_window: int | None = None
     #: Other service tiers (batch, flex, priority); missing rates fall back to standard.
     service_tiers: Mapping[str, RateTable] = field(default_factory=dict)
+    #: Uplifts on the whole price: kind (MULTIPLIER_KINDS) -> condition -> factor as decimal
+    #: text (``{"inference_geo": {"us": "1.1"}}``); a condition not listed is list price.
+    multipliers: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def multiplier(
+        self,
+        *,
+        inference_geo: str | None = None,
+        speed: str | None = None,
+        data_residency: str | None = None,
+        endpoint_location: str | None = None,
+    ) -> tuple[int, int]:
+        """The uplift these conditions select, as an exact fraction (numerator, denominator)."""
+        if not self.multipliers:
+            return 1, 1
+        location = (endpoint_location or "").lower()
+        chosen = {
+            "inference_geo": (inference_geo or "").lower(),
+            "speed": (speed or "").lower(),
+            "data_residency": (data_residency or "").lower(),
+            # Vertex prices every non-global endpoint (regional or multi-region) alike.
+            "endpoint_location": "" if location in _UNPINNED else "regional",
+        }
+        num, den = 1, 1
+        for kind, condition in chosen.items():
+            factor = self.multipliers.get(kind, {}).get(condition) if condition not in _UNPINNED else None
+            if factor is not None:
+                n, d = Decimal(factor).as_integer_ratio()
+                num, den = num * n, den * d
+        return num, den
 
     def rates(self, prompt_tokens: int, service_tier: str | None = None) -> Rates:
         table = self.service_tiers.get(service_tier or "standard", self.standard)
@@ -194,7 +258,15 @@ class ModelPrice:
         where = where or f"models[{name!r}]"
         if not isinstance(data, Mapping):
             raise ValueError(f"{where}: expected a mapping of prices, got {type(data).__name__}")
-        known = {"provider", "mode", "max_output_tokens", "context_window", "prices", *SERVICE_TIERS[1:]}
+        known = {
+            "provider",
+            "mode",
+            "max_output_tokens",
+            "context_window",
+            "prices",
+            "multipliers",
+            *SERVICE_TIERS[1:],
+        }
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -221,6 +293,7 @@ class ModelPrice:
             max_output_tokens=data.get("max_output_tokens"),
             context_window=data.get("context_window"),
             service_tiers=tiers,
+            multipliers=_multipliers(data.get("multipliers"), where=f"{where}.multipliers"),
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -235,4 +308,37 @@ class ModelPrice:
         out["prices"] = self.standard.to_data()
         for tier, table in self.service_tiers.items():
             out[tier] = table.to_data()
+        if self.multipliers:
+            out["multipliers"] = {kind: dict(values) for kind, values in self.multipliers.items()}
         return out
+
+
+def _multipliers(data: object, *, where: str) -> dict[str, dict[str, str]]:
+    """Read ``multipliers``: factors >= 1 as decimal text (an uplift, never a silent discount)."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a mapping like {{inference_geo: {{us: '1.1'}}}}")
+    out: dict[str, dict[str, str]] = {}
+    for kind in sorted(data, key=str):
+        values = data[kind]
+        if kind not in MULTIPLIER_KINDS:
+            raise ValueError(f"{where}: unknown kind {kind!r}; known: {list(MULTIPLIER_KINDS)}")
+        if not isinstance(values, Mapping) or not values:
+            raise ValueError(f"{where}.{kind}: expected a mapping of condition -> factor")
+        table: dict[str, str] = {}
+        for condition in sorted(values, key=str):
+            factor = values[condition]
+            if not isinstance(condition, str) or not condition or condition != condition.lower():
+                raise ValueError(f"{where}.{kind}: a condition is a lowercase name, got {condition!r}")
+            if isinstance(factor, bool) or not isinstance(factor, str | int | Decimal):
+                raise ValueError(f"{where}.{kind}.{condition}: write the factor as a decimal string")
+            try:
+                dec = Decimal(str(factor).strip())
+            except InvalidOperation:
+                raise ValueError(f"{where}.{kind}.{condition}: cannot read {factor!r} as a factor") from None
+            if not dec.is_finite() or dec < 1:
+                raise ValueError(f"{where}.{kind}.{condition}: a factor is a number >= 1, got {factor}")
+            table[condition] = f"{dec.normalize():f}"
+        out[kind] = table
+    return out
