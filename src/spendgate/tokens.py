@@ -316,10 +316,18 @@ def _normalised_utf8_len(text: str) -> int:
 
 
 def _json_text(obj: object) -> str:
+    """``obj`` as JSON text (its repr where JSON has none, e.g. a cycle); ValueError when it is
+    nested too deeply to write out: no bound can be measured then."""
     try:
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
-    except (TypeError, ValueError, RecursionError):
+    except (TypeError, ValueError):
+        pass
+    except RecursionError:
+        raise ValueError("the value is nested too deeply to count its tokens") from None
+    try:
         return repr(obj)
+    except RecursionError:
+        raise ValueError("the value is nested too deeply to count its tokens") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,6 +564,11 @@ class TokenCounter:
         """
         if isinstance(prompt, str):
             return self.count_text(model, prompt)
+        if not isinstance(prompt, Sequence):
+            # Iterating anything else would fail, or (a mapping's keys) under-count.
+            raise TypeError(
+                f"a prompt is a string or a list (of strings or token ids), got {type(prompt).__name__}"
+            )
         measure = self._measure(model)
         tally = _Tally(exact=measure.exact or measure.openai)
         used_text = False

@@ -108,8 +108,8 @@ async def test_404_unrouted_model(gw: InProcessGateway) -> None:
 async def test_404_and_405_wrong_endpoint_or_method(gw: InProcessGateway) -> None:
     http = gw.http("alice")
     assert (await http.post("/nope", json=CHAT)).status_code == 404
-    assert (await http.get("/chat/completions")).status_code == 404
-    assert (await http.put("/messages", json=CHAT)).status_code == 404
+    assert (await http.get("/chat/completions")).status_code == 405  # the path exists: POST only
+    assert (await http.put("/messages", json=CHAT)).status_code == 405
     assert (await http.post("/models", json={})).status_code == 405
     assert gw.upstream.received == []
     assert gw.ledger.query_requests(limit=5) == []

@@ -206,12 +206,14 @@ class GatewayApp:
         self._retired: list[GatewayState] = []
         self._router = Router(
             routes=[
-                Route("/healthz", self._healthz, methods=["GET", "HEAD"]),
-                Route("/readyz", self._readyz, methods=["GET", "HEAD"]),
-                Route("/metrics", self._metrics, methods=["GET"]),
-                Route("/v1/models", self._models, methods=["GET"]),
+                _Route("/healthz", self._healthz, methods=["GET", "HEAD"]),
+                _Route("/readyz", self._readyz, methods=["GET", "HEAD"]),
+                _Route("/metrics", self._metrics, methods=["GET"]),
+                _Route("/v1/models", self._models, methods=["GET"]),
                 Mount("/admin", app=self._admin),
-            ]
+            ],
+            default=proxy.unmatched,
+            redirect_slashes=False,  # a redirect is no answer an API client reads: a JSON 404
         )
 
     @property
@@ -248,7 +250,10 @@ class GatewayApp:
         kind = scope["type"]
         if kind == "http":
             spec = proxy.ENDPOINTS.get(scope["path"])
-            if spec is not None and scope["method"] == "POST":
+            if spec is not None and scope["method"] != "POST":
+                await proxy.unmatched(scope, receive, send, allowed="POST")
+                return
+            if spec is not None:
                 state = self.state  # taken once: a reload does not change it under this request
                 counts = self._inflight
                 counts[state] = counts.get(state, 0) + 1
@@ -334,6 +339,17 @@ class GatewayApp:
             await response(scope, receive, send)
             return
         await app(scope, receive, send)
+
+
+class _Route(Route):
+    """A route whose wrong-method answer is a JSON error, as every other answer of the gateway
+    (Starlette's own is plain text)."""
+
+    async def handle(self, scope: proxy.Scope, receive: proxy.Receive, send: proxy.Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            await proxy.unmatched(scope, receive, send, allowed=", ".join(sorted(self.methods)))
+            return
+        await super().handle(scope, receive, send)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -74,6 +74,7 @@ _ANTHROPIC_TYPES: Final = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "request_too_large",
     429: "rate_limit_error",
 }
@@ -171,8 +172,38 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
             ctx.status = timed_out.status
             metrics.refusals.labels(timed_out.reason).inc()
             await respond(send, timed_out.status, _dumps(timed_out.payload(anthropic)), [_JSON])
+    except Exception:
+        # A bug, not the client's input: logged, and answered in the provider's shape if the
+        # answer has not started (the ``finally`` blocks of _call and _stream ended the request).
+        log.exception("request failed")
+        if ctx.answering:
+            raise
+        ctx.status = 500
+        failed = GatewayError(
+            500, "The gateway failed on this request.", etype="server_error", reason="error"
+        )
+        metrics.refusals.labels(failed.reason).inc()
+        await respond(send, failed.status, _dumps(failed.payload(anthropic)), [_JSON])
     finally:
         metrics.answered(spec.endpoint, ctx.model, ctx.status, time.perf_counter() - started)
+
+
+async def unmatched(scope: Scope, receive: Receive, send: Send, allowed: str | None = None) -> None:
+    """404 for a path no route serves, or 405 (``allowed``: the methods that path takes), in the
+    shape its clients read: Anthropic's under /v1/messages, else OpenAI's."""
+    method, path = scope["method"], scope["path"]
+    if allowed is None:
+        err = GatewayError(404, f"Unknown request URL: {method} {path}.", code="not_found")
+    else:
+        err = GatewayError(
+            405,
+            f"The method {method} is not allowed for {path}; use {allowed}.",
+            code="method_not_allowed",
+            headers=[(b"allow", allowed.encode())],
+        )
+    anthropic = path == "/v1/messages" or path.startswith("/v1/messages/")
+    body = b"" if method == "HEAD" else _dumps(err.payload(anthropic))
+    await respond(send, err.status, body, [_JSON, *err.headers])
 
 
 async def _handle(
@@ -207,11 +238,19 @@ async def _handle(
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayError(400, f"We could not parse the JSON body of your request: {exc}") from None
+    except RecursionError:
+        # json.loads gives up past Python's recursion limit; the estimate refuses less deep ones.
+        raise GatewayError(400, "The JSON body of your request is nested too deeply.") from None
     if not isinstance(body, dict):
         raise GatewayError(400, "The request body must be a JSON object.")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise GatewayError(400, "You must provide a model parameter ('model' is required).", param="model")
+    if not model.isascii() and not _is_text(model):
+        # Checked before the name reaches routing and metrics labels (the estimate checks the rest).
+        raise GatewayError(
+            400, "The model name holds a lone UTF-16 surrogate, which is not text.", param="model"
+        )
 
     routed = settings.route(model)
     if routed is None:
@@ -287,6 +326,15 @@ def _authenticate(state: GatewayState, secret: str | None) -> VirtualKey | None:
         why = "disabled" if key.disabled else "expired"
         raise GatewayError(401, f"This API key is {why}.", code=f"{why}_api_key", reason="auth")
     return key
+
+
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode (JSON escapes can produce lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _too_large(limit: int) -> GatewayError:

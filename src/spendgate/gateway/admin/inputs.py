@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from spendgate.estimate import MAX_AMOUNT
 from spendgate.gateway.admin.errors import ApiError, bad
 from spendgate.gateway.views import parse_time
 from spendgate.money import Money, MoneyError
@@ -23,11 +24,21 @@ async def json_body(request: Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw)
+        # JSON escapes can make lone surrogates, which no store or answer can encode.
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise _invalid_json("holds a lone UTF-16 surrogate (such as \\ud800), which is not text") from None
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "body: not valid JSON", "invalid_request_error", "invalid_json") from None
+        raise _invalid_json("not valid JSON") from None
+    except RecursionError:
+        raise _invalid_json("nested too deeply") from None
     if not isinstance(data, dict):
         raise bad("body", "must be a JSON object")
     return data
+
+
+def _invalid_json(problem: str) -> ApiError:
+    return ApiError(400, f"body: {problem}", "invalid_request_error", "invalid_json")
 
 
 def reject_unknown(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
@@ -51,13 +62,18 @@ def str_list(body: Mapping[str, Any], name: str) -> list[str]:
 
 
 def amount(value: object, field: str) -> Money:
-    """USD from a decimal string; a float is refused (it cannot carry the exact amount)."""
+    """USD from a decimal string, at most ``MAX_AMOUNT``; a float is refused (it cannot carry the
+    exact amount)."""
     if isinstance(value, float):
         raise bad(field, f'give money as a decimal string (e.g. "{value}"), never a float')
     try:
-        return Money.parse(value, what=field)
+        money = Money.parse(value, what=field)
     except MoneyError as exc:
         raise bad(field, str(exc).removeprefix(f"{field}: ")) from None
+    if money > MAX_AMOUNT:
+        # A ledger stores nano-USD in 64-bit integers; more than this fits no request anyway.
+        raise bad(field, f"must be at most {MAX_AMOUNT.decimal_str()} USD")
+    return money
 
 
 def time_field(text: str, name: str) -> datetime:

@@ -54,6 +54,20 @@ _TIME_RANGE: Final = [
 _USD: Final = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "description": "USD as a decimal string"}
 
 
+_CONFLICT: Final = {"409": _json(_ref("Error"), "A budget with this id exists: PATCH it")}
+#: A budget's fields, as ``POST /budgets`` takes them and as every budget answer gives them back.
+_BUDGET_FIELDS: Final[dict[str, Any]] = {
+    "id": {"type": "string"},
+    "name": {"type": "string"},
+    "selector": {"type": "object", "additionalProperties": {"type": "string"}},
+    "limit": {**_USD, "description": "USD as a decimal string, at most 1000000000"},
+    "window": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+    "timezone": {"type": "string"},
+    "thresholds": {"type": "array", "items": {"type": "integer"}},
+    "on_exceed": {"enum": ["raise", "wait", "clamp"]},
+}
+
+
 def _op(
     summary: str,
     ok: dict[str, Any],
@@ -62,10 +76,11 @@ def _op(
     found: bool = False,
     status: str = "200",
     parameters: list[dict[str, Any]] | None = None,
+    more: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
-        "responses": {status: ok, **_ERRORS, **(_NOT_FOUND if found else {})},
+        "responses": {status: ok, **_ERRORS, **(_NOT_FOUND if found else {}), **(more or {})},
     }
     if parameters:
         op["parameters"] = parameters
@@ -121,7 +136,8 @@ OPENAPI: Final[dict[str, Any]] = {
         },
         "/budgets": {
             "get": _op("Budgets with spend in the current window", _json(_list("BudgetUsage"))),
-            "post": _op("Create a budget", _json(_ref("Budget"), "Created"), body=_ref("BudgetConfig"), status="201"),
+            "post": _op("Create a budget", _json(_ref("Budget"), "Created"), body=_ref("BudgetConfig"), status="201",
+                        more=_CONFLICT),
         },
         "/budgets/{id}": {
             "patch": _op("Change a budget's limit now", _json(_ref("Budget")), found=True, parameters=_ID,
@@ -175,14 +191,15 @@ OPENAPI: Final[dict[str, Any]] = {
                 "budget": {"oneOf": [_ref("BudgetUsage"), {"type": "null"}]}}},
             "KeyWithSecret": {"allOf": [_ref("Key"), {"type": "object", "required": ["secret"],
                               "properties": {"secret": {"type": "string", "description": "shown once"}}}]},
-            "BudgetConfig": {"type": "object", "required": ["limit"], "additionalProperties": False, "properties": {
-                "id": {"type": "string"}, "name": {"type": "string"},
-                "selector": {"type": "object", "additionalProperties": {"type": "string"}},
-                "limit": _USD, "window": {"oneOf": [{"type": "string"}, {"type": "object"}]},
-                "timezone": {"type": "string"}, "thresholds": {"type": "array", "items": {"type": "integer"}},
-                "on_exceed": {"enum": ["raise", "wait", "clamp"]}}},
-            "Budget": {"allOf": [_ref("BudgetConfig"), {"type": "object", "properties": {
-                "current": {"oneOf": [_ref("BudgetUsage"), {"type": "null"}]}}}]},
+            "BudgetConfig": {"type": "object", "required": ["limit"], "additionalProperties": False,
+                             "properties": _BUDGET_FIELDS},
+            # Its own object, not allOf BudgetConfig: that one's additionalProperties would forbid
+            # `current`. The time zone comes back inside `window`.
+            "Budget": {"type": "object", "additionalProperties": False,
+                       "required": ["id", "selector", "limit", "window", "thresholds", "on_exceed", "current"],
+                       "properties": {**{k: v for k, v in _BUDGET_FIELDS.items() if k != "timezone"},
+                                      "current": {"oneOf": [_ref("BudgetUsage"), {"type": "null"}],
+                                                  "description": "the current window (null for a wildcard budget)"}}},
             "BudgetUsage": {"type": "object", "properties": {
                 "id": {"type": "string"}, "label": {"type": "string"},
                 "selector": {"type": "object"}, "instance": {"type": "object"},

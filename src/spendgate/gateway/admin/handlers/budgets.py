@@ -42,8 +42,8 @@ def _create(ctx: AdminContext, budget: Budget) -> dict[str, Any]:
 
 async def create_budget(request: Request) -> Response:
     body = await json_body(request)
-    if isinstance(body.get("limit"), float):
-        raise bad("limit", f'give money as a decimal string (e.g. "{body["limit"]}"), never a float')
+    if "limit" in body:
+        amount(body["limit"], "limit")  # floats and amounts past what a ledger holds
     try:
         budget = Budget.from_config(body, where="body")
     except ConfigError as exc:
