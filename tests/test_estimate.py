@@ -29,16 +29,75 @@ def test_exact_prompt_and_requested_max_tokens() -> None:
     assert e.output_source == "request"
 
 
-def test_max_completion_tokens_wins_over_max_tokens() -> None:
-    e = est("chat", model="gpt-4", messages=HELLO, max_completion_tokens=10, max_tokens=100)
-    assert e.max_output_tokens == 10
+def test_both_output_caps_reserve_the_larger() -> None:
+    # Servers read one field or the other: max_completion_tokens 0 beside max_tokens 100 may
+    # still generate 100 tokens.
+    for small, big in ((10, 100), (0, 100), (100, 10)):
+        e = est("chat", model="gpt-4", messages=HELLO, max_completion_tokens=small, max_tokens=big)
+        assert e.max_output_tokens == max(small, big)
 
 
 def test_no_max_tokens_uses_the_models_max_output() -> None:
-    e = est("chat", model="gpt-4o", messages=HELLO)
+    e = est("chat", model="gpt-4o", messages=HELLO, service_tier="default")
     assert e.max_output_tokens == 16384
     assert e.output_source == "model"
     assert e.amount == Money.from_femto_ceil(e.prompt.tokens * 2_500_000_000 + 16384 * 10_000_000_000)
+
+
+@pytest.mark.parametrize(
+    ("tier", "rates"),
+    [
+        # gpt-4o: $2.50/$10 standard, $4.25/$17 priority, $1.25/$5 batch (per 1M)
+        ("default", (2_500_000_000, 10_000_000_000)),  # names the standard tier
+        ("priority", (4_250_000_000, 17_000_000_000)),
+        ("batch", (1_250_000_000, 5_000_000_000)),
+        # none, "auto", or a tier the catalog does not know: it may be served at priority
+        (None, (4_250_000_000, 17_000_000_000)),
+        ("auto", (4_250_000_000, 17_000_000_000)),
+        ("fast", (4_250_000_000, 17_000_000_000)),
+    ],
+)
+def test_the_reservation_is_at_the_highest_tier_the_request_may_be_served_at(
+    tier: str | None, rates: tuple[int, int]
+) -> None:
+    body: dict[str, Any] = {"messages": HELLO, "max_tokens": 10}
+    if tier is not None:
+        body["service_tier"] = tier
+    e = est("chat", model="gpt-4o", **body)
+    assert (e.prompt_rate, e.output_rate) == rates
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "extra"),
+    [
+        ("responses", {"previous_response_id": "resp_1"}),
+        ("responses", {"conversation": "conv_1"}),
+        ("responses", {"prompt": {"id": "pmpt_1"}}),
+        ("responses", {"tools": [{"type": "web_search"}]}),
+        ("responses", {"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}),
+        ("responses", {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
+        ("messages", {"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+        ("chat", {"web_search_options": {}}),
+    ],
+)
+def test_input_not_in_the_body_is_bounded_by_the_context_window(endpoint: str, extra: dict[str, Any]) -> None:
+    model = "claude-sonnet-4-5" if endpoint == "messages" else "gpt-4o"
+    base: dict[str, Any] = {
+        "model": model,
+        "max_tokens" if endpoint != "responses" else "max_output_tokens": 5,
+    }
+    if endpoint == "responses":
+        base["input"] = "hi"
+    else:
+        base["messages"] = HELLO
+    body = {**base, **extra}
+    window = CATALOG.price(model).context_window
+    assert window
+    e = estimate_request(endpoint, body, catalog=CATALOG)  # type: ignore[arg-type]
+    assert e.prompt.tokens == window and e.prompt.method == "context_window"
+    assert estimate_request(endpoint, base, catalog=CATALOG).prompt.tokens < 100  # type: ignore[arg-type]
+    with pytest.raises(EstimateError, match="cannot bound the input"):
+        estimate_request(endpoint, body, catalog=CATALOG, unbounded_policy="refuse")  # type: ignore[arg-type]
 
 
 def test_n_multiplies_the_output_not_the_prompt() -> None:
@@ -69,7 +128,13 @@ def test_embeddings_have_no_output() -> None:
 
 def test_long_context_tier_is_reserved_when_the_prompt_may_pass_it() -> None:
     big = "word " * 300_000
-    e = est("chat", model="gpt-5.4", messages=[{"role": "user", "content": big}], max_tokens=10)
+    e = est(
+        "chat",
+        model="gpt-5.4",
+        messages=[{"role": "user", "content": big}],
+        max_tokens=10,
+        service_tier="default",
+    )
     assert e.prompt_rate == 5_000_000_000 and e.output_rate == 22_500_000_000
 
 
@@ -132,3 +197,103 @@ def test_actual_cost_never_exceeds_the_estimate(
         input_tokens=prompt, cache_read_tokens=cached, output_tokens=output, reasoning_tokens=reasoning
     )
     assert cost_of(usage, e.price).total <= e.amount
+
+
+# -- what the bound must include (each fails if the estimate leaves its part out) ---------------
+
+LONG = "Answer as a careful accountant who double-checks every figure. " * 40
+
+
+def _prompt(endpoint: Any, **body: Any) -> int:
+    return int(est(endpoint, **body).prompt.tokens)
+
+
+def test_tools_system_and_instructions_are_part_of_the_prompt_bound() -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"lookup_{i}",
+                "description": "Look a figure up in the ledger by its account and period.",
+                "parameters": {"type": "object", "properties": {"account": {"type": "string"}}},
+            },
+        }
+        for i in range(20)
+    ]
+    bare = _prompt("chat", model="gpt-4o", messages=HELLO, max_tokens=5)
+    assert _prompt("chat", model="gpt-4o", messages=HELLO, max_tokens=5, tools=tools) > bare + 20 * 20
+    a_bare = _prompt("messages", model="claude-sonnet-4-5", messages=HELLO, max_tokens=5)
+    with_system = _prompt("messages", model="claude-sonnet-4-5", messages=HELLO, max_tokens=5, system=LONG)
+    assert with_system > a_bare + len(LONG) // 8
+    r_bare = _prompt("responses", model="gpt-4o", input="hi", max_output_tokens=5)
+    with_instructions = _prompt(
+        "responses", model="gpt-4o", input="hi", max_output_tokens=5, instructions=LONG
+    )
+    assert with_instructions > r_bare + len(LONG) // 8
+
+
+def test_audio_is_reserved_at_the_audio_rates() -> None:
+    # gpt-audio: $2.50/$10 text, $32/$64 audio per 1M
+    audio_in = [
+        {
+            "role": "user",
+            "content": [{"type": "input_audio", "input_audio": {"data": "UklG", "format": "wav"}}],
+        }
+    ]
+    e = est("chat", model="gpt-audio", messages=audio_in, max_tokens=5)
+    assert e.prompt_rate == 32_000_000_000
+    spoken = est("chat", model="gpt-audio", messages=HELLO, max_tokens=5, modalities=["text", "audio"])
+    assert spoken.output_rate == 64_000_000_000
+    assert est("chat", model="gpt-audio", messages=HELLO, max_tokens=5).prompt_rate == 2_500_000_000
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    system=st.none() | st.text(max_size=200),
+    tools=st.integers(min_value=0, max_value=5),
+    tier=st.sampled_from([None, "auto", "default", "priority", "flex", "batch", "fast"]),
+    max_tokens=st.integers(min_value=0, max_value=5000),
+    n=st.integers(min_value=1, max_value=3),
+    model=st.sampled_from(["gpt-4o", "gpt-5", "gpt-4.1", "o3"]),
+)
+def test_no_tier_a_request_may_be_served_at_bills_above_its_estimate(
+    system: str | None, tools: int, tier: str | None, max_tokens: int, n: int, model: str
+) -> None:
+    from spendgate.estimate import tables_for
+
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "What does this cost?"}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens, "n": n}
+    if tools:
+        body["tools"] = [
+            {"type": "function", "function": {"name": f"f{i}", "parameters": {"type": "object"}}}
+            for i in range(tools)
+        ]
+    if tier is not None:
+        body["service_tier"] = tier
+    e = estimate_request("chat", body, catalog=CATALOG)
+    price = CATALOG.price(model)
+    served = [name for name, table in price.service_tiers.items() if table in tables_for(price, tier)]
+    if price.standard in tables_for(price, tier):
+        served.append("standard")
+    worst_usage = Usage(input_tokens=e.prompt.tokens, output_tokens=max_tokens * n)
+    for name in served:
+        assert cost_of(worst_usage, price, service_tier=name).total <= e.amount, name
+    # a body with less in it never reserves more
+    assert estimate_request("chat", {**body, "messages": messages[-1:]}, catalog=CATALOG).amount <= e.amount
+
+
+def test_an_uplift_the_request_asks_for_is_reserved() -> None:
+    # claude-opus-5: $5/$25 per 1M; inference_geo "us" x1.1, speed "fast" x2
+    base = {"messages": HELLO, "max_tokens": 10}
+    plain = est("messages", model="claude-opus-5", **base)
+    assert (plain.prompt_rate, plain.output_rate) == (5_000_000_000, 25_000_000_000)
+    us_fast = est("messages", model="claude-opus-5", inference_geo="us", speed="fast", **base)
+    assert (us_fast.prompt_rate, us_fast.output_rate) == (11_000_000_000, 55_000_000_000)
+
+
+def test_openai_cache_writes_are_reserved_without_cache_control() -> None:
+    # gpt-5.6: $4 input, $5 cache write, $10 12-hour write per 1M: OpenAI writes unasked
+    e = est("chat", model="gpt-5.6", messages=HELLO, max_tokens=10, service_tier="default")
+    assert e.prompt_rate == 10_000_000_000

@@ -16,11 +16,11 @@ import warnings
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
-from spendgate.budgets import Window
+from spendgate.budgets import Budget, Window
 from spendgate.errors import ConfigError, SpendgateError
 from spendgate.estimate import estimate_request
 from spendgate.guard import ON_EXCEED, Guard, OnExceed
-from spendgate.ledger import BudgetUsage, Ledger
+from spendgate.ledger import BudgetUsage, Ledger, open_ledger
 from spendgate.money import Money, MoneyError
 
 if TYPE_CHECKING:
@@ -59,6 +59,24 @@ def _parse_budget(value: object) -> Money | None:
         raise ConfigError("cost_tracking_budget", str(exc).removeprefix("cost_tracking_budget: ")) from None
 
 
+def _check_shared(ledger: Ledger, budget: Budget) -> None:
+    """Two Clients on one ledger share a budget id only on purpose: the same limit and window.
+    A different definition would silently replace the first (its spend capped by the other's
+    limit), so it is an error naming both."""
+    try:
+        existing = ledger.get_budget(budget.id)
+    except KeyError:
+        return
+    if (existing.limit, existing.window) == (budget.limit, budget.window):
+        return
+    raise ConfigError(
+        "budget_id",
+        f"this ledger already holds a budget {budget.id!r} of {_plain(existing.limit)} USD "
+        f"({existing.label()}); this Client asks for {_plain(budget.limit)} USD ({budget.label()}). "
+        "Pass budget_id='...' to keep them apart, or the same limit and window to share it",
+    )
+
+
 def _plain(amount: Money) -> str:
     text = amount.format().lstrip("$").replace(",", "")
     return text[:-3] if text.endswith(".00") else text
@@ -80,11 +98,12 @@ class _Base:
         default_model: str = "gpt-4o",
         ledger: Ledger | str = "memory://",
         on_exceed: OnExceed = "raise",
+        budget_id: str = BUDGET_ID,
         **openai_kwargs: Any,
     ) -> None:
         from spendgate.integrations.openai import guard_in_place
 
-        self._setup(cost_tracking_budget, budget_window, default_model, ledger, on_exceed)
+        self._setup(cost_tracking_budget, budget_window, default_model, ledger, on_exceed, budget_id)
         import openai
 
         make = getattr(openai, self._openai_class)
@@ -111,8 +130,11 @@ class _Base:
         default_model: str,
         ledger: Ledger | str,
         on_exceed: OnExceed,
+        budget_id: str,
     ) -> None:
         limit = _parse_budget(cost_tracking_budget)
+        if not isinstance(budget_id, str) or not budget_id:
+            raise ConfigError("budget_id", f"must be a non-empty string, got {budget_id!r}")
         if on_exceed not in ON_EXCEED:
             raise ConfigError("on_exceed", f"must be one of {', '.join(ON_EXCEED)}, got {on_exceed!r}")
         if budget_window is not None and limit is None:
@@ -121,19 +143,34 @@ class _Base:
             window = Window.parse(budget_window)
         except ValueError as exc:
             raise ConfigError("budget_window", str(exc)) from None
-        budgets = []
+        budgets: list[Budget] = []
         if limit is not None:
             budgets.append(
-                {
-                    "id": BUDGET_ID,
-                    "limit": limit.decimal_str(),
-                    "window": window.to_config(),
-                    "on_exceed": on_exceed,
-                }
+                Budget.from_config(
+                    {
+                        "id": budget_id,
+                        "limit": limit.decimal_str(),
+                        "window": window.to_config(),
+                        "on_exceed": on_exceed,
+                    },
+                    where="cost_tracking_budget",
+                )
             )
         self.default_model = default_model
         self._limit = limit
-        self.guard = Guard(ledger, budgets=budgets, on_exceed=on_exceed)
+        self.budget_id = budget_id
+        opened = open_ledger(ledger) if isinstance(ledger, str) else None
+        shared = opened if opened is not None else ledger
+        assert not isinstance(shared, str)
+        try:
+            for budget in budgets:
+                _check_shared(shared, budget)
+            self.guard = Guard(shared, budgets=budgets, on_exceed=on_exceed)
+        except BaseException:
+            if opened is not None:
+                opened.close()
+            raise
+        self._opened = opened
         if limit is not None:
             self._check_size(limit)
 
@@ -147,7 +184,7 @@ class _Base:
             )
         except SpendgateError:
             return  # an unknown model is refused, with its own message, at the first call
-        available = self.guard.ledger.usage(BUDGET_ID).available
+        available = self.guard.ledger.usage(self.budget_id).available
         if worst.amount <= available:
             return
         affordable = worst.max_output_affordable(available)
@@ -167,7 +204,7 @@ class _Base:
         """The budget's current window (spent, reserved, limit, reset time), or None without one."""
         if self._limit is None:
             return None
-        return self.guard.ledger.usage(BUDGET_ID)
+        return self.guard.ledger.usage(self.budget_id)
 
     @property
     def spent(self) -> Money:
@@ -188,7 +225,9 @@ class _Base:
         return self._limit
 
     def _close_guard(self) -> None:
-        self.guard.close()  # closes the ledger too when it was opened from a URL here
+        self.guard.close()
+        if self._opened is not None:  # opened from a URL here
+            self._opened.close()
 
 
 class Client(_Base):

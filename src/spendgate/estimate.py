@@ -2,15 +2,19 @@
 
     prompt upper bound x worst prompt rate  +  n x max output x worst output rate
 
-The prompt rate is the input rate, or the cache-write rate where the request
-asks for caching (Anthropic ``cache_control``), or the audio rate where it
-carries audio; the output rate is the highest of output, reasoning and audio
-output. A long-context tier whose threshold the prompt bound passes is
-included. The prompt is billed once whatever ``n`` is, as providers bill it.
+The prompt rate is the input rate, or the highest cache-write rate where the
+provider may write to its cache (Anthropic ``cache_control``; OpenAI always),
+or the audio rate where the request carries audio; the output rate is the
+highest of output, reasoning, audio and image output. Rates are the highest
+among the service tiers the request may be served at and the long-context
+tiers its prompt bound may pass, times an uplift it asks for. Input the body
+does not hold is bounded by the context window. The prompt is billed once
+whatever ``n`` is, as providers bill it. docs/design.md tabulates the cases.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
@@ -19,7 +23,7 @@ from spendgate.cost import Cost
 from spendgate.errors import SpendgateError
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog
-from spendgate.pricing.schema import ModelPrice, Rates
+from spendgate.pricing.schema import ModelPrice, Rates, RateTable
 from spendgate.tokens import TokenCount, TokenCounter, default_counter
 from spendgate.usage import Usage
 
@@ -29,6 +33,91 @@ ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completions", "embeddings", "respons
 
 class EstimateError(SpendgateError, ValueError):
     """The request cannot be bounded (for example no max output is known)."""
+
+
+# -- what a request body must be (checked before anything walks, counts, stores or sends it) --
+
+#: The most one request may reserve: a billion USD. Ledgers keep nano-USD in 64-bit integers; a
+#: worst case past this is a request no budget could admit (and would overflow the storage).
+MAX_AMOUNT: Final = Money(10**18)
+#: Counts past this are refused (a signed 32-bit integer: the most servers parse).
+MAX_COUNT: Final = 2**31 - 1
+#: Deeper nesting is refused: no real request needs it, and recursive code over a body (JSON
+#: encoders, the token counter's content walk) would fail on it.
+MAX_NESTING: Final = 100
+_COUNTS: Final = ("n", "best_of", "max_tokens", "max_completion_tokens", "max_output_tokens")
+#: A lone surrogate (``"\ud800"`` in JSON) is no text: it cannot be encoded, stored or sent.
+_SURROGATES: Final = re.compile("[\ud800-\udfff]")
+_NUMBERS: Final = frozenset({int, float, bool, type(None)})
+_TEXT_OR_LIST: Final = ((str, list), "a string or a list")
+#: The JSON types the estimate relies on, where a field is present and not null.
+_SHAPES: Final[dict[str, tuple[tuple[type, ...], str]]] = {
+    "stream_options": ((Mapping,), "an object"),
+    "tools": ((list,), "a list"),
+    "functions": ((list,), "a list"),
+}
+_ENDPOINT_SHAPES: Final[dict[str, dict[str, tuple[tuple[type, ...], str]]]] = {
+    "chat": {"messages": ((list,), "a list of messages")},
+    "completions": {"prompt": _TEXT_OR_LIST},
+    "embeddings": {"input": _TEXT_OR_LIST},
+    "responses": {"input": _TEXT_OR_LIST},
+    "messages": {"messages": ((list,), "a list of messages"), "system": _TEXT_OR_LIST},
+}
+
+
+def check_request(endpoint: Endpoint, request: Mapping[str, Any]) -> None:
+    """Refuse, with ``EstimateError``, a body no provider accepts and that would fail further on:
+    a field of the wrong JSON type, a count past ``MAX_COUNT``, nesting past ``MAX_NESTING``
+    levels, a lone surrogate in any string."""
+    for name, (types, said) in (*_SHAPES.items(), *_ENDPOINT_SHAPES.get(endpoint, {}).items()):
+        value = request.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            raise EstimateError(f"'{name}' must be {said}, got {type(value).__name__}")
+    for name in _COUNTS:
+        value = request.get(name)
+        if isinstance(value, int) and value > MAX_COUNT:
+            raise EstimateError(f"'{name}' must be at most {MAX_COUNT}")
+    _check_nesting_and_text(request)
+
+
+def _check_nesting_and_text(request: Mapping[str, Any]) -> None:
+    """Iterative, so that no depth can exhaust the stack here."""
+    stack: list[tuple[Any, int]] = [(request, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise EstimateError(f"the request is nested more than {MAX_NESTING} levels deep")
+        if isinstance(item, Mapping):
+            for key in item:
+                if type(key) is str and not key.isascii() and _SURROGATES.search(key):
+                    raise _surrogate_error()
+            values: Iterable[Any] = item.values()
+        elif _NUMBERS.issuperset(map(type, item)):
+            continue  # token ids: one pass in C, not one loop turn per number
+        else:
+            values = item
+        for value in values:
+            kind = type(value)
+            if kind is str:
+                if not value.isascii() and _SURROGATES.search(value):
+                    raise _surrogate_error()
+            elif kind in _CONTAINERS or (kind not in _SCALARS and isinstance(value, Mapping | list | tuple)):
+                stack.append((value, depth + 1))
+
+
+def _surrogate_error() -> EstimateError:
+    return EstimateError(
+        "the request holds a lone UTF-16 surrogate (such as \\ud800), which is not text; send valid Unicode"
+    )
+
+
+def _storable(estimate: Estimate) -> None:
+    amount = estimate.amount
+    if amount > MAX_AMOUNT:
+        raise EstimateError(
+            f"the worst case of this request, {amount}, is over the most one request may reserve "
+            f"({MAX_AMOUNT}); lower max_tokens (or n)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,17 +182,25 @@ def estimate_request(
     catalog: Catalog,
     counter: TokenCounter | None = None,
     model: str | None = None,
+    unbounded_policy: UnboundedInputPolicy = "context_window",
 ) -> Estimate:
-    """Bound the cost of ``request`` (the body sent to ``endpoint``)."""
+    """Bound the cost of ``request`` (the body sent to ``endpoint``).
+
+    ``unbounded_policy``: for a request whose input is not all in its body (see
+    ``unbounded_input``): bound the prompt by the model's context window, or refuse."""
     if endpoint not in ENDPOINTS:
         raise EstimateError(f"unknown endpoint {endpoint!r}; known: {', '.join(ENDPOINTS)}")
     counter = counter or default_counter()
     model = model or request.get("model")
     if not isinstance(model, str) or not model:
         raise EstimateError("the request names no model ('model' is required)")
+    check_request(endpoint, request)
     price = catalog.price(model)
 
     prompt = _count_prompt(endpoint, request, model, counter)
+    unbounded = unbounded_input(endpoint, request)
+    if unbounded is not None:
+        prompt = _context_bound(price, prompt, unbounded, unbounded_policy)
     n = _choices(endpoint, request)
     if endpoint == "embeddings":
         max_out, source = 0, "none"
@@ -112,12 +209,24 @@ def estimate_request(
 
     rates = _worst_rates(price, prompt.tokens, request.get("service_tier"))
     prompt_rate = rates.input_rate()
-    if _mentions(request, "cache_control"):
-        prompt_rate = max(prompt_rate, rates.cache_write_rate(), rates.cache_write_1h_rate())
+    # Anthropic writes to its cache where the request says cache_control; OpenAI writes on its
+    # own (and bills it where the model prices writes), whatever the request says.
+    if price.provider in _CACHES_UNASKED or _mentions(request, "cache_control"):
+        prompt_rate = max(
+            prompt_rate, rates.cache_write_rate(), rates.cache_write_1h_rate(), rates.cache_write_12h_rate()
+        )
     if _has_audio(request):
         prompt_rate = max(prompt_rate, rates.audio_input_rate())
-    output_rate = max(rates.output_rate(), rates.reasoning_rate(), rates.audio_output_rate())
-    return Estimate(
+    output_rate = max(
+        rates.output_rate(), rates.reasoning_rate(), rates.audio_output_rate(), rates.image_output_rate()
+    )
+    # An uplift the request asks for (Anthropic's inference_geo, speed: fast), rounded up.
+    num, den = price.multiplier(
+        inference_geo=_word(request.get("inference_geo")), speed=_word(request.get("speed"))
+    )
+    if (num, den) != (1, 1):
+        prompt_rate, output_rate = -(-prompt_rate * num // den), -(-output_rate * num // den)
+    estimate = Estimate(
         model=model,
         price=price,
         prompt=prompt,
@@ -127,6 +236,8 @@ def estimate_request(
         prompt_rate=prompt_rate,
         output_rate=output_rate,
     )
+    _storable(estimate)
+    return estimate
 
 
 def _count_prompt(
@@ -181,12 +292,16 @@ def _max_output(
         "responses": ("max_output_tokens",),
         "messages": ("max_tokens",),
     }[endpoint]
+    given: list[int] = []
     for name in names:
         value = request.get(name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise EstimateError(f"'{name}' must be a whole number >= 0, got {value!r}")
-            return value, "request"
+            given.append(value)
+    if given:
+        # Servers read one field or the other: the request may generate up to the larger.
+        return max(given), "request"
     if price.max_output_tokens:
         return price.max_output_tokens, "model"
     if price.context_window and price.context_window > prompt_tokens:
@@ -198,10 +313,90 @@ def _max_output(
     )
 
 
+#: Service tiers a request names that pin the standard rates (OpenAI's "default", Anthropic's
+#: "standard_only"). A request naming none, "auto", or a tier this catalog does not know may be
+#: served at any tier the provider runs by default, priority included: it is reserved at the
+#: highest of them (flex and batch are never served unasked).
+_STANDARD_TIERS: Final = frozenset({"default", "standard", "standard_only"})
+_ASKED_ONLY: Final = frozenset({"batch", "flex"})
+
+
+def tables_for(price: ModelPrice, service_tier: object) -> list[RateTable]:
+    """The rate tables a request asking for ``service_tier`` may be billed at."""
+    if isinstance(service_tier, str) and service_tier in price.service_tiers:
+        return [price.service_tiers[service_tier]]
+    if isinstance(service_tier, str) and service_tier in _STANDARD_TIERS:
+        return [price.standard]
+    return [price.standard, *(t for name, t in price.service_tiers.items() if name not in _ASKED_ONLY)]
+
+
+UnboundedInputPolicy = Literal["context_window", "refuse"]
+UNBOUNDED_INPUT_POLICIES: Final = ("context_window", "refuse")
+
+#: Responses API fields that bring input the body does not hold (a stored response, a
+#: conversation, a stored prompt template).
+_STORED_INPUT: Final = ("previous_response_id", "conversation")
+#: Hosted tools whose results the provider feeds back as input it bills: Responses API tool
+#: types, and the prefixes of Anthropic's server tools.
+_HOSTED_TOOLS: Final = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+        "computer_use_preview",
+        "mcp",
+    }
+)
+_SERVER_TOOL_PREFIXES: Final = ("web_search_", "web_fetch_", "code_execution_")
+
+
+def unbounded_input(endpoint: Endpoint, request: Mapping[str, Any]) -> str | None:
+    """Why the input of ``request`` is not all in its body (None when it is): what the
+    provider bills as input then is bounded only by the model's context window."""
+    if endpoint == "responses":
+        for name in _STORED_INPUT:
+            if request.get(name) is not None:
+                return f"'{name}' brings input stored at the provider"
+        if isinstance(request.get("prompt"), Mapping):
+            return "'prompt' names a stored prompt"
+    for tool in request.get("tools") or ():
+        kind = tool.get("type") if isinstance(tool, Mapping) else None
+        if isinstance(kind, str) and (kind in _HOSTED_TOOLS or kind.startswith(_SERVER_TOOL_PREFIXES)):
+            return f"the hosted tool {kind!r} adds its results to the input"
+    if endpoint == "chat" and request.get("web_search_options") is not None:
+        return "'web_search_options' adds search results to the input"
+    if _mentions(request.get("messages") or request.get("input") or [], "file_id"):
+        return "a file given by 'file_id' is not in the body"
+    return None
+
+
+def _context_bound(
+    price: ModelPrice, prompt: TokenCount, why: str, policy: UnboundedInputPolicy
+) -> TokenCount:
+    """The prompt bound of a request whose input is not all in its body."""
+    if policy == "refuse" or not price.context_window:
+        where = (
+            "the policy refuses such requests"
+            if policy == "refuse"
+            else "the catalog knows no context window"
+        )
+        raise EstimateError(
+            f"cannot bound the input of this {price.name!r} request: {why}, and {where}; "
+            "send the input in the body, or allow a bound by the model's context window"
+        )
+    return TokenCount(tokens=max(prompt.tokens, price.context_window), exact=False, method="context_window")
+
+
 def _worst_rates(price: ModelPrice, prompt_bound: int, service_tier: object) -> Rates:
-    """The highest rate of each kind among the tiers a prompt up to the bound may hit."""
-    table = price.service_tiers.get(str(service_tier), price.standard) if service_tier else price.standard
-    candidates = [table.base] + [t.rates for t in table.tiers if prompt_bound > t.above]
+    """The highest rate of each kind among the tiers, and the long-context tiers, a prompt up to
+    the bound may be billed at."""
+    candidates = [
+        rates
+        for table in tables_for(price, service_tier)
+        for rates in (table.base, *(t.rates for t in table.tiers if prompt_bound > t.above))
+    ]
     if len(candidates) == 1:
         return candidates[0]
     return Rates(
@@ -210,10 +405,20 @@ def _worst_rates(price: ModelPrice, prompt_bound: int, service_tier: object) -> 
         cache_read=max(r.cache_read_rate() for r in candidates),
         cache_write=max(r.cache_write_rate() for r in candidates),
         cache_write_1h=max(r.cache_write_1h_rate() for r in candidates),
+        cache_write_12h=max(r.cache_write_12h_rate() for r in candidates),
         reasoning=max(r.reasoning_rate() for r in candidates),
         audio_input=max(r.audio_input_rate() for r in candidates),
         audio_output=max(r.audio_output_rate() for r in candidates),
+        image_output=max(r.image_output_rate() for r in candidates),
     )
+
+
+#: Providers that write to their prompt cache without being asked.
+_CACHES_UNASKED: Final = frozenset({"openai", "azure"})
+
+
+def _word(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _mentions(obj: Any, key: str) -> bool:

@@ -29,7 +29,13 @@ from spendgate.budgets import Attributes, Budget, instance_key
 from spendgate.clock import Clock, SystemClock
 from spendgate.cost import Cost, cost_of
 from spendgate.errors import BudgetExceededError, ConfigError
-from spendgate.estimate import Endpoint, Estimate, estimate_request
+from spendgate.estimate import (
+    UNBOUNDED_INPUT_POLICIES,
+    Endpoint,
+    Estimate,
+    UnboundedInputPolicy,
+    estimate_request,
+)
 from spendgate.ledger import (
     Ledger,
     Refusal,
@@ -110,7 +116,14 @@ class Guard:
         lease: float = 600.0,
         poll_interval: float = 1.0,
         clock: Clock | None = None,
+        unbounded_input: UnboundedInputPolicy = "context_window",
     ) -> None:
+        if unbounded_input not in UNBOUNDED_INPUT_POLICIES:
+            raise ConfigError(
+                "unbounded_input",
+                f"must be one of {', '.join(UNBOUNDED_INPUT_POLICIES)}, got {unbounded_input!r}",
+            )
+        self.unbounded_input: UnboundedInputPolicy = unbounded_input
         if on_exceed is not None and on_exceed not in ON_EXCEED:
             raise ConfigError("on_exceed", f"must be one of {', '.join(ON_EXCEED)}, got {on_exceed!r}")
         for key, value in (("max_wait", max_wait), ("lease", lease), ("poll_interval", poll_interval)):
@@ -160,7 +173,9 @@ class Guard:
         """Attribute, price and estimate, without touching the ledger."""
         body = dict(request)
         model = body.get("model")
-        estimate = estimate_request(endpoint, body, catalog=self.catalog, counter=self.counter)
+        estimate = estimate_request(
+            endpoint, body, catalog=self.catalog, counter=self.counter, unbounded_policy=self.unbounded_input
+        )
         model = estimate.model
         if isinstance(attributes, Attributes):
             attrs = attribution.merge(attribution.current(), attributes)
@@ -252,8 +267,12 @@ class Guard:
             else:
                 raise result.to_error()
         if clamped is not None:
-            fields = _MAX_OUTPUT_FIELDS[endpoint]
-            body[next((f for f in fields if f in body), fields[0])] = clamped
+            # Every cap field the body has (a server may read either), or the endpoint's own.
+            fields = [f for f in _MAX_OUTPUT_FIELDS[endpoint] if f in body] or _MAX_OUTPUT_FIELDS[endpoint][
+                :1
+            ]
+            for name in fields:
+                body[name] = clamped
         return Admission(
             request_id=rid,
             endpoint=endpoint,

@@ -113,8 +113,11 @@ def test_request_timeout_counts_the_admission_wait(tmp_path: Path, up: FakeUpstr
     client = _client(gateway, keys["alice"][1])
     ledger = gateway.ledger()
     try:
-        # Spend about 0.7 of the worst case: what is left never affords another one.
-        client.chat.completions.create(**BIG, extra_headers={"x-fake-output-tokens": "700"})
+        # Spend about 0.7 of the worst case (the worst case is at priority rates: BIG names no
+        # tier): what is left never affords another one.
+        client.chat.completions.create(
+            **BIG, service_tier="priority", extra_headers={"x-fake-output-tokens": "700"}
+        )
         started = time.monotonic()
         with pytest.raises(openai.InternalServerError) as caught:
             client.chat.completions.create(**BIG)

@@ -13,7 +13,7 @@ import pytest
 
 import spendgate
 from spendgate.client import AsyncClient, BudgetTooSmallWarning, Client
-from spendgate.errors import CostTrackingBudgetExceededError
+from spendgate.errors import ConfigError, CostTrackingBudgetExceededError
 from spendgate.estimate import estimate_request
 from spendgate.money import Money
 from spendgate.testing import FakeUpstream
@@ -157,3 +157,17 @@ def test_async_client(up: FakeUpstream) -> None:
 
     spent = asyncio.run(main())
     assert spent <= Money.usd(1)
+
+
+def test_clients_on_one_ledger_share_a_budget_only_on_purpose(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'spend.db'}"
+    first = spendgate.Client(api_key="x", cost_tracking_budget=10, ledger=url)
+    # A different limit under the same id would silently become the first's limit too.
+    with pytest.raises(ConfigError, match="already holds a budget 'client' of 10 USD"):
+        spendgate.Client(api_key="x", cost_tracking_budget=100, ledger=url)
+    same = spendgate.Client(api_key="x", cost_tracking_budget=10, ledger=url)  # shared on purpose
+    apart = spendgate.Client(api_key="x", cost_tracking_budget=100, ledger=url, budget_id="team-b")
+    assert first.limit == same.limit == Money.usd("10") and apart.limit == Money.usd("100")
+    assert first.guard.ledger.get_budget("client").limit == Money.usd("10")
+    for client in (first, same, apart):
+        client.close()

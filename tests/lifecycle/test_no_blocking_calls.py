@@ -158,7 +158,7 @@ def test_async_admission_clamp_and_wait(tmp_path: Path) -> None:
     # A short poll: the waiter looks again soon after the release (which sends no wake-up).
     guard = Guard(ledger, budgets=[budget], max_wait=5, poll_interval=0.01)
     body = {"model": "gpt-4o", "messages": MESSAGES}
-    small = {**body, "max_tokens": 60}  # fits the budget alone, not beside the clamped one
+    small = {**body, "max_tokens": 40}  # fits the budget alone, not beside the clamped one
 
     async def scenario() -> None:
         with attribute(team="a"):
