@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -116,12 +117,18 @@ class GatewayState:
             max_wait=settings.max_wait,
             lease=settings.lease,
         )
+        if metrics is None:
+            metrics = Metrics()
+        # Only these names become model labels (clients choose the rest: unbounded).
+        exact = [r.model for r in settings.routes if not any(c in r.model for c in "*?[")]
+        exact += [r.upstream_model for r in settings.routes if r.upstream_model]
+        metrics.known_models(exact, catalog)
         return cls(
             settings=settings,
             guard=guard,
             keys=keys if keys is not None else NoKeys(),
             client=client if client is not None else UpstreamClient(),
-            metrics=metrics if metrics is not None else Metrics(),
+            metrics=metrics,
             owns_ledger=owns_ledger,
             owns_client=client is None,
         )
@@ -310,6 +317,22 @@ class GatewayApp:
 
     async def _metrics(self, request: Request) -> Response:
         state = self.state
+        token = state.settings.metrics_token
+        if token is not None:
+            auth = request.headers.get("authorization", "")
+            given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": "metrics: send Authorization: Bearer <metrics token>",
+                            "type": "invalid_request_error",
+                            "code": "invalid_metrics_token",
+                        }
+                    },
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         return Response(state.metrics.render(state.ledger), media_type=CONTENT_TYPE)
 
     async def _models(self, request: Request) -> Response:

@@ -21,6 +21,7 @@ import click
 
 from spendgate.budgets import DIMENSIONS
 from spendgate.errors import ConfigError
+from spendgate.estimate import MAX_AMOUNT
 from spendgate.gateway.keys import KeyStore
 from spendgate.gateway.views import (
     budget_json,
@@ -169,7 +170,11 @@ def keys_create_cmd(
     try:
         expires_at = parse_time(expires, "--expires") if expires else None
         if budget is not None:
-            key_budget("key_check", budget, window)  # refuse a bad amount before a key exists
+            # Refuse a bad amount before a key exists: a key whose budget then fails to be
+            # written would be live without its budget and its secret never shown.
+            limit = key_budget("key_check", budget, window).limit
+            if limit > MAX_AMOUNT:  # the ledger stores nano-USD in 64-bit integers
+                _fail(f"--budget: must be at most {MAX_AMOUNT.decimal_str()} USD, got {budget}")
     except ConfigError as exc:
         _fail(str(exc).replace("budget.limit", "--budget").replace("budget.window", "--window"))
     except ValueError as exc:
@@ -193,8 +198,12 @@ def keys_create_cmd(
             _fail(str(exc))
         usage = None
         if budget is not None:
-            ledger.put_budget(key_budget(key.id, budget, window))
-            usage = ledger.usage(f"key:{key.id}")
+            try:
+                ledger.put_budget(key_budget(key.id, budget, window))
+                usage = ledger.usage(f"key:{key.id}")
+            except BaseException:
+                store.delete(key.id)  # all or nothing: no live key without its budget
+                raise
         if as_json:
             _echo_json({"secret": secret, **key_json(key, _now(), usage)})
             return

@@ -51,6 +51,7 @@ _TOP_KEYS: Final = (
     "ledger",
     "admin_token_env",
     "admin_token",
+    "metrics_token_env",
     "keys",
     "upstreams",
     "routes",
@@ -58,7 +59,7 @@ _TOP_KEYS: Final = (
     "prices",
     "defaults",
 )
-_LISTEN_KEYS: Final = ("host", "port", "workers")
+_LISTEN_KEYS: Final = ("host", "port", "workers", "header_timeout", "keep_alive_timeout", "max_connections")
 _KEYS_KEYS: Final = ("required",)
 _UPSTREAM_KEYS: Final = (
     "kind",
@@ -303,12 +304,14 @@ def _parse(
             port = r.whole(listen["port"], "listen.port", low=0, high=65535)
         if "workers" in listen:
             workers = r.whole(listen["workers"], "listen.workers", low=1, high=256)
+    listen_limits = _listen_limits(r, top.get("listen") or {})
 
     ledger = "sqlite:///spendgate.db"
     if "ledger" in top:
         ledger = _ledger_url(r, top["ledger"])
 
     admin_token = _admin_token(r, top, env)
+    metrics_token = _metrics_token(r, top, env)
 
     keys_required = True
     if "keys" in top:
@@ -349,6 +352,8 @@ def _parse(
         workers=workers,
         ledger=ledger,
         admin_token=admin_token,
+        metrics_token=metrics_token,
+        **listen_limits,
         upstreams=upstreams,
         routes=routes,
         budgets=budgets,
@@ -411,6 +416,28 @@ def _admin_token(r: _Reader, top: Mapping[str, Any], env: Mapping[str, str]) -> 
         raise r.error("admin_token_env", f"environment variable {name} is not set")
     if token is not None and len(token) < 16:
         log.warning("spendgate: the admin token is shorter than 16 characters; use a long random one")
+    return token
+
+
+def _listen_limits(r: _Reader, listen: Mapping[str, Any]) -> dict[str, Any]:
+    """``listen.header_timeout``, ``keep_alive_timeout`` (seconds), ``max_connections``."""
+    out: dict[str, Any] = {}
+    for name in ("header_timeout", "keep_alive_timeout"):
+        if name in listen:
+            out[name] = r.seconds(listen[name], f"listen.{name}")
+    if "max_connections" in listen:
+        out["max_connections"] = r.whole(listen["max_connections"], "listen.max_connections", low=1)
+    return out
+
+
+def _metrics_token(r: _Reader, top: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    """The token /metrics wants, from the variable ``metrics_token_env`` names (unset: an error)."""
+    if top.get("metrics_token_env") is None:
+        return None
+    name = r.env_name(top["metrics_token_env"], "metrics_token_env")
+    token = env.get(name) or None
+    if token is None:
+        raise r.error("metrics_token_env", f"environment variable {name} is not set")
     return token
 
 

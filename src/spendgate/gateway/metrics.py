@@ -9,13 +9,18 @@ and histograms live in prometheus_client's multiprocess files (the directory
 in ``PROMETHEUS_MULTIPROC_DIR``, set before any worker imports the library),
 and a scrape of any worker adds up all of them. The budget usage ratios are
 read from the ledger at scrape time, which every worker shares.
+
+Label values are bounded, whatever clients send: a model label is a name the
+config routes exactly or the catalog lists (its catalog name), else ``other``;
+a budget label is a budget's id, never an instance's value (a user or an end
+user's id), the ratio being its most used instance's.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -24,11 +29,15 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from spendgate.ledger import Ledger
+    from spendgate.pricing.catalog import Catalog
     from spendgate.usage import Usage
 
 log = logging.getLogger("spendgate.gateway.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: The model label of every name neither routed exactly nor in the catalog.
+OTHER_MODEL = "other"
 
 # Proxy latencies sit around a millisecond; provider calls around seconds.
 _REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -66,8 +75,25 @@ class Metrics:
             registry=r,
         )
         # labels() validates and locks on every call; the hot path looks its children up here.
-        # Bounded: label values are routed model names, endpoints, statuses and key ids.
+        # Bounded: label values are known model names, endpoints, statuses and key ids.
         self._children: dict[tuple[Any, ...], Any] = {}
+        # lowercased name -> label; set by ``known_models`` for each state (reloads included).
+        self._models: Mapping[str, str] = {}
+
+    def known_models(self, exact_routes: Iterable[str], catalog: Catalog | None) -> None:
+        """The model names that become labels: routed by exact name, or listed in ``catalog``.
+        A plain dict of the catalog's names, so a label lookup never grows the catalog's cache
+        with names clients make up."""
+        names: dict[str, str] = {}
+        if catalog is not None:
+            names.update((price.name.lower(), price.name) for price in catalog.models())
+        names.update((name.lower(), name) for name in exact_routes)
+        self._models = names
+
+    def model_label(self, model: str) -> str:
+        if model == "-":  # not routed (ctx default)
+            return model
+        return self._models.get(model.lower(), OTHER_MODEL)
 
     def _child(self, metric: Any, *values: str) -> Any:
         key = (id(metric), *values)
@@ -77,13 +103,14 @@ class Metrics:
         return child
 
     def answered(self, route: str, model: str, status: int, seconds: float) -> None:
-        self._child(self.requests, route, model, str(status)).inc()
+        self._child(self.requests, route, self.model_label(model), str(status)).inc()
         self._child(self.request_duration, route).observe(seconds)
 
     def upstream_answered(self, upstream: str, seconds: float) -> None:
         self._child(self.upstream_duration, upstream).observe(seconds)
 
     def settled(self, model: str, key: str | None, usage: Usage | None, cost_usd: float) -> None:
+        model = self.model_label(model)
         if usage is not None:
             if usage.input_tokens:
                 self._child(self.tokens, model, "input").inc(usage.input_tokens)
@@ -120,7 +147,7 @@ class _Registered(Collector):
 
 
 class _BudgetRatios(Collector):
-    """Spent plus reserved over the limit, per budget instance in its current window."""
+    """Spent plus reserved over the limit, per budget id (its most used instance), this window."""
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
@@ -128,7 +155,7 @@ class _BudgetRatios(Collector):
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "spendgate_budget_usage_ratio",
-            "Spent plus reserved over the limit, per budget instance, at scrape time",
+            "Spent plus reserved over the limit, per budget (its most used instance), at scrape time",
             labels=("budget",),
         )
         try:
@@ -136,9 +163,13 @@ class _BudgetRatios(Collector):
         except Exception:
             log.warning("metrics: the ledger did not answer list_budgets", exc_info=True)
             usages = []
+        # One series per budget id: an instance's key holds request values (a user, an end
+        # user's email) that must not become labels; the most used instance is what alerts want.
+        ratios: dict[str, float] = {}
         for u in usages:
-            name = u.budget_id + (f"[{u.instance_key}]" if u.instance else "")
             used = u.spent.nanos + u.reserved.nanos
             ratio = used / u.limit.nanos if u.limit.nanos > 0 else (1.0 if used else 0.0)
-            family.add_metric((name,), ratio)
+            ratios[u.budget_id] = max(ratio, ratios.get(u.budget_id, 0.0))
+        for budget_id, ratio in ratios.items():
+            family.add_metric((budget_id,), ratio)
         yield family

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from spendgate.gateway.app import GatewayApp, GatewayState, KeyLookup, NoKeys, create_app
-from spendgate.gateway.settings import GatewaySettings, Route, Upstream
+from spendgate.gateway.settings import GatewaySettings, Route, Upstream, exposure_problem
 
 if TYPE_CHECKING:
     from spendgate.testing.process import FakeUpstream
@@ -94,8 +95,9 @@ async def _run(app: GatewayApp, host: str, port: int, reload_path: str | None, o
         port=port,
         loop="none",  # the loop is ours (serve picks it); uvicorn must not set a policy
         workers=1,
-        **UVICORN_OPTIONS,
+        **uvicorn_options(app.state.settings),
     )
+    apply_header_timeout(config, app.state.settings)
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
     reloading: set[asyncio.Task[None]] = set()
@@ -104,6 +106,9 @@ async def _run(app: GatewayApp, host: str, port: int, reload_path: str | None, o
         assert reload_path is not None
         try:
             settings = await asyncio.to_thread(_load, reload_path)
+            problem = exposure_problem(settings, host)
+            if problem is not None:
+                raise ValueError(problem)
             old = app.state
             keys = None if settings.ledger == old.settings.ledger else open_keys(settings)
             new = old.successor(settings, keys=keys)
@@ -155,6 +160,70 @@ UVICORN_OPTIONS: dict[str, Any] = {
 }
 
 
+def uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
+    """UVICORN_OPTIONS with the config's ``listen:`` limits (read at start; a reload keeps them)."""
+    return {
+        **UVICORN_OPTIONS,
+        "http": HeaderTimeoutProtocol,
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "limit_concurrency": settings.max_connections,
+    }
+
+
+#: The attribute of uvicorn's Config that HeaderTimeoutProtocol reads.
+HEADER_TIMEOUT_ATTR = "spendgate_header_timeout"
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing a connection whose request headers do not arrive
+    within ``header_timeout`` (slowloris): uvicorn times out idle keep-alive connections only,
+    never one that has not sent a whole request head yet.
+
+    The timer runs from the connection's opening and from each later request's first byte to
+    the end of its headers; the timeout is the Config's ``HEADER_TIMEOUT_ATTR`` (set by
+    ``apply_header_timeout``; the Config is pickled along to --workers processes).
+    """
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self._header_timeout: float = getattr(config, HEADER_TIMEOUT_ATTR, 30.0)
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self._header_timeout, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+
+def apply_header_timeout(config: Any, settings: GatewaySettings) -> None:
+    setattr(config, HEADER_TIMEOUT_ATTR, settings.header_timeout)
+
+
 def loop_factory(loop: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop to run on: uvloop when asked or, for ``auto``, when installed.
 
@@ -190,6 +259,10 @@ def serve(
     config's ``listen.workers``)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = _load(settings_path) if settings_path else None
+    if base is not None:
+        problem = exposure_problem(base, host or base.host)
+        if problem is not None:
+            raise click.ClickException(f"refusing to start: {problem}")
     new_loop = loop_factory(loop)
     if workers is None:
         workers = base.workers if base is not None and not demo else 1
@@ -210,7 +283,8 @@ def serve(
                 workers=workers,
                 loop=loop,
                 on_ready=announce,
-                uvicorn_options=UVICORN_OPTIONS,
+                uvicorn_options=uvicorn_options(base),
+                header_timeout=base.header_timeout,
             )
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from exc

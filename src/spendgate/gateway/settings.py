@@ -8,6 +8,7 @@ types, so each can be built and tested on its own.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,8 +52,14 @@ class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 4000
     workers: int = 1  # gateway processes (spendgate serve --workers overrides it)
+    # A connection must finish its request headers this long after it opens (or after its
+    # request's first byte): a client that sends nothing or dribbles headers is closed.
+    header_timeout: float = 30.0
+    keep_alive_timeout: float = 30.0  # an idle connection between requests
+    max_connections: int = 10_000  # connections and requests at once; beyond it, 503
     ledger: str = "sqlite:///spendgate.db"
     admin_token: str | None = field(default=None, repr=False)  # from the environment or config; never logged
+    metrics_token: str | None = field(default=None, repr=False)  # /metrics wants it when set; never logged
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     budgets: tuple[Budget, ...] = ()
@@ -94,3 +101,33 @@ class VirtualKey:
 
     def usable(self, now: datetime) -> bool:
         return not self.disabled and (self.expires_at is None or now < self.expires_at)
+
+
+#: The shortest admin token accepted when the gateway listens beyond the loopback interface.
+MIN_EXPOSED_ADMIN_TOKEN: int = 32
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` binds the loopback interface only (``0.0.0.0``, ``::``, other names: no)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to anything: treat it as reachable
+
+
+def exposure_problem(settings: GatewaySettings, host: str) -> str | None:
+    """Why ``settings`` must not serve on ``host``, or None.
+
+    An admin token short enough to guess, on an address other machines reach, hands them
+    every key and budget: refused. On loopback the config load only warns (local tests)."""
+    token = settings.admin_token
+    if token is None or is_loopback_host(host) or len(token) >= MIN_EXPOSED_ADMIN_TOKEN:
+        return None
+    return (
+        f"the admin token is {len(token)} characters long; listening on {host} (beyond loopback) "
+        f"needs one of at least {MIN_EXPOSED_ADMIN_TOKEN} "
+        "(e.g. SPENDGATE_ADMIN_TOKEN=$(openssl rand -hex 24)), or listen on 127.0.0.1"
+    )

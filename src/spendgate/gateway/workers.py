@@ -31,6 +31,7 @@ from uvicorn import Config
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from spendgate.gateway.app import GatewayApp, GatewayState, create_app
+from spendgate.gateway.settings import exposure_problem
 
 log = logging.getLogger("spendgate.gateway")
 
@@ -73,7 +74,10 @@ class _Supervisor(Multiprocess):
         from spendgate.gateway.config import load_settings
 
         try:
-            load_settings(self.settings_path)
+            settings = load_settings(self.settings_path)
+            problem = exposure_problem(settings, self.config.host)
+            if problem is not None:
+                raise ValueError(problem)
         except Exception as exc:
             log.error("reload of %s failed, keeping the old workers: %s", self.settings_path, exc)
             print(f"spendgate gateway reload failed: {exc}", file=sys.stderr, flush=True)
@@ -93,6 +97,7 @@ def serve_workers(
     loop: str,
     on_ready: Callable[[str, int], None],
     uvicorn_options: dict[str, Any],
+    header_timeout: float | None = None,
 ) -> None:
     """Run ``workers`` gateway processes until SIGTERM/SIGINT. Raises RuntimeError when they
     could not start (the workers' own errors are on stderr)."""
@@ -109,6 +114,10 @@ def serve_workers(
             loop=loop,
             **uvicorn_options,
         )
+        if header_timeout is not None:
+            from spendgate.gateway.server import HEADER_TIMEOUT_ATTR
+
+            setattr(config, HEADER_TIMEOUT_ATTR, header_timeout)  # pickled along to each worker
         sock = config.bind_socket()
         bound = sock.getsockname()[1]
         supervisor = _Supervisor(config, [sock], settings_path, lambda: on_ready(host, bound))

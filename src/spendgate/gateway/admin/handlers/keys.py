@@ -83,7 +83,13 @@ def _create(ctx: AdminContext, new: NewKey) -> dict[str, Any]:
     except ValueError as exc:
         raise bad(str(exc).split(" ", 1)[0], str(exc)) from None
     if new.budget is not None:
-        ctx.ledger.put_budget(key_budget(key.id, *new.budget))
+        try:
+            ctx.ledger.put_budget(key_budget(key.id, *new.budget))
+        except BaseException:
+            # All or nothing: a live key without its budget, its secret never shown, is worse
+            # than no key. The budget was checked already; this is the ledger failing.
+            ctx.keys.delete(key.id)
+            raise
     return {"secret": secret, **key_view(ctx, key.id)}
 
 
