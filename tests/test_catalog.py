@@ -108,8 +108,8 @@ def test_overrides_win_and_can_be_removed(catalog: Catalog) -> None:
 
 
 def test_bad_override_names_the_key(catalog: Catalog) -> None:
-    with pytest.raises(ConfigError, match=r"prices\['x'\].*input.*float"):
-        catalog.set_price("x", {"input": 2.5, "output": "1"})
+    with pytest.raises(ConfigError, match=r"prices\['x'\].*input.*finite"):
+        catalog.set_price("x", {"input": float("nan"), "output": "1"})
     with pytest.raises(ConfigError, match="negative"):
         catalog.set_price("x", {"input": "-1", "output": "1"})
     with pytest.raises(ConfigError, match=r"unknown field.*outptu"):

@@ -19,7 +19,6 @@ from Monday, month) or every N minutes/hours/days from an anchor instant:
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -541,8 +540,6 @@ class Budget:
         if "limit" not in config:
             raise ConfigError(f"{where}.limit", "missing: every budget needs a limit in USD")
         raw_limit = config["limit"]
-        if isinstance(raw_limit, float) and math.isnan(raw_limit):
-            raise ConfigError(f"{where}.limit", "NaN is not an amount")
         try:
             limit = Money.parse(raw_limit, what="limit")
         except MoneyError as exc:

@@ -44,14 +44,10 @@ class BudgetTooSmallWarning(UserWarning):
 def _parse_budget(value: object) -> Money | None:
     if value is None:
         return None
-    if isinstance(value, float):
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise TypeError(
-            f"cost_tracking_budget={value!r} is a float, which cannot hold cents exactly; "
-            f'pass an int, a string or a Decimal (e.g. cost_tracking_budget="{value}")'
-        )
-    if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
-        raise TypeError(
-            f"cost_tracking_budget must be USD as an int, a string or a Decimal, got {type(value).__name__}"
+            "cost_tracking_budget must be USD as an int, a float, a string or a Decimal, "
+            f"got {type(value).__name__}"
         )
     try:
         return Money.parse(value, what="cost_tracking_budget")
@@ -92,18 +88,21 @@ class _Base:
         self,
         api_key: str | None = None,
         *,
-        cost_tracking_budget: int | str | Decimal | None = None,
+        cost_tracking_budget: int | float | str | Decimal | None = None,
         budget_window: str | None = None,
         base_url: str | None = None,
         default_model: str = "gpt-4o",
         ledger: Ledger | str = "memory://",
         on_exceed: OnExceed = "raise",
         budget_id: str = BUDGET_ID,
+        max_wait: float = 60.0,
         **openai_kwargs: Any,
     ) -> None:
         from spendgate.integrations.openai import guard_in_place
 
-        self._setup(cost_tracking_budget, budget_window, default_model, ledger, on_exceed, budget_id)
+        self._setup(
+            cost_tracking_budget, budget_window, default_model, ledger, on_exceed, budget_id, max_wait
+        )
         import openai
 
         make = getattr(openai, self._openai_class)
@@ -131,6 +130,7 @@ class _Base:
         ledger: Ledger | str,
         on_exceed: OnExceed,
         budget_id: str,
+        max_wait: float = 60.0,
     ) -> None:
         limit = _parse_budget(cost_tracking_budget)
         if not isinstance(budget_id, str) or not budget_id:
@@ -165,13 +165,13 @@ class _Base:
         try:
             for budget in budgets:
                 _check_shared(shared, budget)
-            self.guard = Guard(shared, budgets=budgets, on_exceed=on_exceed)
+            self.guard = Guard(shared, budgets=budgets, on_exceed=on_exceed, max_wait=max_wait)
         except BaseException:
             if opened is not None:
                 opened.close()
             raise
         self._opened = opened
-        if limit is not None:
+        if limit:  # a limit of 0 is a pause, not a budget too small
             self._check_size(limit)
 
     def _check_size(self, limit: Money) -> None:
@@ -236,7 +236,9 @@ class Client(_Base):
     ``budget_window``: ``"hour"``, ``"day"``, ``"week"``, ``"month"`` (calendar, UTC)
     or None for the ledger's lifetime. ``ledger="sqlite:///spend.db"`` keeps the
     spend across restarts and shares it between processes. Other keyword
-    arguments go to ``openai.OpenAI`` (``max_retries``, ``timeout``, ...).
+    arguments go to ``openai.OpenAI`` (``max_retries``, ``timeout``, ...). With
+    ``on_exceed="wait"``, a request the budget cannot admit now waits up to
+    ``max_wait`` seconds (a budget of 0 is paused: it waits for a raise).
     """
 
     openai: openai.OpenAI

@@ -44,7 +44,15 @@ class BudgetExceededError(SpendgateError):
     ``Cost tracking budget exceeded: current usage 98% of limit 100 USD
     (budget "team=research, monthly"); this request needs up to 3.20 USD;
     resets 2026-12-01T00:00:00Z``
+
+    A limit of 0 is a pause, and the message says so. ``fit_output_tokens``, when
+    set, is the largest output cap the budget still affords, and the message says
+    to set ``fit_field`` (``max_tokens``) to at most that.
     """
+
+    #: The largest output cap the budget still affords (None: unknown, or none fits).
+    fit_output_tokens: int | None = None
+    fit_field: str = "max_tokens"
 
     def __init__(
         self,
@@ -78,14 +86,33 @@ class BudgetExceededError(SpendgateError):
             return 100 if used <= 0 else 100 * max(used, 1)
         return used * 100 // self.limit.nanos
 
+    @property
+    def paused(self) -> bool:
+        """A limit of 0: the budget admits nothing until its limit is raised."""
+        return not self.limit
+
+    def suggest_output_cap(self, tokens: int, field: str = "max_tokens") -> None:
+        """Say in the message how to fit: set ``field`` to at most ``tokens``."""
+        self.fit_output_tokens, self.fit_field = tokens, field
+        self.args = (self._message(),)
+
     def _message(self) -> str:
         resets = ""
         if self.resets_at is not None:
             resets = "; resets " + self.resets_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        needs = f"this request needs up to {_plain(self.requested, places=2)} USD"
+        if self.paused:
+            # A percentage of 0 means nothing: say what a zero limit is.
+            return (
+                f'Cost tracking budget paused: budget "{self.budget_name}" has a limit of 0 USD and '
+                f"admits no request until its limit is raised; {needs}{resets}"
+            )
+        fit = ""
+        if self.fit_output_tokens is not None:
+            fit = f"; to fit, set {self.fit_field} <= {self.fit_output_tokens}"
         return (
             f"Cost tracking budget exceeded: current usage {self.usage_percent}% of limit "
-            f'{_plain(self.limit)} USD (budget "{self.budget_name}"); this request needs up to '
-            f"{_plain(self.requested, places=2)} USD{resets}"
+            f'{_plain(self.limit)} USD (budget "{self.budget_name}"); {needs}{fit}{resets}'
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -100,6 +127,8 @@ class BudgetExceededError(SpendgateError):
             "requested_usd": self.requested.decimal_str(),
             "resets_at": self.resets_at.astimezone(UTC).isoformat() if self.resets_at else None,
             "retry_after": self.retry_after,
+            "paused": self.paused,
+            "max_output_tokens_affordable": self.fit_output_tokens,
         }
 
 

@@ -35,6 +35,20 @@ class EstimateError(SpendgateError, ValueError):
     """The request cannot be bounded (for example no max output is known)."""
 
 
+class ContextLengthExceededError(EstimateError):
+    """The prompt alone is longer than the model's context window: the provider would refuse
+    it, so it is refused before anything is reserved or sent."""
+
+    def __init__(self, model: str, prompt_tokens: int, context_window: int) -> None:
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.context_window = context_window
+        super().__init__(
+            f"this request's prompt is {prompt_tokens:,} tokens, over the {context_window:,}-token "
+            f"context window of {model!r}; shorten the input"
+        )
+
+
 # -- what a request body must be (checked before anything walks, counts, stores or sends it) --
 
 #: The most one request may reserve: a billion USD. Ledgers keep nano-USD in 64-bit integers; a
@@ -129,7 +143,8 @@ class Estimate:
     prompt: TokenCount
     max_output_tokens: int
     #: "request" (the caller set it), "model" (the model's max output), "context"
-    #: (what the context window leaves) or "none" (embeddings).
+    #: (what the context window leaves), "default" (the guard's default_max_output_tokens)
+    #: or "none" (embeddings).
     output_source: str
     n: int
     prompt_rate: int
@@ -198,6 +213,7 @@ def estimate_request(
     price = catalog.price(model)
 
     prompt = _count_prompt(endpoint, request, model, counter)
+    _check_context(model, price, prompt)
     unbounded = unbounded_input(endpoint, request)
     if unbounded is not None:
         prompt = _context_bound(price, prompt, unbounded, unbounded_policy)
@@ -268,6 +284,17 @@ def _count_prompt(
             item if isinstance(item, Mapping) else {"role": "user", "content": str(item)} for item in items
         )
     return counter.count_messages(model, messages, tools=tools)
+
+
+def _check_context(model: str, price: ModelPrice, prompt: TokenCount) -> None:
+    """Refuse a prompt of the body that is surely past the context window. Only an exact count
+    is trusted: a bound (``exact=False``) may be far above the true count and no sound lower
+    bound follows from it (one BPE token can cover dozens of bytes), so a bound never refuses:
+    a request that fits is never refused. Input the body does not hold is bounded by the window
+    afterwards, on purpose, and is not checked here."""
+    window = price.context_window
+    if prompt.exact and window and prompt.tokens > window:
+        raise ContextLengthExceededError(model, prompt.tokens, window)
 
 
 def _choices(endpoint: Endpoint, request: Mapping[str, Any]) -> int:

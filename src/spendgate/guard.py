@@ -117,6 +117,7 @@ class Guard:
         poll_interval: float = 1.0,
         clock: Clock | None = None,
         unbounded_input: UnboundedInputPolicy = "context_window",
+        default_max_output_tokens: int | None = None,
     ) -> None:
         if unbounded_input not in UNBOUNDED_INPUT_POLICIES:
             raise ConfigError(
@@ -135,6 +136,17 @@ class Guard:
             or min_output_tokens < 1
         ):
             raise ConfigError("min_output_tokens", f"must be a whole number >= 1, got {min_output_tokens!r}")
+        if default_max_output_tokens is not None and (
+            isinstance(default_max_output_tokens, bool)
+            or not isinstance(default_max_output_tokens, int)
+            or default_max_output_tokens < 1
+        ):
+            raise ConfigError(
+                "default_max_output_tokens",
+                f"must be a whole number >= 1 (or None), got {default_max_output_tokens!r}",
+            )
+        #: The output cap reserved and sent for a request that sets none (None: the model's max).
+        self.default_max_output_tokens = default_max_output_tokens
         parsed = [
             b if isinstance(b, Budget) else Budget.from_config(b, where=f"budgets[{i}]")
             for i, b in enumerate(budgets)
@@ -176,6 +188,15 @@ class Guard:
         estimate = estimate_request(
             endpoint, body, catalog=self.catalog, counter=self.counter, unbounded_policy=self.unbounded_input
         )
+        cap = self.default_max_output_tokens
+        if (
+            cap is not None
+            and estimate.output_source in ("model", "context")
+            and cap < estimate.max_output_tokens
+        ):
+            # No cap in the request: reserve the default one; it is set in the body below, so
+            # the provider cannot bill past it.
+            estimate = replace(estimate, max_output_tokens=cap, output_source="default")
         model = estimate.model
         if isinstance(attributes, Attributes):
             attrs = attribution.merge(attribution.current(), attributes)
@@ -260,12 +281,16 @@ class Guard:
         clamped: int | None = None
         if isinstance(result, Refusal):
             policy = chosen or self._policy_of(result.budget_id)
-            if policy == "clamp":
-                result, estimate, clamped = yield from self._clamping(rid, attrs, estimate, result)
-            elif policy == "wait" and self.max_wait > 0 and result.needed <= result.limit:
-                result = yield from self._waiting(rid, attrs, estimate, result, waiter)
-            else:
-                raise result.to_error()
+            try:
+                if policy == "clamp":
+                    result, estimate, clamped = yield from self._clamping(rid, attrs, estimate, result)
+                elif policy == "wait" and self.max_wait > 0 and _may_fit(result):
+                    result = yield from self._waiting(rid, attrs, estimate, result, waiter)
+                else:
+                    raise result.to_error()
+            except BudgetExceededError as err:
+                _suggest_fit(err, endpoint, estimate)
+                raise
         if clamped is not None:
             # Every cap field the body has (a server may read either), or the endpoint's own.
             fields = [f for f in _MAX_OUTPUT_FIELDS[endpoint] if f in body] or _MAX_OUTPUT_FIELDS[endpoint][
@@ -372,6 +397,8 @@ class Guard:
                         self._lines.leave(key, waiter)
                         self._lines.join(new_key, waiter)
                     refusal, key = result, new_key
+                    if not _may_fit(refusal):  # the limit was set below this request: it never fits
+                        raise refusal.to_error()
                 if self.clock.now() >= deadline:
                     raise self._gave_up(refusal)
                 yield _Wait(self._tick(refusal))
@@ -594,6 +621,22 @@ class Guard:
         self._unsubscribe()
         if self._owns_ledger:
             self.ledger.close()
+
+
+def _suggest_fit(err: BudgetExceededError, endpoint: Endpoint, estimate: Estimate) -> None:
+    """Tell the caller the output cap the refusing budget still affords, where one would fit."""
+    if err.paused or endpoint not in _MAX_OUTPUT_FIELDS:
+        return
+    available = err.limit - err.spent - err.reserved
+    affordable = estimate.max_output_affordable(available) if available > Money(0) else 0
+    if 0 < affordable < estimate.max_output_tokens:
+        err.suggest_output_cap(affordable, _MAX_OUTPUT_FIELDS[endpoint][-1])
+
+
+def _may_fit(refusal: Refusal) -> bool:
+    """Whether waiting can admit the request: it fits under the limit once others' spend is
+    gone, or the limit is 0, a pause that only a raise (or a reset) ends, so wait for it."""
+    return refusal.needed <= refusal.limit or not refusal.limit
 
 
 def _line_key(refusal: Refusal) -> str:

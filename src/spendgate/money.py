@@ -7,6 +7,7 @@ rounded up once, to the next nano-USD.
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from functools import total_ordering
@@ -27,7 +28,19 @@ _AMOUNT = re.compile(
 
 
 class MoneyError(ValueError):
-    """An amount that cannot be money: not a number, NaN, infinite, negative or a float."""
+    """An amount that cannot be money: not a number, NaN, infinite or negative."""
+
+
+def decimal_from_float(value: float, *, what: str = "amount") -> Decimal:
+    """A float a person typed (``0.1``) as the decimal they wrote: its shortest representation.
+
+    ``repr(0.1)`` is ``"0.1"``, so the amount is exactly 0.1, not the binary float's
+    0.1000000000000000055...; this is the one place floats become money, and nothing
+    past it ever holds one. NaN and infinities are refused.
+    """
+    if not math.isfinite(value):
+        raise MoneyError(f"{what}: must be a finite number, got {value!r}")
+    return Decimal(repr(value))
 
 
 def _ceil_div(numerator: int, denominator: int) -> int:
@@ -43,9 +56,9 @@ def femto_to_nano_ceil(femto: int) -> int:
 class Money:
     """A non-negative-or-signed exact amount of USD held as integer nano-USD.
 
-    Arithmetic between Money values is exact. Construction from text or
-    Decimal refuses NaN, infinity and (unless ``allow_negative``) negatives;
-    floats are refused everywhere because they cannot hold cents exactly.
+    Arithmetic between Money values is exact. Construction from text, Decimal or
+    a float (read as its shortest decimal, ``0.1`` -> 0.1) refuses NaN, infinity
+    and (unless ``allow_negative``) negatives; the amount itself is never a float.
     """
 
     __slots__ = ("nanos",)
@@ -62,7 +75,7 @@ class Money:
     # -- construction -----------------------------------------------------
     @classmethod
     def parse(cls, value: object, *, allow_negative: bool = False, what: str = "amount") -> Money:
-        """Parse ``100``, ``"100 USD"``, ``"$0.50"``, ``Decimal("1.5")`` or a Money.
+        """Parse ``100``, ``0.5``, ``"100 USD"``, ``"$0.50"``, ``Decimal("1.5")`` or a Money.
 
         Amounts finer than a nano-USD are rounded up, so a limit or a price is
         never understated. ``what`` names the value in error messages.
@@ -74,10 +87,7 @@ class Money:
         elif isinstance(value, int):
             money = cls(value * NANO_PER_USD)
         elif isinstance(value, float):
-            raise MoneyError(
-                f"{what}: {value!r} is a float; give money as a string or Decimal "
-                f'(e.g. "{value}") so it stays exact'
-            )
+            money = cls.from_decimal(decimal_from_float(value, what=what), what=what)
         elif isinstance(value, Decimal):
             money = cls.from_decimal(value, what=what)
         elif isinstance(value, str):
@@ -110,7 +120,7 @@ class Money:
         return cls(int(scaled))
 
     @classmethod
-    def usd(cls, value: str | int | Decimal) -> Money:
+    def usd(cls, value: str | int | float | Decimal) -> Money:
         """Shorthand for tests and examples: ``Money.usd("0.50")``."""
         return cls.parse(value, allow_negative=True)
 
@@ -191,14 +201,15 @@ ZERO: Final = Money(0)
 
 
 def rate_to_nanos_per_million(value: object, *, what: str = "price") -> int:
-    """A price in USD per 1M tokens (decimal string or Decimal) as nano-USD per 1M.
+    """A price in USD per 1M tokens (decimal string, Decimal, int, or a float read as its
+    shortest decimal) as nano-USD per 1M.
 
     Rounded up if finer than that (below 1e-15 USD a token): a price is never understated.
     """
-    if isinstance(value, float):
-        raise MoneyError(f"{what}: {value!r} is a float; write prices as decimal strings")
     if isinstance(value, bool):
         raise MoneyError(f"{what}: expected a price per 1M tokens, got a boolean")
+    if isinstance(value, float):
+        value = decimal_from_float(value, what=what)
     try:
         dec = Decimal(str(value).strip().lstrip("$")) if not isinstance(value, Decimal) else value
     except InvalidOperation:

@@ -119,8 +119,10 @@ def test_a_budget_too_small_for_one_request_warns(up: FakeUpstream) -> None:
 
 
 def test_bad_budgets_are_refused_clearly(up: FakeUpstream) -> None:
-    with pytest.raises(TypeError, match=r'float.*pass an int, a string or a Decimal.*"1.5"'):
-        make(up, cost_tracking_budget=1.5)
+    with pytest.raises(spendgate.ConfigError, match=r"cost_tracking_budget: .*finite"):
+        make(up, cost_tracking_budget=float("inf"))
+    with pytest.raises(TypeError, match="cost_tracking_budget must be USD"):
+        make(up, cost_tracking_budget=[1])
     with pytest.raises(spendgate.ConfigError, match="cost_tracking_budget"):
         make(up, cost_tracking_budget="-3")
     with pytest.raises(spendgate.ConfigError, match="budget_window"):

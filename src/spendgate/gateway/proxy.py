@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from spendgate.budgets import Attributes
 from spendgate.errors import BudgetExceededError, ConfigError, UnknownModelPriceError
-from spendgate.estimate import Endpoint, EstimateError
+from spendgate.estimate import ContextLengthExceededError, Endpoint, EstimateError
 from spendgate.gateway.settings import Upstream, UpstreamKind, VirtualKey
 from spendgate.gateway.upstream_client import UpstreamError, UpstreamResponse, UpstreamTimeoutError
 from spendgate.ledger import LedgerUnavailableError, SettleOutcome
@@ -66,9 +66,21 @@ _JSON: Final = (b"content-type", b"application/json")
 #: Upstream response headers worth passing on (rate limits, request ids, Retry-After).
 _PASS_PREFIXES: Final = ("x-ratelimit-", "anthropic-", "openai-", "retry-after")
 _PASS_EXACT: Final = frozenset({"content-type", "x-request-id", "request-id"})
-#: Client headers never forwarded: credentials, hop-by-hop, ours.
-_DROP_X: Final = (b"x-api-key", b"x-spendgate-", b"x-forwarded-", b"x-real-ip")
-_FORWARD_EXACT: Final = frozenset({b"anthropic-version", b"anthropic-beta", b"openai-beta"})
+#: The only client headers forwarded (docs/gateway.md): the provider options clients send.
+#: Anything else stays here: credentials (``x-goog-api-key``, ``api-key``), hop-by-hop
+#: headers, the client's addresses. ``x-fake-*`` are spendgate's fake upstream's directives
+#: (``--demo``, tests): no provider reads them.
+_FORWARD_EXACT: Final = frozenset(
+    {
+        b"anthropic-version",
+        b"anthropic-beta",
+        b"openai-beta",
+        b"openai-organization",
+        b"openai-project",
+        b"idempotency-key",
+    }
+)
+_FORWARD_PREFIXES: Final = (b"x-stainless-", b"x-fake-")
 _ANTHROPIC_TYPES: Final = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -213,6 +225,7 @@ async def _handle(
     secret: str | None = None
     content_length: int | None = None
     forwarded: list[tuple[str, str]] = []
+    hop: set[str] = set()  # names `Connection:` lists are for this hop only (RFC 9110 7.6.1)
     for name, value in scope["headers"]:
         if name == b"authorization":
             if value[:7].lower() == b"bearer ":
@@ -224,8 +237,12 @@ async def _handle(
                 content_length = int(value)
             except ValueError:
                 raise GatewayError(400, "Content-Length is not a number") from None
-        elif (name.startswith(b"x-") and not name.startswith(_DROP_X)) or name in _FORWARD_EXACT:
+        elif name == b"connection":
+            hop.update(t.strip().lower() for t in value.decode("latin-1").split(","))
+        elif name in _FORWARD_EXACT or name.startswith(_FORWARD_PREFIXES):
             forwarded.append((name.decode("latin-1"), value.decode("latin-1")))
+    if hop and forwarded:
+        forwarded = [(n, v) for n, v in forwarded if n not in hop]
 
     limit = settings.max_body_bytes
     if content_length is not None and content_length > limit:
@@ -391,6 +408,12 @@ async def _admit(
     except UnknownModelPriceError as err:
         raise GatewayError(
             400, str(err), code="model_price_unknown", param="model", reason="unknown_price"
+        ) from None
+    except ContextLengthExceededError as err:
+        # OpenAI's own code for it, so clients that handle the provider's answer handle this one.
+        param = {"chat": "messages", "messages": "messages", "completions": "prompt"}.get(endpoint, "input")
+        raise GatewayError(
+            400, str(err), code="context_length_exceeded", param=param, reason="invalid_request"
         ) from None
     except (EstimateError, ConfigError) as err:
         raise GatewayError(400, str(err), reason="invalid_request") from None
