@@ -3,6 +3,9 @@ OpenAI's ``context_length_exceeded``, before anything is reserved or sent."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from spendgate.money import Money
@@ -24,3 +27,16 @@ async def test_400_context_length_exceeded_before_spending(gw: InProcessGateway)
     assert gw.upstream.received == []
     assert gw.ledger.usage("global").reserved == Money(0)
     assert gw.ledger.usage("global").spent == Money(0)
+
+
+@anyio
+async def test_defaults_max_output_tokens_caps_a_request_that_sets_none(tmp_path: Path) -> None:
+    async with InProcessGateway.start(tmp_path, defaults={"max_output_tokens": 100}) as gw:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+        r = await gw.http("alice").post("/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        [sent] = gw.upstream.received
+        assert json.loads(sent.body)["max_completion_tokens"] == 100  # the provider cannot bill past it
+        capped = await gw.http("alice").post("/chat/completions", json={**body, "max_tokens": 7})
+        assert capped.status_code == 200
+        assert json.loads(gw.upstream.received[-1].body).get("max_completion_tokens") is None

@@ -116,6 +116,7 @@ class GatewayState:
             on_exceed=settings.on_exceed,
             max_wait=settings.max_wait,
             lease=settings.lease,
+            default_max_output_tokens=settings.default_max_output_tokens,
         )
         if metrics is None:
             metrics = Metrics()

@@ -79,6 +79,7 @@ _DEFAULT_KEYS: Final = (
     "max_body_bytes",
     "request_timeout",
     "lease",
+    "max_output_tokens",
 )
 _KINDS: Final = ("openai", "anthropic")
 _ON_EXCEED: Final = ("raise", "wait", "clamp")
@@ -362,6 +363,11 @@ def _parse(
         unknown_model=cast(Any, unknown_model),
         on_exceed=cast(Any, on_exceed),
         max_wait=_default(r, defaults, "max_wait", base.max_wait, r.seconds, zero_ok=True),
+        default_max_output_tokens=(
+            r.whole(defaults["max_output_tokens"], "defaults.max_output_tokens", low=1, high=2**31 - 1)
+            if defaults.get("max_output_tokens") is not None
+            else None
+        ),
         max_body_bytes=(
             r.whole(defaults["max_body_bytes"], "defaults.max_body_bytes", low=1)
             if "max_body_bytes" in defaults

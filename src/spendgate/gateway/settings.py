@@ -68,6 +68,8 @@ class GatewaySettings:
     unknown_model: Literal["refuse", "default_price", "free"] = "refuse"
     on_exceed: Literal["raise", "wait", "clamp"] | None = None
     max_wait: float = 30.0
+    #: The output cap reserved (and sent) for a request that sets none; None: the model's max.
+    default_max_output_tokens: int | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     request_timeout: float = 900.0  # a whole client request, waiting included
     lease: float = 900.0  # ledger lease for a request in flight
