@@ -118,17 +118,23 @@ def _stop(proc: subprocess.Popen[str]) -> int:
 
 
 def base_config(up: FakeUpstream, ledger_url: str, **extra: Any) -> dict[str, Any]:
+    """The test gateways' config: every upstream and route, on the fake upstream process."""
+    return gateway_config(up.root_url, ledger_url, **extra)
+
+
+def gateway_config(root_url: str, ledger_url: str, **extra: Any) -> dict[str, Any]:
+    """Upstreams and routes on a fake at ``root_url`` (a process, or the in-process one)."""
     config: dict[str, Any] = {
         "ledger": ledger_url,
         "upstreams": {
-            "fake": {"kind": "openai", "base_url": up.base_url},
-            "fake-anthropic": {"kind": "anthropic", "base_url": up.root_url},
+            "fake": {"kind": "openai", "base_url": root_url + "/v1"},
+            "fake-anthropic": {"kind": "anthropic", "base_url": root_url},
             "down": {
                 "kind": "openai",
                 "base_url": f"http://127.0.0.1:{closed_port()}/v1",
                 "connect_timeout": 2,
             },
-            "slow": {"kind": "openai", "base_url": up.base_url, "timeout": 0.5},
+            "slow": {"kind": "openai", "base_url": root_url + "/v1", "timeout": 0.5},
         },
         "routes": [
             {"model": "claude-*", "upstream": "fake-anthropic"},

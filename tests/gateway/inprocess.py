@@ -195,30 +195,10 @@ class InProcessUpstream:
 
 
 def config(ledger_url: str, **extra: Any) -> dict[str, Any]:
-    """``conftest.base_config``'s upstreams and routes, on the in-process fake."""
-    from .conftest import closed_port  # here: conftest imports this module
+    """``conftest.gateway_config``'s upstreams and routes, on the in-process fake."""
+    from .conftest import gateway_config  # here: conftest imports this module
 
-    out: dict[str, Any] = {
-        "ledger": ledger_url,
-        "upstreams": {
-            "fake": {"kind": "openai", "base_url": FAKE_ROOT + "/v1"},
-            "fake-anthropic": {"kind": "anthropic", "base_url": FAKE_ROOT},
-            "down": {"kind": "openai", "base_url": f"http://127.0.0.1:{closed_port()}/v1"},
-            "slow": {"kind": "openai", "base_url": FAKE_ROOT + "/v1", "timeout": 0.5},
-        },
-        "routes": [
-            {"model": "claude-*", "upstream": "fake-anthropic"},
-            {"model": "down-gpt", "upstream": "down", "upstream_model": "gpt-4o"},
-            {"model": "slow-gpt", "upstream": "slow", "upstream_model": "gpt-4o"},
-            {"model": "mystery-*", "upstream": "fake"},
-            {"model": "gpt-*", "upstream": "fake"},
-            {"model": "text-embedding-3-small", "upstream": "fake"},
-        ],
-        "budgets": [{"id": "global", "limit": "100", "window": "day"}],
-        "defaults": {"max_body_bytes": 65536},
-    }
-    out.update(extra)
-    return out
+    return gateway_config(FAKE_ROOT, ledger_url, **extra)
 
 
 class InProcessGateway:
