@@ -229,16 +229,7 @@ class LedgerCore(SQLiteFile, Ledger):
                 "WHERE seq > ? AND seq <= ? ORDER BY seq",
                 (since, version),
             )
-            for budget_id, kind, new_limit, previous_limit, instance in changes:
-                events.append(
-                    BudgetChanged(
-                        budget_id,
-                        kind,
-                        None if new_limit is None else Money(new_limit),
-                        None if previous_limit is None else Money(previous_limit),
-                        instance,
-                    )
-                )
+            events.extend(_change(*row) for row in changes)
         return loaded
 
     def _install(self, pending: Catalog) -> None:
@@ -275,15 +266,7 @@ class LedgerCore(SQLiteFile, Ledger):
         assert seq is not None
         conn.execute("UPDATE meta SET value = ? WHERE key = 'budgets_version'", (seq,))
         self._local.pending = Catalog(seq, budgets, tuple(budgets[b] for b in sorted(budgets)))
-        events.append(
-            BudgetChanged(
-                budget_id,
-                kind,
-                None if new_limit is None else Money(new_limit),
-                None if previous_limit is None else Money(previous_limit),
-                instance,
-            )
-        )
+        events.append(_change(budget_id, kind, new_limit, previous_limit, instance))
 
     def _put_in(self, conn: sqlite3.Connection, budget: Budget, events: list[Event]) -> None:
         catalog = self._sync(conn, events)
@@ -386,3 +369,16 @@ class LedgerCore(SQLiteFile, Ledger):
                 log.warning("spendgate: %s in %s failed: %s", what, self.path, exc)
 
         self._group().submit([Job(body, deliver)])
+
+
+def _change(
+    budget_id: str, kind: ChangeKind, new_limit: int | None, previous_limit: int | None, instance: str | None
+) -> BudgetChanged:
+    """A budget change as an event, from the ``changes`` table's columns (nano-USD limits)."""
+    return BudgetChanged(
+        budget_id,
+        kind,
+        None if new_limit is None else Money(new_limit),
+        None if previous_limit is None else Money(previous_limit),
+        instance,
+    )

@@ -122,17 +122,9 @@ async def get_key(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(key_view, context(request), request.path_params["id"]))
 
 
-def _disable(ctx: AdminContext, key_id: str) -> dict[str, Any]:
+def _set_disabled(ctx: AdminContext, key_id: str, disabled: bool) -> dict[str, Any]:
     try:
-        ctx.keys.disable(key_id)
-    except KeyError:
-        raise not_found("key", key_id) from None
-    return key_view(ctx, key_id)
-
-
-def _enable(ctx: AdminContext, key_id: str) -> dict[str, Any]:
-    try:
-        ctx.keys.enable(key_id)
+        (ctx.keys.disable if disabled else ctx.keys.enable)(key_id)
     except KeyError:
         raise not_found("key", key_id) from None
     return key_view(ctx, key_id)
@@ -147,11 +139,15 @@ def _rotate(ctx: AdminContext, key_id: str) -> dict[str, Any]:
 
 
 async def disable_key(request: Request) -> Response:
-    return JSONResponse(await run_in_threadpool(_disable, context(request), request.path_params["id"]))
+    return JSONResponse(
+        await run_in_threadpool(_set_disabled, context(request), request.path_params["id"], True)
+    )
 
 
 async def enable_key(request: Request) -> Response:
-    return JSONResponse(await run_in_threadpool(_enable, context(request), request.path_params["id"]))
+    return JSONResponse(
+        await run_in_threadpool(_set_disabled, context(request), request.path_params["id"], False)
+    )
 
 
 async def rotate_key(request: Request) -> Response:
