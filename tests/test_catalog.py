@@ -150,3 +150,14 @@ def test_builtin_is_shared_but_overrides_are_not() -> None:
     a.set_price("gpt-4o", {"input": "99", "output": "99"})
     assert b.price("gpt-4o").standard.base.input == 2_500_000_000
     assert a.source.version and a.source.sha256
+
+
+def test_made_up_model_names_do_not_grow_the_lookup_cache_without_end() -> None:
+    from spendgate.pricing.catalog import LOOKUP_CACHE_SIZE
+
+    catalog = Catalog.builtin()
+    for i in range(3 * LOOKUP_CACHE_SIZE):
+        assert catalog.lookup(f"made-up-model-{i}") is None
+        assert len(catalog._cache) <= LOOKUP_CACHE_SIZE
+    price = catalog.lookup("gpt-4o")  # real names still resolve after the cache started over
+    assert price is not None and price.name == "gpt-4o"

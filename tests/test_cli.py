@@ -109,7 +109,7 @@ def test_prices_update_from_a_community_file(tmp_path: Path, monkeypatch: object
     src = tmp_path / "model_prices_and_context_window.json"
     src.write_text(json.dumps(community))
     out = tmp_path / "store" / "prices.json"
-    code, text, err = run("prices", "update", "--from", str(src), "--out", str(out))
+    code, text, err = run("prices", "update", "--from", str(src), "--out", str(out), "--replace")
     assert code == 0, err
     assert "stored 1 models" in text
     code, text, _ = run(
@@ -130,3 +130,116 @@ def test_prices_update_bad_source_keeps_the_old_catalog(tmp_path: Path) -> None:
     assert code == EXIT_BAD_INPUT
     assert "bad.json" in err
     assert out.read_text() == "keep me"
+
+
+def _community_file(tmp_path: Path, models: dict[str, dict[str, object]]) -> Path:
+    src = tmp_path / "small.json"
+    src.write_text(json.dumps({"sample_spec": {"input_cost_per_token": 0.0}, **models}))
+    return src
+
+
+SMALL = {
+    "my-new-model": {
+        "litellm_provider": "openai",
+        "mode": "chat",
+        "input_cost_per_token": 1e-06,
+        "output_cost_per_token": 4e-06,
+        "max_output_tokens": 1000,
+    },
+    # gpt-4o at a price of its own: a change to an existing model.
+    "gpt-4o": {
+        "litellm_provider": "openai",
+        "mode": "chat",
+        "input_cost_per_token": 2e-06,
+        "output_cost_per_token": 8e-06,
+        "max_output_tokens": 16384,
+        "max_input_tokens": 128000,
+    },
+}
+
+
+def _models_in(path: Path) -> dict[str, object]:
+    models: dict[str, object] = json.loads(path.read_text())["models"]
+    return models
+
+
+def test_prices_update_merges_a_small_file_over_the_catalog(tmp_path: Path) -> None:
+    from spendgate.pricing.update import builtin_document
+
+    builtin = builtin_document()["models"]
+    out = tmp_path / "prices.json"
+    code, text, err = run(
+        "prices", "update", "--from", str(_community_file(tmp_path, SMALL)), "--out", str(out)
+    )
+    assert code == 0, err
+    assert f"1 added, 1 changed, 0 removed, {len(builtin) - 1} unchanged" in text
+    assert "added: my-new-model" in text
+    assert "changed: gpt-4o (" in text and "prices.input" in text
+    assert f"stored {len(builtin) + 1} models" in text and "merged over the built-in catalog" in text
+    models = _models_in(out)
+    assert len(models) == len(builtin) + 1
+    assert "claude-sonnet-4-5" in models  # what the small file does not mention stays
+    code, text, _ = run(
+        "cost", "--model", "gpt-4o", "--input", "1000", "--output", "1000", "--catalog", str(out)
+    )
+    assert code == 0 and "total        $0.01" in text  # 1000*2 + 1000*8 per 1M
+
+    # A second update starts from the stored file, not from the built-in data.
+    again = {"other-model": {**SMALL["my-new-model"]}}
+    code, text, err = run(
+        "prices", "update", "--from", str(_community_file(tmp_path, again)), "--out", str(out)
+    )
+    assert code == 0, err
+    assert f"merged over {out}" in text
+    assert {"my-new-model", "other-model"} <= set(_models_in(out))
+
+
+def test_prices_update_replace_says_what_it_removed(tmp_path: Path) -> None:
+    from spendgate.pricing.update import builtin_document
+
+    builtin = builtin_document()["models"]
+    out = tmp_path / "prices.json"
+    code, text, err = run(
+        "prices", "update", "--from", str(_community_file(tmp_path, SMALL)), "--out", str(out), "--replace"
+    )
+    assert code == 0, err
+    assert f"1 added, 1 changed, {len(builtin) - 1} removed, 0 unchanged" in text
+    assert "removed: " in text and "more" in text
+    assert set(_models_in(out)) == {"my-new-model", "gpt-4o"}
+    # Aliases pointing at removed models go with them.
+    aliases = json.loads(out.read_text())["aliases"]
+    assert all(target in {"my-new-model", "gpt-4o"} for target in aliases.values())
+
+
+def test_prices_update_dry_run_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "prices.json"
+    code, text, err = run(
+        "prices", "update", "--from", str(_community_file(tmp_path, SMALL)), "--out", str(out), "--dry-run"
+    )
+    assert code == 0, err
+    assert "1 added, 1 changed" in text and "dry run: nothing written" in text
+    assert not out.exists()
+
+
+def test_prices_update_refuses_to_merge_into_a_file_that_is_no_catalog(tmp_path: Path) -> None:
+    out = tmp_path / "prices.json"
+    out.write_text("keep me")
+    code, _, err = run("prices", "update", "--from", str(_community_file(tmp_path, SMALL)), "--out", str(out))
+    assert code == EXIT_BAD_INPUT
+    assert "--replace" in err
+    assert out.read_text() == "keep me"
+
+
+def test_an_unchanged_model_in_an_older_schema_is_not_a_change() -> None:
+    from spendgate.pricing.update import combine
+
+    current = {
+        "schema_version": 1,
+        "models": {"m": {"provider": "x", "mode": "chat", "prices": {"input": "1.0"}}},
+    }
+    incoming = {
+        "schema_version": 2,
+        "models": {"m": {"provider": "x", "mode": "chat", "prices": {"input": "1"}}},
+    }
+    _, changes = combine(current, incoming)
+    assert changes.unchanged == 1 and not changes.any

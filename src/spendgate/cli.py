@@ -266,24 +266,45 @@ def prices_group() -> None:
     default=None,
     help="Where to store it (default: $SPENDGATE_PRICES_FILE or ~/.local/share/spendgate/prices.json).",
 )
-def prices_update_cmd(source: str, out: str | None) -> None:
-    """Load a newer community catalog without upgrading spendgate."""
-    from spendgate.pricing.community import convert_source, dump_document
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Keep only the new source's models (default: merge them over the catalog in use).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would change; write nothing.")
+def prices_update_cmd(source: str, out: str | None, replace: bool, dry_run: bool) -> None:
+    """Load a newer community catalog without upgrading spendgate.
 
+    The new models are merged over the catalog in use (the file at --out if there is one,
+    else the built-in data); --replace keeps the new ones only. Either way it says what changed.
+    """
+    from spendgate.pricing.community import convert_source, dump_document
+    from spendgate.pricing.update import combine, current_document, describe
+
+    path = Path(out) if out else user_catalog_path()
     try:
-        document, result = convert_source(source)
-        catalog = Catalog.from_document(document, where=source)  # validate before replacing anything
+        incoming, result = convert_source(source)
+        Catalog.from_document(incoming, where=source)  # validate before replacing anything
+        current, current_where = current_document(path)
+        document, changes = combine(current, incoming, replace=replace, current_where=current_where)
+        catalog = Catalog.from_document(document, where=str(path))
     except (SpendgateError, ValueError) as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
         return
-    path = Path(out) if out else user_catalog_path()
+    how = "replaced" if replace else f"merged over {current_where}"
+    for line in describe(changes):
+        click.echo(line)
+    if dry_run:
+        click.echo(f"dry run: nothing written ({path} would hold {len(catalog)} models, {how})")
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(dump_document(document), encoding="utf-8")
     tmp.replace(path)  # atomic: a reader never sees half a catalog
     click.echo(
-        f"stored {len(catalog)} models and {len(document['aliases'])} aliases from {document['source']['origin']} "
-        f"({document['source']['version']}, {result.corrections_applied} corrections) in {path}"
+        f"stored {len(catalog)} models and {len(document['aliases'])} aliases in {path} "
+        f"({how}; new source {incoming['source']['origin']} {incoming['source']['version']}, "
+        f"{result.corrections_applied} corrections)"
     )
 
 
