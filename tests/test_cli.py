@@ -48,6 +48,21 @@ def test_cost_json_is_decimal_strings() -> None:
     assert json.loads(out)["total"] == "6"
 
 
+def test_cost_with_tool_calls() -> None:
+    # claude-sonnet-4-5: 1000*3 + 500*15 per 1M + 3 web searches at $0.01
+    args = ("cost", "-m", "claude-sonnet-4-5", "--input", "1000", "--output", "500")
+    code, out, _ = run(*args, "--tool-calls", "web_search=3")
+    assert code == 0, out
+    assert "web_search   $0.03  (3 uses)" in out and "total        $0.0405" in out
+    code, out, _ = run(*args, "--tool-calls", "web_search=3", "--json")
+    assert json.loads(out)["web_search"] == "0.03" and json.loads(out)["usage"]["web_search_calls"] == 3
+    code, _, err = run(*args, "--tool-calls", "web_search=three")
+    assert code == EXIT_BAD_INPUT and "TOOL=N" in err
+    # no fee for the model nor any other of its provider: refused, not free
+    code, _, err = run("cost", "-m", "mistral/mistral-large-latest", "--tool-calls", "web_search=1")
+    assert code == EXIT_BAD_INPUT and "no web_search fee" in err
+
+
 def test_unknown_model_exit_code_and_hint() -> None:
     code, _, err = run("cost", "--model", "gpt-4q", "--input", "1")
     assert code == EXIT_UNKNOWN_MODEL

@@ -313,3 +313,149 @@ def test_12h_write_without_its_own_rate_falls_back_to_the_1h_rate(catalog: Catal
     # claude-sonnet-4-5 has no 12-hour rate: the 1-hour one (6) covers it, never $0.
     usage = Usage(input_tokens=1000, cache_write_12h_tokens=1000)
     assert cost_of(usage, catalog.price("claude-sonnet-4-5")).total == Money(6_000_000)
+
+
+# -- issue 10 section 1: hosted tool fees billed per use ------------------------------------
+
+
+def resp_tools(inp: int, out: int, output: list[dict[str, Any]]) -> Usage:
+    """A Responses answer: hosted tool calls are its output items, not usage fields."""
+    usage = {
+        "input_tokens": inp,
+        "output_tokens": out,
+        "input_tokens_details": {},
+        "output_tokens_details": {},
+    }
+    return Usage.from_response({"object": "response", "output": output, "usage": usage})
+
+
+SEARCH = {"type": "web_search_call", "status": "completed", "action": {"type": "search"}}
+
+
+def gemini_grounded(prompt: int, candidates: int, queries: int) -> Usage:
+    return Usage.from_response(
+        {
+            "candidates": [{"groundingMetadata": {"webSearchQueries": [f"q{i}" for i in range(queries)]}}],
+            "usageMetadata": {"promptTokenCount": prompt, "candidatesTokenCount": candidates},
+        }
+    )
+
+
+TOOL_CASES: list[tuple[str, str, Usage, dict[str, str], int]] = [
+    # Anthropic web search $10 per 1,000: 1000*3 + 500*15 per 1M + 3 searches x $0.01
+    (
+        "claude-sonnet-4-5 3 searches",
+        "claude-sonnet-4-5",
+        Usage.from_anthropic(
+            {"input_tokens": 1000, "output_tokens": 500, "server_tool_use": {"web_search_requests": 3}}
+        ),
+        {},
+        10_500_000 + 30_000_000,
+    ),
+    # web fetch is free beyond its tokens (the correction's "0")
+    (
+        "claude-sonnet-4-5 fetches",
+        "claude-sonnet-4-5",
+        Usage.from_anthropic(
+            {"input_tokens": 1000, "output_tokens": 500, "server_tool_use": {"web_fetch_requests": 4}}
+        ),
+        {},
+        10_500_000,
+    ),
+    # gpt-5 ($1.25/$10): 2 searches x $0.01 + 2 code_interpreter calls in one 1g container $0.03
+    # + 1 file search $0.0025
+    (
+        "gpt-5 responses tools",
+        "gpt-5",
+        resp_tools(
+            1000,
+            500,
+            [
+                SEARCH,
+                SEARCH,
+                {"type": "code_interpreter_call", "container_id": "cntr_1", "status": "completed"},
+                {"type": "code_interpreter_call", "container_id": "cntr_1", "status": "completed"},
+                {"type": "file_search_call", "queries": ["q"], "status": "completed"},
+            ],
+        ),
+        {},
+        1_250_000 + 5_000_000 + 20_000_000 + 30_000_000 + 2_500_000,
+    ),
+    # two containers: two sessions (Azure's container is $0.033)
+    (
+        "azure two containers",
+        "azure/gpt-4.1",
+        resp_tools(
+            0,
+            0,
+            [
+                {"type": "code_interpreter_call", "container_id": "cntr_1"},
+                {"type": "code_interpreter_call", "container_id": "cntr_2"},
+            ],
+        ),
+        {},
+        66_000_000,
+    ),
+    # a search model bills one search on every request, reported or not: gpt-4o-search-preview
+    # $2.50/$10 + $0.025
+    ("gpt-4o-search-preview", "gpt-4o-search-preview", oa(1000, 500), {}, 7_500_000 + 25_000_000),
+    # Perplexity's request fee at the default size, medium: sonar $1/$1 + $0.008
+    ("perplexity/sonar", "perplexity/sonar", oa(1000, 500), {}, 1_500_000 + 8_000_000),
+    # Gemini 2.5 grounding is billed per grounded prompt ($35 per 1,000): 3 queries, one fee
+    (
+        "gemini-2.5-flash grounded",
+        "gemini-2.5-flash",
+        gemini_grounded(1000, 500, 3),
+        {},
+        1_550_000 + 35_000_000,
+    ),
+    # Gemini 3 per search query ($14 per 1,000): 3 queries, three fees ($0.50/$3 per 1M)
+    (
+        "gemini-3-flash-preview grounded",
+        "gemini-3-flash-preview",
+        gemini_grounded(1000, 500, 3),
+        {},
+        2_000_000 + 42_000_000,
+    ),
+    # an uplift applies to the whole bill, the fee included: (10_500_000 + 10_000_000) x 1.1,
+    # on claude-opus-5 ($5/$25): (1000*5 + 500*25 = 17_500_000 + 10_000_000) x 1.1
+    (
+        "claude-opus-5 us search",
+        "claude-opus-5",
+        Usage.from_anthropic(
+            {
+                "input_tokens": 1000,
+                "output_tokens": 500,
+                "inference_geo": "us",
+                "server_tool_use": {"web_search_requests": 1},
+            }
+        ),
+        {},
+        30_250_000,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "usage", "options", "expected"), [c[1:] for c in TOOL_CASES], ids=[c[0] for c in TOOL_CASES]
+)
+def test_tool_fees_match_hand_computation(
+    catalog: Catalog, model: str, usage: Usage, options: dict[str, str], expected: int
+) -> None:
+    cost = cost_of(usage, catalog.price(model), **options)
+    assert cost.total == Money(expected), cost.as_dict()
+    assert sum(v for k, v in cost.breakdown().items() if k != "total") <= cost.total.to_decimal()
+
+
+def test_tool_fees_show_in_the_breakdown(catalog: Catalog) -> None:
+    usage = Usage(input_tokens=1000, output_tokens=500, web_search_calls=3)
+    parts = cost_of(usage, catalog.price("claude-sonnet-4-5")).as_dict()
+    assert parts["web_search"] == "0.03" and parts["total"] == "0.0405"
+    assert "web_search" not in cost_of(Usage(input_tokens=1000), catalog.price("claude-sonnet-4-5")).as_dict()
+
+
+def test_tool_uses_without_a_fee_are_refused_not_free(catalog: Catalog) -> None:
+    from spendgate.cost import ToolFeeError
+
+    with pytest.raises(ToolFeeError, match="no web_search fee"):
+        cost_of(Usage(input_tokens=10, web_search_calls=1), catalog.price("mistral/mistral-large-latest"))

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from spendgate.cost import cost_of
 from spendgate.errors import UnknownModelPriceError
-from spendgate.estimate import EstimateError, estimate_request
+from spendgate.estimate import DEFAULT_MAX_TOOL_CALLS, EstimateError, estimate_request
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog
 from spendgate.usage import Usage
@@ -77,11 +77,13 @@ def test_the_reservation_is_at_the_highest_tier_the_request_may_be_served_at(
         ("responses", {"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}),
         ("responses", {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
         ("messages", {"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
-        ("chat", {"web_search_options": {}}),
+        # a model whose searches are bounded (one fee per grounded prompt), or it is refused
+        ("chat", {"web_search_options": {}, "model": "gemini-2.5-flash"}),
     ],
 )
 def test_input_not_in_the_body_is_bounded_by_the_context_window(endpoint: str, extra: dict[str, Any]) -> None:
-    model = "claude-sonnet-4-5" if endpoint == "messages" else "gpt-4o"
+    extra = dict(extra)
+    model = extra.pop("model", "claude-sonnet-4-5" if endpoint == "messages" else "gpt-4o")
     base: dict[str, Any] = {
         "model": model,
         "max_tokens" if endpoint != "responses" else "max_output_tokens": 5,
@@ -297,3 +299,241 @@ def test_openai_cache_writes_are_reserved_without_cache_control() -> None:
     # gpt-5.6: $4 input, $5 cache write, $10 12-hour write per 1M: OpenAI writes unasked
     e = est("chat", model="gpt-5.6", messages=HELLO, max_tokens=10, service_tier="default")
     assert e.prompt_rate == 10_000_000_000
+
+
+# -- hosted tools billed per use (issue 10 section 1) --------------------------------------------
+
+SEARCH_FEE = Money(10_000_000)  # gpt-5's and Claude's web search: $10 per 1,000
+BASE_CLAUDE = CATALOG.price("claude-sonnet-4-5").to_data()
+
+
+def _responses(model: str = "gpt-5", **body: Any) -> dict[str, Any]:
+    return {"model": model, "input": "hi", "max_output_tokens": 5, **body}
+
+
+def test_web_search_with_max_tool_calls_reserves_each_allowed_call() -> None:
+    search = [{"type": "web_search"}]
+    three = estimate_request("responses", _responses(tools=search, max_tool_calls=3), catalog=CATALOG)
+    none = estimate_request("responses", _responses(tools=search, max_tool_calls=0), catalog=CATALOG)
+    assert three.amount - none.amount == SEARCH_FEE * 3
+    assert dict(three.tool_calls) == {"web_search": 3} and not three.body_changes
+    # what a request ended without usage is charged includes them, and its parts sum to it
+    assert three.bound_cost().total == three.amount
+    assert three.bound_cost().usage.web_search_calls == 3
+
+
+def test_a_request_allowing_any_number_of_tool_calls_gets_the_default_cap_in_the_body() -> None:
+    body = _responses(tools=[{"type": "web_search_preview"}])
+    e = estimate_request("responses", body, catalog=CATALOG)
+    assert dict(e.body_changes) == {"max_tool_calls": DEFAULT_MAX_TOOL_CALLS}
+    assert dict(e.tool_calls) == {"web_search": DEFAULT_MAX_TOOL_CALLS}
+    capped = estimate_request(
+        "responses", {**body, "max_tool_calls": DEFAULT_MAX_TOOL_CALLS}, catalog=CATALOG
+    )
+    assert e.amount == capped.amount
+    with pytest.raises(EstimateError, match="set 'max_tool_calls'"):
+        estimate_request("responses", body, catalog=CATALOG, default_max_tool_calls=None)
+
+
+def test_the_guard_sends_the_tool_cap_it_reserved() -> None:
+    from spendgate.guard import Guard
+
+    guard = Guard(catalog=CATALOG, default_max_tool_calls=4)
+    _, _, e, sent, _ = guard.prepare("responses", _responses(tools=[{"type": "web_search"}]))
+    assert sent["max_tool_calls"] == 4 and e.tool_calls == {"web_search": 4}
+    tools = [
+        {"type": "web_search_20250305", "name": "web_search"},
+        {"type": "web_fetch_20250910", "name": "f"},
+    ]
+    body = {"model": "claude-sonnet-4-5", "messages": HELLO, "max_tokens": 5, "tools": tools}
+    _, _, e, sent, _ = guard.prepare("messages", body)
+    # the search gets max_uses; the free fetch needs no cap; the caller's list is left alone
+    assert sent["tools"] == [{**tools[0], "max_uses": 4}, tools[1]] and "max_uses" not in tools[0]
+    assert e.tool_calls == {"web_search": 4}
+    guard.close()
+
+
+def test_anthropic_max_uses_bounds_each_server_tool() -> None:
+    def messages(*tools: dict[str, Any]) -> Any:
+        body = {"model": "claude-sonnet-4-5", "messages": HELLO, "max_tokens": 5, "tools": list(tools)}
+        return estimate_request("messages", body, catalog=CATALOG)
+
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
+    fetch = {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 50}
+    one, two = messages(search), messages(search, {**search, "max_uses": 2})
+    assert one.tools_femto == (("web_search", 3 * SEARCH_FEE.nanos * 10**6),)
+    assert two.amount - one.amount == SEARCH_FEE * 2
+    assert messages(search, fetch).amount == one.amount  # web fetch costs only its tokens
+    # code execution is billed by container time: nothing bounds it, so it is refused...
+    with pytest.raises(EstimateError, match="code_execution"):
+        messages({"type": "code_execution_20250825", "name": "code_execution"})
+    # ...unless the price says what to count for it (here: nothing, knowingly)
+    catalog = Catalog.builtin()
+    catalog.set_price("claude-sonnet-4-5", {**BASE_CLAUDE, "tool_fees": {"code_execution": "0"}})
+    body = {"model": "claude-sonnet-4-5", "messages": HELLO, "max_tokens": 5}
+    body["tools"] = [{"type": "code_execution_20250825", "name": "code_execution"}]
+    assert estimate_request("messages", body, catalog=catalog).tool_calls == {}
+    # or a fee per request that offers it, reserved once and, since no answer counts it, charged
+    catalog.set_price(
+        "claude-sonnet-4-5",
+        {**BASE_CLAUDE, "tool_fees": {"code_execution": {"fee": "0.05", "per": "prompt"}}},
+    )
+    e = estimate_request("messages", body, catalog=catalog)
+    assert e.tool_calls == {"code_execution": 1}
+    assert cost_of(Usage(), e.price).total == Money(50_000_000) == Money(e.tool_femto // 10**6)
+
+
+def test_a_tool_fee_the_model_lacks_is_its_providers_highest_never_zero() -> None:
+    # gpt-5-codex can search but the catalog has no fee for it: OpenAI's highest, $0.025
+    e = estimate_request(
+        "responses",
+        _responses("gpt-5-codex", tools=[{"type": "web_search"}], max_tool_calls=2),
+        catalog=CATALOG,
+    )
+    assert e.tool_calls == {"web_search": 2} and e.tool_femto == 2 * 25_000_000 * 10**6
+    assert cost_of(Usage(input_tokens=1, web_search_calls=2), e.price).total >= Money(50_000_000)
+    catalog = Catalog.builtin()
+    catalog.set_price("lonely", {"provider": "nobody", "input": "1", "output": "1", "context_window": 1000})
+    with pytest.raises(EstimateError, match="knows no web_search fee"):
+        estimate_request("responses", _responses("lonely", tools=[{"type": "web_search"}]), catalog=catalog)
+
+
+def test_a_size_the_fee_table_does_not_price_is_refused() -> None:
+    auto = {"type": "code_interpreter", "container": {"type": "auto"}}
+    e = estimate_request("responses", _responses(tools=[auto], max_tool_calls=2), catalog=CATALOG)
+    assert e.tool_femto == 2 * 30_000_000 * 10**6  # the default 1g container, $0.03 a session
+    big = {"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "4g"}}
+    with pytest.raises(EstimateError, match="not '4g'"):
+        estimate_request("responses", _responses(tools=[big], max_tool_calls=2), catalog=CATALOG)
+
+
+def test_a_search_model_reserves_the_dearest_size_and_settles_at_the_one_asked() -> None:
+    # perplexity/sonar's request fee: low $0.005, medium $0.008, high $0.012 on every request
+    base = {"model": "perplexity/sonar", "messages": HELLO, "max_tokens": 5}
+    for options, settled in (({"search_context_size": "low"}, 5_000_000), (None, 8_000_000)):
+        body = {**base, "web_search_options": options} if options else base
+        e = estimate_request("chat", body, catalog=CATALOG)
+        assert e.tools_femto == (("web_search", 12_000_000 * 10**6),)
+        assert e.prompt.method == "context_window"  # its search results are input
+        # the settle: one search, at the size asked (medium when none), whatever usage says
+        assert cost_of(Usage(), e.price).total == Money(settled)
+
+
+def test_web_search_options_on_a_model_that_searches_without_bound_is_refused() -> None:
+    body = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 5, "web_search_options": {}}
+    with pytest.raises(EstimateError, match="not a search model"):
+        est("chat", **body)
+    # a search model searches once a request: reserved with or without web_search_options
+    searching = est("chat", **{**body, "model": "gpt-4o-search-preview"})
+    assert searching.tool_calls == {"web_search": 1}
+    assert est("chat", model="gpt-4o-search-preview", messages=HELLO, max_tokens=5).tool_calls == {
+        "web_search": 1
+    }
+
+
+def test_a_stored_prompt_may_bring_any_hosted_tool() -> None:
+    e = estimate_request("responses", _responses(prompt={"id": "pmpt_1"}), catalog=CATALOG)
+    assert e.body_changes == {"max_tool_calls": DEFAULT_MAX_TOOL_CALLS}
+    # the dearest of gpt-5's tools, a $0.03 container, for each call
+    assert e.tools_femto == (("code_interpreter", DEFAULT_MAX_TOOL_CALLS * 30_000_000 * 10**6),)
+
+
+def test_clamping_leaves_room_for_the_tool_fees() -> None:
+    e = estimate_request(
+        "responses", _responses(tools=[{"type": "web_search"}], max_tool_calls=3), catalog=CATALOG
+    )
+    budget = e.amount - Money(1)
+    k = e.max_output_affordable(budget)
+    assert e.with_max_output(k).amount <= budget < e.with_max_output(k + 1).amount
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    case=st.sampled_from(
+        [
+            ("responses", "gpt-5"),
+            ("responses", "gpt-4o"),
+            ("responses", "azure/gpt-4.1"),
+            ("messages", "claude-sonnet-4-5"),
+            ("messages", "claude-opus-5"),
+            ("chat", "gpt-4o-search-preview"),
+            ("chat", "perplexity/sonar"),
+            ("chat", "gemini-2.5-flash"),
+        ]
+    ),
+    cap=st.none() | st.integers(min_value=0, max_value=6),
+    size=st.sampled_from([None, "low", "medium", "high"]),
+    geo=st.sampled_from([None, "us"]),
+    data=st.data(),
+)
+def test_actual_cost_with_tools_never_exceeds_the_estimate(
+    case: tuple[str, str], cap: int | None, size: str | None, geo: str | None, data: st.DataObject
+) -> None:
+    """Any tool uses the provider may bill for the request, with any tokens it may bill, cost at
+    most the reservation (the cap, where the request sets none, is the one sent)."""
+    endpoint, model = case
+    body: dict[str, Any] = {"model": model}
+    search: dict[str, Any] = {"search_context_size": size} if size else {}
+    if endpoint == "responses":
+        body.update(input="hi", max_output_tokens=50)
+        body["tools"] = [{"type": "web_search", **search}, {"type": "file_search", "vector_store_ids": ["v"]}]
+        body["tools"].append({"type": "code_interpreter", "container": {"type": "auto"}})
+        if cap is not None:
+            body["max_tool_calls"] = cap
+    elif endpoint == "messages":
+        body.update(messages=HELLO, max_tokens=50)
+        body["tools"] = [
+            {
+                "type": "web_search_20250305",
+                "name": "web_search",
+                **({"max_uses": cap} if cap is not None else {}),
+            },
+            {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 3},
+        ]
+        if geo:
+            body["inference_geo"] = geo
+    else:
+        body.update(messages=HELLO, max_tokens=50, web_search_options=search)
+    e = estimate_request(endpoint, body, catalog=CATALOG)  # type: ignore[arg-type]
+    allowed = DEFAULT_MAX_TOOL_CALLS if cap is None else cap
+    calls: dict[str, int] = {}
+    if endpoint == "responses":
+        searches = data.draw(st.integers(min_value=0, max_value=allowed))
+        files = data.draw(st.integers(min_value=0, max_value=allowed - searches))
+        containers = data.draw(st.integers(min_value=0, max_value=allowed - searches - files))
+        calls = {"web_search": searches, "file_search": files, "code_interpreter": containers}
+    elif endpoint == "messages":
+        calls = {
+            "web_search": data.draw(st.integers(min_value=0, max_value=allowed)),
+            "web_fetch": data.draw(st.integers(min_value=0, max_value=3)),
+        }
+    else:  # search models bill one search a request, whatever the answer says
+        calls = {"web_search": data.draw(st.integers(min_value=0, max_value=3))}
+    prompt = data.draw(st.integers(min_value=0, max_value=e.prompt.tokens))
+    output = data.draw(st.integers(min_value=0, max_value=50))
+    usage = Usage(input_tokens=prompt, output_tokens=output, inference_geo=geo or "").with_tool_calls(calls)
+    assert cost_of(usage, e.price).total <= e.amount
+
+
+def test_the_guard_settles_the_tool_uses_the_answer_reports() -> None:
+    from spendgate.guard import Guard
+    from spendgate.lifecycle import Happened, Report, read_response
+
+    guard = Guard(catalog=CATALOG, budgets=[{"id": "all", "selector": {}, "limit": "100", "window": "day"}])
+    body = _responses(tools=[{"type": "web_search", "search_context_size": "high"}], max_tool_calls=5)
+    answer = {
+        "object": "response",
+        "output": [{"type": "web_search_call", "status": "completed"}] * 2,
+        "usage": {"input_tokens": 1000, "output_tokens": 5},
+    }
+    admission = guard.admit("responses", body)
+    read = read_response("responses", answer)
+    ended = guard.end(admission, Report(Happened.COMPLETE, usage=read.usage))
+    # gpt-5: 1000*1.25 + 5*10 per 1M, and two searches at $0.01
+    assert ended.charged == Money(1_250_000 + 50_000 + 20_000_000)
+    assert ended.cost is not None and ended.cost.as_dict()["web_search"] == "0.02"
+    # an answer never read: the reservation, tool fees included, is what is charged
+    lost = guard.admit("responses", body)
+    assert guard.end(lost, Report(Happened.LOST)).charged == lost.reserved
+    assert lost.estimate.tool_calls == {"web_search": 5}
+    guard.close()

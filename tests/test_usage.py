@@ -276,3 +276,17 @@ def test_bedrock_cache_inside_input_when_the_total_says_so() -> None:
         {"inputTokens": 6000, "outputTokens": 10, "cacheReadInputTokens": 5000, "totalTokens": 6010}
     )
     assert (usage.input_tokens, usage.cache_read_tokens) == (6000, 5000)
+
+
+def test_tool_uses_are_counts_like_tokens() -> None:
+    one = Usage(input_tokens=5, web_search_calls=2, code_interpreter_calls=1)
+    both = one + Usage(input_tokens=1, web_search_calls=1, file_search_calls=4)
+    assert both.tool_calls() == {"web_search": 3, "file_search": 4, "code_interpreter": 1}
+    assert both.as_dict() == {
+        "input_tokens": 6,
+        "web_search_calls": 3,
+        "file_search_calls": 4,
+        "code_interpreter_calls": 1,
+    }
+    with pytest.raises(ValueError, match="web_fetch_calls"):
+        Usage(web_fetch_calls=-1)

@@ -1,4 +1,7 @@
-"""The cost of a usage under a model's price: exact, in femto-USD, rounded up once."""
+"""The cost of a usage under a model's price: exact, in femto-USD, rounded up once.
+
+Tokens at their rates, plus each hosted tool's uses at its per-use fee (``tool_fees``).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,30 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
+from spendgate.errors import SpendgateError
 from spendgate.money import Money
 from spendgate.pricing.schema import ModelPrice, Rates
-from spendgate.usage import Usage
+from spendgate.usage import TOOL_CALL_FIELDS, Usage
 
-#: Breakdown parts, in display order.
+#: Breakdown parts of the tokens, in display order; tool fees follow, by tool, where charged.
 PARTS: Final = ("input", "cache_read", "cache_write", "output", "reasoning")
 
 _FEMTO_PER_USD: Final = Decimal(10) ** 15
+#: Tool fees are nano-USD per use; parts are femto-USD.
+FEMTO_PER_NANO: Final = 10**6
+
+
+class ToolFeeError(SpendgateError, ValueError):
+    """A usage reports uses of a hosted tool whose fee the model's price lacks: refused rather
+    than counted as $0."""
+
+    def __init__(self, model: str, tool: str) -> None:
+        self.model = model
+        self.tool = tool
+        super().__init__(
+            f"the usage reports {tool} uses but the price of {model!r} has no {tool} fee; spendgate "
+            f"will not count them as free. Add one: prices: {model}: tool_fees: {tool}: <USD per use>"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +57,9 @@ class Cost:
     #: The uplift the request's conditions selected (ModelPrice.multiplier), numerator/denominator.
     multiplier_num: int = 1
     multiplier_den: int = 1
+    #: Hosted tool fees charged: (tool, femto-USD) pairs, before the multiplier (an uplift is
+    #: applied to the whole bill: never under-counted where a provider applies it to tools too).
+    tools_femto: tuple[tuple[str, int], ...] = ()
 
     @property
     def exact_femto(self) -> int:
@@ -48,6 +70,8 @@ class Cost:
             + self.output_femto
             + self.reasoning_femto
         )
+        for _tool, femto in self.tools_femto:
+            parts += femto
         if self.multiplier_den == 1:
             return parts * self.multiplier_num
         return -(-parts * self.multiplier_num // self.multiplier_den)
@@ -57,12 +81,15 @@ class Cost:
         return Money.from_femto_ceil(self.exact_femto)
 
     def breakdown(self) -> dict[str, Decimal]:
-        """Each part in exact USD (Decimal, multiplier applied), plus ``total`` (rounded up to a nano-USD)."""
+        """Each part in exact USD (Decimal, multiplier applied): the token parts (PARTS), each
+        tool charged (``web_search``...), and ``total`` (rounded up to a nano-USD)."""
         # The denominator comes from a decimal factor, so each quotient is a finite decimal.
         scale = _FEMTO_PER_USD * self.multiplier_den
         parts = {
             name: Decimal(getattr(self, f"{name}_femto") * self.multiplier_num) / scale for name in PARTS
         }
+        for tool, femto in self.tools_femto:
+            parts[tool] = Decimal(femto * self.multiplier_num) / scale
         parts["total"] = self.total.to_decimal()
         return parts
 
@@ -92,7 +119,11 @@ def cost_of(
     - the model's multipliers for the conditions given: ``inference_geo`` and
       ``speed`` default to what the usage reports (Anthropic); ``data_residency``
       (``eu``/``us``/``fedramp``: the OpenAI host called) and ``endpoint_location``
-      (a Vertex location) are known only to the caller.
+      (a Vertex location) are known only to the caller;
+    - hosted tool uses at the model's ``tool_fees`` (at the default size where a fee depends
+      on one): a ``call`` fee per use, a ``prompt`` fee once if the tool was used, a
+      ``request`` fee once whatever the usage says. Uses of a tool the price has no fee for
+      raise :class:`ToolFeeError`.
     """
     tier_name = service_tier if service_tier and service_tier in price.service_tiers else "standard"
     table = price.service_tiers.get(tier_name, price.standard)
@@ -139,4 +170,20 @@ def cost_of(
         service_tier=tier_name,
         multiplier_num=num,
         multiplier_den=den,
+        tools_femto=_tool_parts(usage, price) if price.tool_fees or usage.tool_calls() else (),
     )
+
+
+def _tool_parts(usage: Usage, price: ModelPrice) -> tuple[tuple[str, int], ...]:
+    """(tool, femto-USD) for each hosted tool fee the usage incurs under ``price``."""
+    parts: list[tuple[str, int]] = []
+    for tool, fee in price.tool_fees.items():
+        field = TOOL_CALL_FIELDS.get(tool)
+        calls: int = getattr(usage, field) if field is not None else 0
+        uses = 1 if fee.per == "request" else min(calls, 1) if fee.per == "prompt" else calls
+        if uses:
+            parts.append((tool, uses * fee.at(None, tool) * FEMTO_PER_NANO))
+    for tool in usage.tool_calls():
+        if tool not in price.tool_fees:
+            raise ToolFeeError(price.name, tool)
+    return tuple(parts)

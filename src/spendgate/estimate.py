@@ -1,6 +1,7 @@
 """The worst case a request can cost: what the ledger reserves before the call.
 
     prompt upper bound x worst prompt rate  +  n x max output x worst output rate
+      +  allowed hosted tool uses x their highest per-use fee
 
 The prompt rate is the input rate, or the highest cache-write rate where the
 provider may write to its cache (Anthropic ``cache_control``; OpenAI always),
@@ -9,23 +10,28 @@ highest of output, reasoning, audio and image output. Rates are the highest
 among the service tiers the request may be served at and the long-context
 tiers its prompt bound may pass, times an uplift it asks for. Input the body
 does not hold is bounded by the context window. The prompt is billed once
-whatever ``n`` is, as providers bill it. docs/design.md tabulates the cases.
+whatever ``n`` is, as providers bill it. Hosted tools billed per use (web
+search, file search, code-interpreter containers) are reserved per use the
+request allows (``max_tool_calls``, a tool's ``max_uses``; where it allows any
+number, a cap is set in the body sent, or the request is refused).
+docs/design.md tabulates the cases.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
-from spendgate.cost import Cost
+from spendgate.cost import FEMTO_PER_NANO, Cost
 from spendgate.errors import SpendgateError
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog
-from spendgate.pricing.schema import ModelPrice, Rates, RateTable
+from spendgate.pricing.schema import ModelPrice, Rates, RateTable, ToolFee
 from spendgate.tokens import TokenCount, TokenCounter, default_counter
-from spendgate.usage import Usage
+from spendgate.usage import TOOL_CALL_FIELDS, Usage
 
 Endpoint = Literal["chat", "completions", "embeddings", "responses", "messages"]
 ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completions", "embeddings", "responses", "messages")
@@ -59,6 +65,11 @@ MAX_COUNT: Final = 2**31 - 1
 #: Deeper nesting is refused: no real request needs it, and recursive code over a body (JSON
 #: encoders, the token counter's content walk) would fail on it.
 MAX_NESTING: Final = 100
+#: The hosted tool uses reserved, and set in the body sent, for a request that allows any number
+#: (no ``max_tool_calls``; an Anthropic tool without ``max_uses``). Responses'
+#: ``max_tool_calls`` counts every built-in tool call, MCP and image generation included.
+DEFAULT_MAX_TOOL_CALLS: Final = 10
+
 _COUNTS: Final = ("n", "best_of", "max_tokens", "max_completion_tokens", "max_output_tokens")
 #: A lone surrogate (``"\ud800"`` in JSON) is no text: it cannot be encoded, stored or sent.
 _SURROGATES: Final = re.compile("[\ud800-\udfff]")
@@ -149,11 +160,23 @@ class Estimate:
     n: int
     prompt_rate: int
     output_rate: int
+    #: Hosted tool fees reserved: (tool, femto-USD) pairs, the request's uplift applied.
+    tools_femto: tuple[tuple[str, int], ...] = ()
+    #: The tool uses reserved for (tool -> uses; a cap shared by several tools is counted
+    #: under the dearest of them).
+    tool_calls: Mapping[str, int] = field(default_factory=dict)
+    #: Fields the guard sets in the body sent, so the provider cannot bill more tool uses than
+    #: reserved: ``max_tool_calls`` (Responses) or ``tools`` with ``max_uses`` (Anthropic).
+    body_changes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def tool_femto(self) -> int:
+        return sum(femto for _tool, femto in self.tools_femto)
 
     @property
     def amount(self) -> Money:
         femto = self.prompt.tokens * self.prompt_rate + self.n * self.max_output_tokens * self.output_rate
-        return Money.from_femto_ceil(femto)
+        return Money.from_femto_ceil(femto + self.tool_femto)
 
     def with_max_output(self, max_output_tokens: int) -> Estimate:
         """The same request with a lower output cap (clamp mode)."""
@@ -169,19 +192,21 @@ class Estimate:
         charged, with ``prompt_tokens`` the provider reported in place of the bound."""
         prompt = self.prompt.tokens if prompt_tokens is None else prompt_tokens
         output = self.n * self.max_output_tokens
+        usage = Usage(input_tokens=prompt, output_tokens=output)
         return Cost(
             model=self.model,
-            usage=Usage(input_tokens=prompt, output_tokens=output),
+            usage=usage.with_tool_calls({t: n for t, n in self.tool_calls.items() if t in TOOL_CALL_FIELDS}),
             input_femto=prompt * self.prompt_rate,
             cache_read_femto=0,
             cache_write_femto=0,
             output_femto=output * self.output_rate,
             reasoning_femto=0,
+            tools_femto=self.tools_femto,
         )
 
     def max_output_affordable(self, budget: Money) -> int:
         """The largest output cap whose worst case fits in ``budget`` (0 if none)."""
-        left = budget.nanos * 10**6 - self.prompt.tokens * self.prompt_rate
+        left = budget.nanos * 10**6 - self.prompt.tokens * self.prompt_rate - self.tool_femto
         per_token = self.n * self.output_rate
         if left < 0:
             return 0
@@ -198,11 +223,14 @@ def estimate_request(
     counter: TokenCounter | None = None,
     model: str | None = None,
     unbounded_policy: UnboundedInputPolicy = "context_window",
+    default_max_tool_calls: int | None = DEFAULT_MAX_TOOL_CALLS,
 ) -> Estimate:
     """Bound the cost of ``request`` (the body sent to ``endpoint``).
 
     ``unbounded_policy``: for a request whose input is not all in its body (see
-    ``unbounded_input``): bound the prompt by the model's context window, or refuse."""
+    ``unbounded_input``): bound the prompt by the model's context window, or refuse.
+    ``default_max_tool_calls``: the hosted tool uses reserved (and set in the body sent, see
+    ``Estimate.body_changes``) where the request allows any number; None refuses it."""
     if endpoint not in ENDPOINTS:
         raise EstimateError(f"unknown endpoint {endpoint!r}; known: {', '.join(ENDPOINTS)}")
     counter = counter or default_counter()
@@ -215,6 +243,9 @@ def estimate_request(
     prompt = _count_prompt(endpoint, request, model, counter)
     _check_context(model, price, prompt)
     unbounded = unbounded_input(endpoint, request)
+    per_request = any(fee.per == "request" for fee in price.tool_fees.values())
+    if unbounded is None and per_request:
+        unbounded = f"{model!r} searches on every request and adds the results to the input"
     if unbounded is not None:
         prompt = _context_bound(price, prompt, unbounded, unbounded_policy)
     n = _choices(endpoint, request)
@@ -242,15 +273,26 @@ def estimate_request(
     )
     if (num, den) != (1, 1):
         prompt_rate, output_rate = -(-prompt_rate * num // den), -(-output_rate * num // den)
+    tools = _NO_TOOLS
+    if (
+        request.get("tools")
+        or request.get("web_search_options") is not None
+        or request.get("prompt")
+        or per_request
+    ):
+        tools = _ToolBounder(endpoint, request, price, catalog, default_max_tool_calls).bound()
     estimate = Estimate(
         model=model,
-        price=price,
+        price=price.with_tool_fees(tools.fees) if tools.fees else price,
         prompt=prompt,
         max_output_tokens=max_out,
         output_source=source,
         n=n,
         prompt_rate=prompt_rate,
         output_rate=output_rate,
+        tools_femto=tuple((tool, -(-femto * num // den)) for tool, femto in tools.parts),
+        tool_calls=tools.calls,
+        body_changes=tools.body,
     )
     _storable(estimate)
     return estimate
@@ -480,3 +522,221 @@ def _has_audio(request: Mapping[str, Any]) -> bool:
     if isinstance(modalities, Iterable) and not isinstance(modalities, str) and "audio" in modalities:
         return True
     return _mentions(request.get("messages") or request.get("input") or [], "input_audio")
+
+
+# -- hosted tools billed per use ------------------------------------------------------------------
+
+#: Anthropic's server tools (``web_search_20250305``): each has its own ``max_uses``.
+_ANTHROPIC_TOOL: Final = re.compile(r"^(?P<tool>web_search|web_fetch|code_execution)_\d{8}$")
+#: OpenAI's hosted tools (``web_search``, ``web_search_preview_2025_03_11``...): one
+#: ``max_tool_calls`` (Responses only) bounds them all together.
+_OPENAI_TOOL: Final = re.compile(
+    r"^(?:(?P<search>web_search(?:_preview)?(?:_\d{4}_\d{2}_\d{2})?)|file_search|code_interpreter)$"
+)
+#: Tools a stored prompt (Responses ``prompt``) may bring without the body naming them.
+_STORED_PROMPT_TOOLS: Final = ("web_search", "file_search", "code_interpreter")
+_SHARED: Final = "max_tool_calls"
+_CODE_EXECUTION: Final = (
+    "Anthropic bills code execution by container time, which no request field bounds and no answer reports"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolUse:
+    tool: str
+    #: The size the request asks for (search_context_size, memory_limit), None if it names none.
+    size: str | None
+    #: What bounds its uses: _SHARED, the index of its Anthropic tool (its own max_uses), or a
+    #: reason nothing in the body can.
+    cap: str | int
+    #: Not named in the body: a stored prompt may bring it.
+    stored: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolBound:
+    parts: tuple[tuple[str, int], ...] = ()
+    calls: Mapping[str, int] = field(default_factory=dict)
+    #: The fees the request selected (one fee, at the size it asked), for its settlement.
+    fees: Mapping[str, ToolFee] = field(default_factory=dict)
+    body: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: Most requests: shared, so read-only.
+_NO_TOOLS: Final = _ToolBound(
+    calls=MappingProxyType({}), fees=MappingProxyType({}), body=MappingProxyType({})
+)
+
+
+class _ToolBounder:
+    """The hosted tool fees a request may incur: each fee-bearing tool's allowed uses times its
+    highest per-use fee (see docs/design.md, How a request is bounded)."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        request: Mapping[str, Any],
+        price: ModelPrice,
+        catalog: Catalog,
+        default_cap: int | None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.request = request
+        self.price = price
+        self.catalog = catalog
+        self.default_cap = default_cap
+        self.parts: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self.fees: dict[str, ToolFee] = {}
+        self.body: dict[str, Any] = {}
+
+    def bound(self) -> _ToolBound:
+        uses = self._uses()
+        every = {tool: fee for tool, fee in self.price.tool_fees.items() if fee.per == "request"}
+        if not uses and not every:
+            return _ToolBound()
+        # Billed once on every request (a search model's search): one use, whatever the body says.
+        for tool, fee in every.items():
+            self._reserve(tool, 1, fee)
+            self._pin(tool, fee, [u.size for u in uses if u.tool == tool])
+        shared: list[tuple[_ToolUse, ToolFee]] = []
+        anthropic: dict[int, tuple[_ToolUse, ToolFee]] = {}
+        once: set[str] = set()
+        for use in uses:
+            if use.tool in every:
+                continue
+            found = self._fee(use)
+            if found is None:
+                continue  # a stored prompt's tool with no fee known anywhere
+            self._pin(use.tool, found, [u.size for u in uses if u.tool == use.tool])
+            if found.highest == 0:
+                continue  # free per use (Anthropic's web fetch): nothing to reserve or cap
+            if found.per == "prompt":
+                if use.tool not in once:
+                    once.add(use.tool)
+                    self._reserve(use.tool, 1, found)
+            elif use.cap == _SHARED:
+                shared.append((use, found))
+            elif isinstance(use.cap, int):
+                anthropic[use.cap] = (use, found)
+            else:
+                raise self._unbounded(use.tool, use.cap)
+        if shared:
+            # One cap for them all: every allowed call may be of the dearest tool.
+            dearest, fee = max(shared, key=lambda pair: pair[1].highest)
+            self._reserve(dearest.tool, self._shared_cap(dearest.tool), fee)
+        for index, (use, fee) in anthropic.items():
+            self._reserve(use.tool, self._own_cap(index, use.tool), fee)
+        return _ToolBound(tuple(self.parts.items()), self.calls, self.fees, self.body)
+
+    def _uses(self) -> list[_ToolUse]:
+        uses: list[_ToolUse] = []
+        tools = self.request.get("tools")
+        for index, tool in enumerate(tools if isinstance(tools, list) else ()):
+            kind = tool.get("type") if isinstance(tool, Mapping) else None
+            if not isinstance(kind, str):
+                continue
+            if (match := _ANTHROPIC_TOOL.match(kind)) is not None:
+                name = match["tool"]
+                cap: str | int = index
+                if name == "code_execution":
+                    cap = _CODE_EXECUTION
+                uses.append(_ToolUse(name, None, cap))
+            elif (match := _OPENAI_TOOL.match(kind)) is not None:
+                uses.append(self._openai_use(kind, match["search"] is not None, tool))
+        if self.endpoint == "chat" and isinstance(self.request.get("web_search_options"), Mapping):
+            size = _word(self.request["web_search_options"].get("search_context_size"))
+            why = "'web_search_options' on a model that is not a search model: nothing in the body bounds its searches"
+            uses.append(_ToolUse("web_search", size, why))
+        if self.endpoint == "responses" and isinstance(self.request.get("prompt"), Mapping):
+            named = {u.tool for u in uses}
+            uses += [_ToolUse(t, None, _SHARED, stored=True) for t in _STORED_PROMPT_TOOLS if t not in named]
+        return uses
+
+    def _openai_use(self, kind: str, search: bool, tool: Mapping[str, Any]) -> _ToolUse:
+        name = "web_search" if search else kind
+        size: str | None = None
+        if search:
+            size = _word(tool.get("search_context_size"))
+        elif kind == "code_interpreter" and isinstance(tool.get("container"), Mapping):
+            size = _word(tool["container"].get("memory_limit"))
+        cap = (
+            _SHARED
+            if self.endpoint == "responses"
+            else f"a {name!r} tool in a {self.endpoint} request, where no field bounds its calls"
+        )
+        return _ToolUse(name, size, cap)
+
+    def _fee(self, use: _ToolUse) -> ToolFee | None:
+        """The model's fee for the tool, else the highest of the provider's (never $0); None for
+        a tool a stored prompt may bring that no model of the provider has a fee for."""
+        fee = self.price.tool_fees.get(use.tool) or self.catalog.highest_tool_fee(
+            self.price.provider, use.tool
+        )
+        if fee is None:
+            if use.stored:
+                return None
+            raise EstimateError(
+                f"cannot bound the tool fees of this {self.price.name!r} request: the catalog knows no "
+                f"{use.tool} fee for it or any other {self.price.provider or 'unnamed-provider'} model; "
+                f"add one (prices: {self.price.name}: tool_fees: {use.tool}: <USD per use>) or leave the tool out"
+            )
+        if not fee.knows(use.size):
+            raise EstimateError(
+                f"cannot bound the tool fees of this {self.price.name!r} request: the catalog prices "
+                f"{use.tool} at {', '.join(fee.sizes)} only, not {use.size!r}; add that fee to the "
+                "model's tool_fees, or ask for a priced size"
+            )
+        return fee
+
+    def _pin(self, tool: str, fee: ToolFee, sizes: list[str | None]) -> None:
+        # The settle prices a use at the size asked (the default if none): the dearest if several.
+        # A tool no answer counts (code execution) is charged as reserved: once for this request.
+        per = "request" if tool not in TOOL_CALL_FIELDS and fee.per == "prompt" else fee.per
+        self.fees[tool] = ToolFee(fee=max(fee.at(size, tool) for size in sizes or [None]), per=per)
+
+    def _reserve(self, tool: str, uses: int, fee: ToolFee) -> None:
+        if uses:
+            self.parts[tool] = self.parts.get(tool, 0) + uses * fee.highest * FEMTO_PER_NANO
+            self.calls[tool] = self.calls.get(tool, 0) + uses
+
+    def _shared_cap(self, tool: str) -> int:
+        given = self.request.get(_SHARED)
+        if given is not None:
+            return _count(_SHARED, given)
+        if self.default_cap is None:
+            raise self._unbounded(tool, "the request sets no 'max_tool_calls'")
+        self.body[_SHARED] = self.default_cap
+        return self.default_cap
+
+    def _own_cap(self, index: int, tool: str) -> int:
+        spec = self.request["tools"][index]
+        if spec.get("max_uses") is not None:
+            return _count("max_uses", spec["max_uses"])
+        if self.default_cap is None:
+            raise self._unbounded(tool, f"its tool {spec.get('type')!r} sets no 'max_uses'")
+        tools = list(self.body.get("tools") or self.request["tools"])
+        tools[index] = {**spec, "max_uses": self.default_cap}
+        self.body["tools"] = tools
+        return self.default_cap
+
+    def _unbounded(self, tool: str, why: str) -> EstimateError:
+        fix = {
+            "responses": "set 'max_tool_calls'",
+            "messages": "set 'max_uses' on the tool",
+        }.get(self.endpoint, "use the Responses API with 'max_tool_calls', or a search model")
+        if why is _CODE_EXECUTION:
+            fix = (
+                f"leave the tool out, or give the model's price a {tool} fee to count per request "
+                '(tool_fees: {code_execution: {fee: ..., per: prompt}}; "0" sends it unbudgeted)'
+            )
+        return EstimateError(
+            f"cannot bound the {tool} fees of this {self.price.name!r} request: {why}, so it may "
+            f"make any number of billed {tool} uses; {fix}"
+        )
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise EstimateError(f"'{name}' must be a whole number from 0 to {MAX_COUNT}, got {value!r}")
+    return value

@@ -11,12 +11,16 @@ report's own ``total_tokens`` says which one it used.
 
 Two conditions that change the price ride along (Anthropic reports them):
 ``inference_geo`` and ``speed``; ``""`` when not reported.
+
+Hosted tools billed per use are counted beside the tokens (``web_search_calls``...): Anthropic
+reports them in ``usage.server_tool_use``; an OpenAI Responses answer lists them as output
+items (:func:`tool_calls_in_output`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Final
 
 
@@ -40,6 +44,14 @@ class Usage:
     inference_geo: str = ""
     #: The speed it ran at (Anthropic ``speed``: "fast", "standard"), "" if not said.
     speed: str = ""
+    #: Hosted tool uses billed per use (priced at the model's ``tool_fees``): web searches,
+    #: web fetches, file searches, code-interpreter containers (each a billed session),
+    #: Google Maps grounding queries.
+    web_search_calls: int = 0
+    web_fetch_calls: int = 0
+    file_search_calls: int = 0
+    code_interpreter_calls: int = 0
+    google_maps_calls: int = 0
 
     def __post_init__(self) -> None:
         # One cheap check on the hot path; the loop that names the bad field runs only on failure.
@@ -54,6 +66,11 @@ class Usage:
             self.audio_output_tokens,
             self.cache_write_12h_tokens,
             self.image_output_tokens,
+            self.web_search_calls,
+            self.web_fetch_calls,
+            self.file_search_calls,
+            self.code_interpreter_calls,
+            self.google_maps_calls,
         )
         if not all(type(v) is int and v >= 0 for v in values):
             for name in COUNT_FIELDS:
@@ -81,6 +98,17 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    def tool_calls(self) -> dict[str, int]:
+        """Hosted tool -> uses billed per use (the non-zero ones)."""
+        return {tool: count for tool, name in TOOL_CALL_FIELDS.items() if (count := getattr(self, name))}
+
+    def with_tool_calls(self, calls: Mapping[str, int]) -> Usage:
+        """This usage with these tool-use counts (tool name -> count) in place of its own."""
+        if not calls:
+            return self
+        changes: dict[str, Any] = {TOOL_CALL_FIELDS[tool]: count for tool, count in calls.items()}
+        return replace(self, **changes)
 
     def as_dict(self) -> dict[str, int]:
         """The non-zero token counts (the conditions are not counts: see the attributes)."""
@@ -120,6 +148,11 @@ class Usage:
             audio_input_tokens=_int(pdet, "audio_tokens"),
             audio_output_tokens=_int(cdet, "audio_tokens"),
             image_output_tokens=min(_int(cdet, "image_tokens"), output),
+            # OpenAI-compatible servers fronting other providers report searches here (LiteLLM:
+            # Anthropic's server_tool_use, Gemini's prompt_tokens_details.web_search_requests).
+            web_search_calls=max(
+                _int(_get(usage, "server_tool_use"), "web_search_requests"), _int(pdet, "web_search_requests")
+            ),
         )
 
     @classmethod
@@ -161,6 +194,8 @@ class Usage:
             cache_write_1h_tokens=write_1h,
             inference_geo=_str(usage, "inference_geo"),
             speed=_str(usage, "speed"),
+            web_search_calls=_int(_get(usage, "server_tool_use"), "web_search_requests"),
+            web_fetch_calls=_int(_get(usage, "server_tool_use"), "web_fetch_requests"),
         )
 
     @classmethod
@@ -223,24 +258,80 @@ class Usage:
         if _has(usage, "inputTokens", "outputTokens"):
             return cls.from_bedrock(usage)
         if _has(usage, "promptTokenCount", "prompt_token_count", "candidatesTokenCount"):
-            return cls.from_gemini(usage)
+            return cls.from_gemini(usage).with_tool_calls(_gemini_searches(response))
         if _has(usage, "prompt_tokens", "completion_tokens"):
             return cls.from_openai(usage)
         if _has(usage, "cache_creation_input_tokens", "cache_read_input_tokens"):
             return cls.from_anthropic(usage)
         if _has(usage, "input_tokens_details", "output_tokens_details"):
-            return cls.from_openai_responses(usage)
+            return cls.from_openai_responses(usage).with_tool_calls(
+                tool_calls_in_output(_get(response, "output"))
+            )
         if _has(usage, "input_tokens", "output_tokens"):
             # Both Anthropic and Responses use these names; the response type tells them apart.
             kind = _get(response, "type")
             if kind == "message" or str(_get(response, "id") or "").startswith("msg_"):
                 return cls.from_anthropic(usage)
-            return cls.from_openai_responses(usage)
+            return cls.from_openai_responses(usage).with_tool_calls(
+                tool_calls_in_output(_get(response, "output"))
+            )
         raise ValueError(f"no token usage found in {type(response).__name__}")
 
 
-#: The token-count fields, in declaration order (the rest are conditions).
+#: The count fields (tokens, then tool uses), in declaration order (the rest are conditions).
 COUNT_FIELDS: Final = tuple(f.name for f in fields(Usage) if f.type in ("int", int))
+#: Hosted tool (spendgate.pricing.schema.TOOLS) -> the Usage field that counts its billed uses.
+#: Anthropic's code execution is billed by container time, which no answer reports: no count.
+TOOL_CALL_FIELDS: Final = {
+    "web_search": "web_search_calls",
+    "web_fetch": "web_fetch_calls",
+    "file_search": "file_search_calls",
+    "code_interpreter": "code_interpreter_calls",
+    "google_maps": "google_maps_calls",
+}
+#: OpenAI Responses output item type -> the tool it is a billed use of.
+_OUTPUT_ITEM_TOOLS: Final = {"web_search_call": "web_search", "file_search_call": "file_search"}
+
+
+def tool_calls_in_output(output: Any) -> dict[str, int]:
+    """The hosted tool uses an OpenAI Responses answer's ``output`` items show (dicts or SDK
+    objects): each ``web_search_call`` and ``file_search_call``, and each code-interpreter
+    container (``code_interpreter_call`` items sharing a ``container_id`` ran in one session)."""
+    if not isinstance(output, list | tuple):
+        return {}
+    counts: dict[str, int] = {}
+    containers: set[str] = set()
+    unnamed = 0
+    for item in output:
+        kind = _get(item, "type")
+        tool = _OUTPUT_ITEM_TOOLS.get(kind) if isinstance(kind, str) else None
+        if tool is not None:
+            counts[tool] = counts.get(tool, 0) + 1
+        elif kind == "code_interpreter_call":
+            container = _get(item, "container_id")
+            if isinstance(container, str) and container:
+                containers.add(container)
+            else:
+                unnamed += 1  # no container named: counted as a session of its own
+    if containers or unnamed:
+        counts["code_interpreter"] = len(containers) + unnamed
+    return counts
+
+
+def _gemini_searches(response: Any) -> dict[str, int]:
+    """Google Search grounding queries a Gemini answer ran (``groundingMetadata.webSearchQueries``
+    of each candidate); the fee's unit decides whether each query or the prompt is billed."""
+    queries = sum(
+        len(
+            _list(
+                _get(candidate, "groundingMetadata", "grounding_metadata"),
+                "webSearchQueries",
+                "web_search_queries",
+            )
+        )
+        for candidate in _list(response, "candidates")
+    )
+    return {"web_search": queries} if queries else {}
 
 
 def _with_reasoning(prompt: int, output: int, reasoning: int, total: int | None) -> int:

@@ -156,3 +156,91 @@ def test_which_sse_events_can_carry_usage(
     endpoint: Endpoint, name: bytes | None, data: bytes, may: bool
 ) -> None:
     assert may_carry_usage(endpoint, name, data) is may
+
+
+# -- hosted tool uses billed per use (issue 10 section 1) ------------------------------------------
+
+TOOL_OUTPUT: list[dict[str, Any]] = [
+    {
+        "id": "ws_1",
+        "type": "web_search_call",
+        "status": "completed",
+        "action": {"type": "search", "query": "q"},
+    },
+    {
+        "id": "ws_2",
+        "type": "web_search_call",
+        "status": "completed",
+        "action": {"type": "open_page", "url": "u"},
+    },
+    {"id": "fs_1", "type": "file_search_call", "status": "completed", "queries": ["q"], "results": None},
+    {"id": "ci_1", "type": "code_interpreter_call", "status": "completed", "code": "1", "container_id": "c1"},
+    {"id": "ci_2", "type": "code_interpreter_call", "status": "completed", "code": "2", "container_id": "c1"},
+    {"id": "ci_3", "type": "code_interpreter_call", "status": "completed", "code": "3", "container_id": "c2"},
+]
+TOOL_CALLS = {"web_search": 2, "file_search": 1, "code_interpreter": 2}  # two containers, two sessions
+
+
+def test_a_responses_answer_bills_the_tool_calls_its_output_lists() -> None:
+    doc = {**RESPONSE, "output": TOOL_OUTPUT}
+    for answer in (doc, openai.types.responses.Response.model_validate(doc)):
+        usage = read_response("responses", answer).usage
+        assert usage is not None and usage.tool_calls() == TOOL_CALLS
+        assert Usage.from_response(answer).tool_calls() == TOOL_CALLS
+
+
+def test_a_responses_stream_bills_the_tool_calls_of_its_completed_event() -> None:
+    done = {
+        "type": "response.completed",
+        "sequence_number": 9,
+        "response": {**RESPONSE, "output": TOOL_OUTPUT},
+    }
+    for event in (done, openai.types.responses.ResponseCompletedEvent.model_validate(done)):
+        reader = StreamReader("responses")
+        reader.see({"type": "response.web_search_call.completed", "item_id": "ws_1"})
+        reader.see(event)
+        usage = reader.usage(Happened.COMPLETE)
+        assert usage is not None and usage.tool_calls() == TOOL_CALLS
+
+
+def test_an_anthropic_answer_bills_its_server_tool_uses() -> None:
+    usage = {**MESSAGE["usage"], "server_tool_use": {"web_search_requests": 3, "web_fetch_requests": 1}}
+    doc = {**MESSAGE, "usage": usage}
+    for answer in (doc, anthropic.types.Message.model_validate(doc)):
+        read = read_response("messages", answer).usage
+        assert read is not None and read.tool_calls() == {"web_search": 3, "web_fetch": 1}
+
+
+def test_an_anthropic_stream_bills_the_server_tool_uses_of_its_last_delta() -> None:
+    start = {
+        "type": "message_start",
+        "message": {**MESSAGE, "usage": {**MESSAGE["usage"], "output_tokens": 1}},
+    }
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn"},
+        "usage": {"output_tokens": 7, "server_tool_use": {"web_search_requests": 2, "web_fetch_requests": 0}},
+    }
+    for events in (
+        (start, delta),
+        (
+            anthropic.types.RawMessageStartEvent.model_validate(start),
+            anthropic.types.RawMessageDeltaEvent.model_validate(delta),
+        ),
+    ):
+        reader = StreamReader("messages")
+        for event in events:
+            reader.see(event)
+        usage = reader.usage(Happened.COMPLETE)
+        assert usage is not None and usage.tool_calls() == {"web_search": 2}
+
+
+def test_a_compatible_chat_answer_bills_the_searches_it_reports() -> None:
+    # LiteLLM reports Anthropic's searches as server_tool_use, Gemini's in prompt_tokens_details
+    reported: dict[str, Any] = dict(CHAT["usage"])  # type: ignore[call-overload]
+    for extra in (
+        {"server_tool_use": {"web_search_requests": 2}},
+        {"prompt_tokens_details": {"cached_tokens": 0, "web_search_requests": 2}},
+    ):
+        usage = read_response("chat", {**CHAT, "usage": {**reported, **extra}}).usage
+        assert usage is not None and usage.web_search_calls == 2

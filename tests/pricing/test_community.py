@@ -31,7 +31,7 @@ from spendgate.pricing.community import (
     per_million,
     wheel_version,
 )
-from spendgate.pricing.schema import ModelPrice, Rates, RateTable, Tier
+from spendgate.pricing.schema import ModelPrice, Rates, RateTable, Tier, ToolFee
 
 W12 = 5_000_000_000  # gpt-long-test's 12-hour cache write, 5 per 1M
 FIXTURE = Path(__file__).parent / "fixtures" / "community_sample.json"
@@ -64,6 +64,8 @@ EXPECTED: dict[str, ModelPrice] = {
                 Rates(input=4_250_000_000, output=17_000_000_000, cache_read=2_125_000_000)
             ),
         },
+        # search_context_cost_per_query: USD per search by search_context_size, in nano-USD
+        tool_fees={"web_search": ToolFee(sizes={"low": 30_000_000, "high": 50_000_000})},
     ),
     "claude-test": ModelPrice(
         name="claude-test",
@@ -554,18 +556,23 @@ def test_a_correction_that_aliases_a_model_name_is_stale(result: ConvertResult) 
 
 def test_the_shipped_corrections_file_is_valid() -> None:
     corrections = load_corrections()
-    assert set(corrections) == {"_comment", "models", "aliases"}
+    assert set(corrections) == {"_comment", "models", "aliases", "tool_fees"}
     assert (
         5 <= len(corrections["models"]) + len(corrections["aliases"]) <= 40
     )  # small enough to review by hand
-    for entry in [*corrections["models"].values(), *corrections["aliases"].values()]:
+    fees = corrections["tool_fees"]
+    for entry in [*corrections["models"].values(), *corrections["aliases"].values(), *fees.values()]:
         assert isinstance(entry, dict)
         assert len(entry["why"]) > 20
-    # on a catalog that lacks their models, every one is a counted stale note, not an error
+    # on a catalog that lacks their models, every one is a counted stale note, not an error; the
+    # provider-wide tool fees reach the sample's openai and anthropic models (not azure's: none)
     sample = convert_catalog(sample_raw())
-    assert apply_corrections(sample, corrections) == 0
+    assert apply_corrections(sample, corrections) == 2
     stale = sum(n for what, n in sample.notes.items() if what.startswith("stale correction"))
-    assert stale == len(corrections["models"]) + len(corrections["aliases"])
+    assert stale == len(corrections["models"]) + len(corrections["aliases"]) + len(fees) - 2
+    assert sample.models["gpt-long-test"].tool_fees["file_search"] == ToolFee(fee=2_500_000)
+    assert sample.models["claude-test"].tool_fees["web_fetch"] == ToolFee(fee=0)
+    assert "file_search" not in sample.models["tiny-embedding-test"].tool_fees  # no tools there
 
 
 # -- the document -------------------------------------------------------------------
@@ -581,7 +588,7 @@ def test_document_metadata_and_order(result: ConvertResult) -> None:
         sha256=community.sha256_hex(data),
         date="2025-01-02",
     )
-    assert doc["schema_version"] == 2
+    assert doc["schema_version"] == 3
     assert doc["source"] == {
         "name": "model_prices_and_context_window.json",
         "origin": "litellm-9.8.7-py3-none-any.whl",
@@ -601,6 +608,7 @@ def test_document_metadata_and_order(result: ConvertResult) -> None:
         "batch": {"input": "1.25", "output": "5", "cache_read": "1.25"},
         "flex": {"input": "1.25", "output": "5", "cache_read": "0.625"},
         "priority": {"input": "4.25", "output": "17", "cache_read": "2.125"},
+        "tool_fees": {"web_search": {"high": "0.05", "low": "0.03"}},
     }
     text = dump_document(doc)
     assert json.loads(text) == doc
@@ -704,7 +712,7 @@ def test_update_script_writes_the_document(tmp_path: Path, capsys: pytest.Captur
     assert sorted(doc["models"]) == sorted(EXPECTED)
     printed = capsys.readouterr().out
     assert "models kept: 14" in printed
-    assert "corrections applied: 0" in printed
+    assert "corrections applied: 2" in printed  # the shipped provider-wide tool fees
 
 
 def test_update_script_downloads_the_wheel_with_pip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -859,15 +867,96 @@ def test_old_data_files_still_load() -> None:
     assert price.to_data() == old
 
 
-def test_catalog_reads_schema_1_and_2_and_refuses_a_newer_one() -> None:
+def test_catalog_reads_schema_1_to_3_and_refuses_a_newer_one() -> None:
     from spendgate.errors import ConfigError
     from spendgate.pricing.catalog import Catalog
 
     entry = {"prices": {"input": "1", "output": "2"}}
-    for version in (None, 1, 2):
+    for version in (None, 1, 2, 3):
         doc: dict[str, Any] = {"models": {"m": entry}}
         if version is not None:
             doc["schema_version"] = version
         assert "m" in Catalog.from_document(doc)
-    with pytest.raises(ConfigError, match="schema_version 3"):
-        Catalog.from_document({"schema_version": 3, "models": {"m": entry}})
+    # a version-2 reader would bill a version-3 file's tool fees at $0: it must refuse it
+    with pytest.raises(ConfigError, match="schema_version 4"):
+        Catalog.from_document({"schema_version": 4, "models": {"m": entry}})
+
+
+# -- per-use tool fees (issue 10 section 1) -------------------------------------------------------
+
+
+def test_tool_fees_are_converted_as_the_community_cost_code_reads_them() -> None:
+    token = {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06, "mode": "chat"}
+    flat = {
+        "search_context_size_low": 0.01,
+        "search_context_size_medium": 0.01,
+        "search_context_size_high": 0.01,
+    }
+    raw = parse_community_json(
+        json.dumps(
+            {
+                "openai/container": {
+                    "litellm_provider": "openai",
+                    "mode": "chat",
+                    "code_interpreter_cost_per_session": 0.03,
+                },
+                "gpt-x": {**token, "litellm_provider": "openai", "search_context_cost_per_query": flat},
+                "gpt-x-search-preview": {
+                    **token,
+                    "litellm_provider": "openai",
+                    "search_context_cost_per_query": {**flat, "search_context_size_high": 0.05},
+                },
+                "gpt-x-embed": {**token, "litellm_provider": "openai", "mode": "embedding"},
+                "claude-x": {**token, "litellm_provider": "anthropic", "search_context_cost_per_query": flat},
+                "gemini-2-x": {
+                    **token,
+                    "litellm_provider": "gemini",
+                    "search_context_cost_per_query": flat,
+                    "google_maps_grounding_cost_per_query": 0.025,
+                },
+                "gemini-3-x": {
+                    **token,
+                    "litellm_provider": "gemini",
+                    "search_context_cost_per_query": flat,
+                    "web_search_billing_unit": "per_query",
+                },
+                "perplexity/online-x": {
+                    **token,
+                    "litellm_provider": "perplexity",
+                    "input_cost_per_request": 0.005,
+                },
+                "files-x": {**token, "litellm_provider": "other", "file_search_cost_per_1k_calls": 2.5},
+                "embed-per-query-x": {
+                    "output_cost_per_token": 0,
+                    "input_cost_per_query": 7e-05,
+                    "mode": "embedding",
+                },
+            }
+        )
+    )
+    result = convert_catalog(raw)
+    fees = {
+        name: {t: f.to_data() for t, f in price.tool_fees.items()} for name, price in result.models.items()
+    }
+    assert fees == {
+        # the <provider>/container session fee prices the default container of every chat model
+        "gpt-x": {"web_search": "0.01", "code_interpreter": {"1g": "0.03"}},
+        # a search model searches on every request, at the size the request asks for
+        "gpt-x-search-preview": {
+            "web_search": {"low": "0.01", "medium": "0.01", "high": "0.05", "per": "request"},
+            "code_interpreter": {"1g": "0.03"},
+        },
+        "gpt-x-embed": {},
+        "claude-x": {"web_search": "0.01"},
+        # Gemini grounding: per grounded prompt unless the entry says per query
+        "gemini-2-x": {
+            "web_search": {"fee": "0.01", "per": "prompt"},
+            "google_maps": {"fee": "0.025", "per": "prompt"},
+        },
+        "gemini-3-x": {"web_search": "0.01"},
+        "perplexity/online-x": {"web_search": {"fee": "0.005", "per": "request"}},
+        "files-x": {"file_search": "0.0025"},
+    }
+    # priced per query and nothing per input token: left out (refused), not kept at $0
+    assert result.skipped["priced per query, not per input token"] == 1
+    assert not any("search_context" in note or "per_request" in note for note in result.notes)

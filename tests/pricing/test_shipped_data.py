@@ -35,7 +35,7 @@ def all_rates(price: ModelPrice) -> list[Rates]:
 
 def test_document_records_its_source() -> None:
     doc = document()
-    assert doc["schema_version"] == 2
+    assert doc["schema_version"] == 3
     source = doc["source"]
     assert source["name"] == "model_prices_and_context_window.json"
     assert re.fullmatch(r"litellm \d+\.\d+\.\d+\S*", source["version"])

@@ -12,6 +12,7 @@ import urllib.request
 from typing import Any
 
 import anthropic
+import httpx2
 import openai
 import pytest
 
@@ -297,10 +298,21 @@ def test_stats_and_reset(up: FakeUpstream, oai: openai.OpenAI, claude: anthropic
         "cached_tokens": 6,
         "output_tokens": 12,
         "reasoning_tokens": 0,
+        "web_search_calls": 0,
+        "web_fetch_calls": 0,
+        "file_search_calls": 0,
+        "code_interpreter_sessions": 0,
     }
     assert stats["models"][CLAUDE]["prompt_tokens"] == 4 and stats["models"][CLAUDE]["output_tokens"] == 2
     up.reset()
-    assert up.stats() == {"requests": {}, "requests_total": 0, "errors": {}, "streams_cut": 0, "models": {}}
+    assert up.stats() == {
+        "requests": {},
+        "requests_total": 0,
+        "errors": {},
+        "streams_cut": 0,
+        "models": {},
+        "held": {},
+    }
 
 
 def test_require_key_and_clean_sigterm_exit() -> None:
@@ -340,3 +352,280 @@ def test_the_fake_exits_when_its_parent_is_killed() -> None:
         time.sleep(0.1)
     os.kill(child, 9)
     raise AssertionError("the fake upstream outlived its killed parent")
+
+
+def test_hold_keeps_requests_until_released(up: FakeUpstream) -> None:
+    """``x-fake-hold``: a test counts the requests at the upstream instead of timing them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = "fake-hold-test"
+    url = up.base_url + "/chat/completions"
+    body = json.dumps({"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 2}).encode()
+    headers = {"content-type": "application/json", "x-fake-hold": name}
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(_post, url, body, headers) for _ in range(3)]
+        deadline = time.monotonic() + 10
+        while up.held(name) < 3 and time.monotonic() < deadline:  # bounded poll, not a timing
+            time.sleep(0.02)
+        assert up.held(name) == 3
+        assert not any(f.done() for f in futures)  # held: none can have an answer yet
+        up.release(name)
+        assert [f.result(timeout=10)[0] for f in futures] == [200, 200, 200]
+    assert up.held(name) == 0
+    assert _post(url, body, headers)[0] == 200  # released: passes at once until a reset
+
+
+# -- hosted tools ---------------------------------------------------------------------------------
+
+SEARCH: Any = {"type": "web_search"}
+FILES: Any = {"type": "file_search", "vector_store_ids": ["vs_1"]}
+CODE: Any = {"type": "code_interpreter", "container": {"type": "auto"}}
+CLAUDE_SEARCH: Any = {"type": "web_search_20250305", "name": "web_search"}
+CLAUDE_FETCH: Any = {"type": "web_fetch_20250910", "name": "web_fetch"}
+CAPPED_SEARCH: Any = [{**CLAUDE_SEARCH, "max_uses": 3}]
+
+
+def _calls(k: int, result_tokens: int = 0) -> dict[str, str]:
+    return {"x-fake-tool-calls": str(k), "x-fake-tool-result-tokens": str(result_tokens)}
+
+
+def test_responses_list_the_hosted_tool_calls_they_make(up: FakeUpstream, oai: openai.OpenAI) -> None:
+    from openai.types.responses import (
+        ResponseCodeInterpreterToolCall,
+        ResponseFileSearchToolCall,
+        ResponseFunctionWebSearch,
+    )
+
+    from spendgate.usage import tool_calls_in_output
+
+    def create(*tools: Any, k: int | None = None, **body: Any) -> Any:
+        headers = _calls(k) if k is not None else {}
+        return oai.responses.create(
+            model="gpt-4o", input="hi", max_output_tokens=3, tools=list(tools), extra_headers=headers, **body
+        )
+
+    up.reset()
+    # K = min(x-fake-tool-calls, max_tool_calls); the message comes after the calls
+    r = create(SEARCH, k=2, max_tool_calls=3)
+    assert [type(i) for i in r.output[:-1]] == [ResponseFunctionWebSearch] * 2
+    assert r.output[-1].type == "message" and r.output_text == TOKEN_TEXT * 3
+    assert all(i.status == "completed" and i.action.type == "search" for i in r.output[:-1])
+    assert len(create(SEARCH, k=5, max_tool_calls=3).output) == 3 + 1
+    assert len(create(SEARCH).output) == 1 + 1  # one call by default
+    assert len(create({"type": "web_search_preview"}, k=4, max_tool_calls=0).output) == 1  # none allowed
+    assert up.billed("gpt-4o").web_search_calls == 2 + 3 + 1
+    # file search; a code interpreter's calls run in one container a request (one session billed)
+    files = create(FILES, k=2)
+    assert [type(i) for i in files.output[:-1]] == [ResponseFileSearchToolCall] * 2
+    code = create(CODE, k=3)
+    assert [type(i) for i in code.output[:-1]] == [ResponseCodeInterpreterToolCall] * 3
+    containers = {i.container_id for i in code.output[:-1]}
+    assert len(containers) == 1 and containers.pop().startswith("cntr_fake")
+    named = create({"type": "code_interpreter", "container": "cntr_mine"}, CODE, k=4)
+    assert [getattr(i, "container_id", None) for i in named.output] == [
+        "cntr_mine",
+        named.output[1].container_id,
+        "cntr_mine",
+        named.output[1].container_id,
+        None,
+    ]
+    # several tools: the calls take them in turn; only hosted tools make calls
+    function: Any = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    mixed = create(SEARCH, function, FILES, k=3)
+    assert [i.type for i in mixed.output] == [
+        "web_search_call",
+        "file_search_call",
+        "web_search_call",
+        "message",
+    ]
+    assert len(create(function, k=3).output) == 1
+    # the tally: what the answers listed, read as spendgate reads them
+    billed = up.billed("gpt-4o")
+    assert (billed.web_search_calls, billed.file_search_calls, billed.code_interpreter_calls) == (8, 3, 3)
+    assert tool_calls_in_output(named.output) == {"code_interpreter": 2}
+    assert up.stats()["models"]["gpt-4o"]["code_interpreter_sessions"] == 3
+
+
+def test_a_responses_stream_streams_the_tool_calls_and_lists_them_when_completed(
+    up: FakeUpstream, oai: openai.OpenAI
+) -> None:
+    up.reset()
+    with oai.responses.stream(
+        model="gpt-4o",
+        input="hi",
+        max_output_tokens=2,
+        tools=[SEARCH, CODE],
+        max_tool_calls=2,
+        extra_headers=_calls(3, result_tokens=10),
+    ) as stream:
+        events: list[Any] = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[2:12] == [
+        "response.output_item.added",
+        "response.web_search_call.in_progress",
+        "response.web_search_call.searching",
+        "response.web_search_call.completed",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.code_interpreter_call.in_progress",
+        "response.code_interpreter_call.interpreting",
+        "response.code_interpreter_call.completed",
+        "response.output_item.done",
+    ]
+    added = [e for e in events if e.type == "response.output_item.added"]
+    assert [(e.output_index, e.item.type, e.item.status) for e in added] == [
+        (0, "web_search_call", "in_progress"),
+        (1, "code_interpreter_call", "in_progress"),
+        (2, "message", "in_progress"),
+    ]
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert {e.output_index for e in deltas} == {2}
+    assert [i.type for i in final.output] == ["web_search_call", "code_interpreter_call", "message"]
+    assert (
+        final.usage is not None
+        and final.usage.input_tokens == prompt_tokens_for("responses", {"input": "hi"}) + 20
+    )
+    billed = up.billed("gpt-4o")
+    assert (billed.web_search_calls, billed.code_interpreter_calls, billed.input_tokens) == (
+        1,
+        1,
+        final.usage.input_tokens,
+    )
+
+
+def test_anthropic_server_tools_report_their_uses_in_usage(
+    up: FakeUpstream, claude: anthropic.Anthropic
+) -> None:
+    messages: Any = [{"role": "user", "content": "look it up"}]
+    prompt = prompt_tokens_for("messages", {"messages": messages})
+    tools: Any = [{**CLAUDE_SEARCH, "max_uses": 2}, CLAUDE_FETCH]
+    up.reset()
+    m = claude.messages.create(
+        model=CLAUDE, max_tokens=3, messages=messages, tools=tools, extra_headers=_calls(3, result_tokens=100)
+    )
+    # min(K, max_uses) searches, K fetches (no max_uses), each use and its result before the text
+    assert [b.type for b in m.content] == [
+        *["server_tool_use", "web_search_tool_result"] * 2,
+        *["server_tool_use", "web_fetch_tool_result"] * 3,
+        "text",
+    ]
+    uses = [b for b in m.content if b.type == "server_tool_use"]
+    results: list[Any] = [b for b in m.content if b.type.endswith("_tool_result")]
+    assert [b.name for b in uses] == ["web_search"] * 2 + ["web_fetch"] * 3
+    assert [r.tool_use_id for r in results] == [u.id for u in uses]
+    assert m.usage.server_tool_use is not None
+    assert (m.usage.server_tool_use.web_search_requests, m.usage.server_tool_use.web_fetch_requests) == (2, 3)
+    assert m.usage.input_tokens == prompt + 5 * 100  # the results are input
+    assert m.content[-1].type == "text" and m.content[-1].text == TOKEN_TEXT * 3
+
+    # streamed: message_start tells the prompt before any result and no use yet; message_delta
+    # the cumulative counts
+    with claude.messages.stream(
+        model=CLAUDE, max_tokens=3, messages=messages, tools=tools, extra_headers=_calls(1, result_tokens=100)
+    ) as stream:
+        events: list[Any] = list(stream)
+        final = stream.get_final_message()
+    start = next(e for e in events if e.type == "message_start")
+    delta = next(e for e in events if e.type == "message_delta")
+    assert start.message.usage.input_tokens == prompt
+    assert start.message.usage.server_tool_use is not None
+    assert start.message.usage.server_tool_use.web_search_requests == 0
+    assert delta.usage.input_tokens == prompt + 2 * 100
+    assert delta.usage.server_tool_use is not None
+    assert (
+        delta.usage.server_tool_use.web_search_requests,
+        delta.usage.server_tool_use.web_fetch_requests,
+    ) == (1, 1)
+    assert [b.type for b in final.content] == [
+        "server_tool_use",
+        "web_search_tool_result",
+        "server_tool_use",
+        "web_fetch_tool_result",
+        "text",
+    ]
+    assert getattr(final.content[0], "input", None) == {"query": "fake query"}
+    billed = up.billed(CLAUDE)
+    assert (billed.web_search_calls, billed.web_fetch_calls) == (3, 4)
+    assert billed.input_tokens == 2 * prompt + 7 * 100
+
+    # no server tool offered (a client tool, an OpenAI-style name): no use, no server_tool_use
+    not_server: Any = [{"name": "f", "input_schema": {"type": "object"}}, {"type": "web_search"}]
+    plain = claude.messages.create(
+        model=CLAUDE,
+        max_tokens=3,
+        messages=messages,
+        tools=not_server,
+        extra_headers=_calls(3),
+    )
+    assert [b.type for b in plain.content] == ["text"] and plain.usage.server_tool_use is None
+
+
+def test_a_search_model_bills_one_search_a_request(up: FakeUpstream, oai: openai.OpenAI) -> None:
+    up.reset()
+    oai.chat.completions.create(model="gpt-4o-search-preview", messages=MESSAGES, max_tokens=2)
+    list(oai.chat.completions.create(model="gpt-5-search-api", messages=MESSAGES, max_tokens=2, stream=True))
+    oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=2)
+    assert up.billed("gpt-4o-search-preview").web_search_calls == 1
+    assert up.billed("gpt-5-search-api").web_search_calls == 1
+    assert up.billed("gpt-4o").web_search_calls == 0
+
+
+def test_a_cut_stream_bills_the_tool_uses_that_ran_before_it(
+    up: FakeUpstream, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    up.reset()
+    # The SDKs let the HTTP client's protocol error through unwrapped, or wrap it.
+    cut = (openai.APIConnectionError, anthropic.APIConnectionError, httpx2.TransportError)
+    with pytest.raises(cut):
+        for _ in oai.responses.create(
+            model="gpt-4o",
+            input="hi",
+            max_output_tokens=5,
+            tools=[SEARCH],
+            stream=True,
+            extra_headers={**_calls(2), "x-fake-stream-cut-after": "1"},
+        ):
+            pass
+    with pytest.raises(cut):
+        for _ in claude.messages.create(
+            model=CLAUDE,
+            max_tokens=5,
+            messages=[{"role": "user", "content": "hi"}],
+            tools=CAPPED_SEARCH,
+            stream=True,
+            extra_headers={**_calls(2, result_tokens=50), "x-fake-stream-cut-after": "1"},
+        ):
+            pass
+    assert up.stats()["streams_cut"] == 2
+    assert (up.billed("gpt-4o").web_search_calls, up.billed("gpt-4o").output_tokens) == (2, 1)
+    claude_bill = up.billed(CLAUDE)
+    assert (claude_bill.web_search_calls, claude_bill.output_tokens) == (2, 1)
+    assert (
+        claude_bill.input_tokens
+        == prompt_tokens_for("messages", {"messages": [{"role": "user", "content": "hi"}]}) + 100
+    )
+
+
+def test_billed_usage_is_a_delta_of_the_tally(up: FakeUpstream, oai: openai.OpenAI) -> None:
+    from spendgate.testing.upstream import billed_usage
+    from spendgate.usage import Usage
+
+    up.reset()
+    oai.responses.create(
+        model="gpt-4o", input="hi", max_output_tokens=2, tools=[FILES], extra_headers=_calls(2)
+    )
+    before = up.stats()
+    oai.responses.create(
+        model="gpt-4o",
+        input="hi",
+        max_output_tokens=3,
+        tools=[SEARCH],
+        extra_headers={**_calls(1), "x-fake-cached-tokens": "2", "x-fake-reasoning-tokens": "1"},
+    )
+    prompt = prompt_tokens_for("responses", {"input": "hi"})
+    assert up.billed("gpt-4o", since=before) == Usage(
+        input_tokens=prompt, cache_read_tokens=2, output_tokens=3, reasoning_tokens=1, web_search_calls=1
+    )
+    assert billed_usage(up.stats(), "gpt-4o").file_search_calls == 2  # since the reset
+    assert billed_usage(up.stats(), "nobody") == Usage()

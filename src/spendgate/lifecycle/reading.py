@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from spendgate.estimate import Endpoint
 from spendgate.lifecycle.ending import Happened, Report
-from spendgate.usage import Usage
+from spendgate.usage import Usage, tool_calls_in_output
 
 __all__ = [
     "Answer",
@@ -38,12 +38,16 @@ _ANTHROPIC_USAGE: Final = (
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
     "cache_creation",
+    "server_tool_use",  # cumulative server tool uses (web searches, fetches)
 )
 #: Stream events that can carry usage, by SSE event name or by a byte search of their data
 #: (JSON escapes quotes inside strings, so generated text cannot match these).
 _USAGE_OBJECT: Final = re.compile(rb'"usage"\s*:\s*\{')
 _ANTHROPIC_USAGE_EVENTS: Final = frozenset({b"message_start", b"message_delta"})
 _ANTHROPIC_USAGE_TYPE: Final = re.compile(rb'"type"\s*:\s*"message_(?:start|delta)"')
+#: A server tool use starting (Anthropic): from then on message_start's prompt is not the bill's,
+#: which adds the tool's results to the input.
+_SERVER_TOOL_BLOCK: Final = re.compile(rb'"type"\s*:\s*"server_tool_use"')
 _RESPONSE_DONE_NAMES: Final = frozenset(kind.encode() for kind in RESPONSE_DONE)
 _RESPONSE_DONE_TYPE: Final = re.compile(rb'"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
 
@@ -107,18 +111,25 @@ def read_response(endpoint: Endpoint, response: Any) -> Answer:
     if raw is None:
         return Answer(None, tier, "the answer carries no usage")
     try:
-        return Answer(usage_of(endpoint, raw), tier)
+        usage = usage_of(endpoint, raw)
     except ValueError as exc:
         return Answer(None, tier, f"unreadable usage: {exc}")
+    if endpoint == "responses":
+        # The Responses API bills hosted tool calls it lists as output items, not in usage.
+        usage = usage.with_tool_calls(tool_calls_in_output(field(response, "output")))
+    return Answer(usage, tier)
 
 
 def may_carry_usage(endpoint: Endpoint, name: bytes | None, data: bytes) -> bool:
-    """False only for SSE events that certainly carry no usage (a false True costs a parse):
-    the gateway parses only these as a stream passes."""
+    """False only for SSE events that certainly carry no usage, nor the start of an Anthropic
+    server tool use (a false True costs a parse): the gateway parses only these as a stream
+    passes."""
     if endpoint == "messages":
-        if name is not None:
+        if name is not None and name != b"content_block_start":
             return name in _ANTHROPIC_USAGE_EVENTS
-        return _ANTHROPIC_USAGE_TYPE.search(data) is not None
+        if name is None and _ANTHROPIC_USAGE_TYPE.search(data) is not None:
+            return True
+        return _SERVER_TOOL_BLOCK.search(data) is not None
     if endpoint == "responses":
         if name is not None:
             return name in _RESPONSE_DONE_NAMES
@@ -142,7 +153,17 @@ class StreamReader:
     ``hide_usage``: the guard asked for the usage chunk (``stream_options.include_usage``)
     and the caller did not, so ``see`` says to drop or strip it."""
 
-    __slots__ = ("_final", "_known", "_running", "endpoint", "events", "hide_usage", "tier")
+    __slots__ = (
+        "_final",
+        "_known",
+        "_running",
+        "_server_tool",
+        "_tools",
+        "endpoint",
+        "events",
+        "hide_usage",
+        "tier",
+    )
 
     def __init__(self, endpoint: Endpoint, hide_usage: bool = False) -> None:
         self.endpoint = endpoint
@@ -152,6 +173,8 @@ class StreamReader:
         self._final: Any = None  # the provider's final usage object
         self._running: Any = None  # a running total sent with text: the bill only at the end
         self._known: dict[str, Any] | None = None  # Anthropic's, merged over its events
+        self._tools: dict[str, int] = {}  # hosted tool calls the final Responses output lists
+        self._server_tool = False  # an Anthropic server tool ran: its results add to the prompt
 
     def see(self, event: Any) -> Show:
         """Read one parsed event (a dict or an SDK object)."""
@@ -166,6 +189,7 @@ class StreamReader:
                 if usage is not None:
                     self._final = usage
                     self.tier = _tier(field(response, "service_tier")) or self.tier
+                    self._tools = tool_calls_in_output(field(response, "output"))
             return Show.KEEP
         usage = field(event, "usage")
         if usage is None:
@@ -184,7 +208,10 @@ class StreamReader:
 
     def _anthropic(self, event: Any) -> None:
         kind = field(event, "type")
-        if kind == "message_start":
+        if kind == "content_block_start":
+            if field(field(event, "content_block"), "type") == "server_tool_use":
+                self._server_tool = True
+        elif kind == "message_start":
             self._merge(field(field(event, "message"), "usage"))
         elif kind == "message_delta":
             # Cumulative counts: they replace message_start's (its output_tokens is a placeholder).
@@ -210,10 +237,14 @@ class StreamReader:
         raw = self._final
         if raw is None and happened is Happened.COMPLETE:
             raw = self._running
-        return self._read(raw)
+        usage = self._read(raw)
+        return usage.with_tool_calls(self._tools) if usage is not None else None
 
     def known(self) -> Usage | None:
-        """The usage reported before the end (the exact prompt, at least), if any."""
+        """The usage reported before the end (the exact prompt, at least), if any. None once an
+        Anthropic server tool ran: its results are input that message_start did not count."""
+        if self._server_tool and self._final is None:
+            return None
         return self._read(self._known if self._known is not None else self._running)
 
     def _read(self, raw: Any) -> Usage | None:

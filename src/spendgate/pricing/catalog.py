@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from spendgate.errors import ConfigError, UnknownModelPriceError
-from spendgate.pricing.schema import RATE_FIELDS, SCHEMA_VERSION, ModelPrice, Rates, RateTable
+from spendgate.pricing.schema import RATE_FIELDS, SCHEMA_VERSION, TOOLS, ModelPrice, Rates, RateTable, ToolFee
 
 log = logging.getLogger("spendgate.pricing")
 
@@ -96,6 +96,7 @@ class Catalog:
         self._aliases: dict[str, str] = {k.lower(): v for k, v in (aliases or {}).items()}
         self._overrides: dict[str, ModelPrice] = {}
         self._cache: dict[str, ModelPrice | None] = {}
+        self._tool_fees: dict[tuple[str, str], ToolFee | None] = {}
         self._lock = threading.Lock()
         self.source = source or CatalogSource()
         self.unknown_model: UnknownModelPolicy = unknown_model
@@ -164,12 +165,14 @@ class Catalog:
         with self._lock:
             self._overrides[name.lower()] = price
             self._cache.clear()
+            self._tool_fees.clear()
         return price
 
     def remove_price(self, name: str) -> bool:
         with self._lock:
             removed = self._overrides.pop(name.lower(), None) is not None
             self._cache.clear()
+            self._tool_fees.clear()
         return removed
 
     def apply_overrides(self, prices: Mapping[str, Any]) -> None:
@@ -200,8 +203,29 @@ class Catalog:
             return self.default_price.with_name(model)
         if self.unknown_model == "free":
             log.warning("no price for model %r; counting it as FREE (unknown_model: free)", model)
-            return ModelPrice(name=model, standard=RateTable(Rates(input=0, output=0)))
+            return ModelPrice(
+                name=model,
+                standard=RateTable(Rates(input=0, output=0)),
+                tool_fees={tool: ToolFee(fee=0) for tool in TOOLS},  # free means its tools too
+            )
         raise UnknownModelPriceError(model, self.suggest(model))
+
+    def highest_tool_fee(self, provider: str, tool: str) -> ToolFee | None:
+        """The highest fee of ``tool`` among ``provider``'s models, as one flat fee per use: how a
+        model whose own fee the catalog lacks is priced (a bound, never $0). None when no model
+        of the provider has one."""
+        key = (provider, tool)
+        if key in self._tool_fees:
+            return self._tool_fees[key]
+        fees = [
+            fee.highest
+            for price in self.models()
+            if price.provider == provider and (fee := price.tool_fees.get(tool)) is not None
+        ]
+        found = ToolFee(fee=max(fees)) if fees else None
+        with self._lock:
+            self._tool_fees[key] = found
+        return found
 
     def suggest(self, model: str, n: int = 3) -> list[str]:
         """The nearest known names, for error messages."""

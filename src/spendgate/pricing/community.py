@@ -22,11 +22,22 @@ What is read, per entry:
 * service tiers: the ``_batches``, ``_flex`` and ``_priority`` suffixes, also after a
   long-context part (``input_cost_per_token_above_200k_tokens_batches``);
 * ``alias_of`` entries, ``litellm_provider``, ``mode``, ``max_output_tokens``,
-  ``max_input_tokens`` and the legacy ``max_tokens``.
+  ``max_input_tokens`` and the legacy ``max_tokens``;
+* per-use tool fees (``tool_fees``), as the community cost code reads them:
+  ``search_context_cost_per_query`` (USD per web search by ``search_context_size``; counted per
+  grounded prompt for Gemini unless ``web_search_billing_unit`` is ``per_query``, once per
+  request for OpenAI's search models and Perplexity, whose every request searches),
+  ``input_cost_per_request`` (Perplexity's older online models: a search fee on every request),
+  ``google_maps_grounding_cost_per_query`` (Gemini, same unit as its search),
+  ``file_search_cost_per_1k_calls``, ``code_interpreter_cost_per_session`` (the default 1g
+  container; the ``<provider>/container`` entry prices it for every chat and responses model of
+  the provider). ``search_free_requests`` (a free daily or monthly allowance shared across an
+  organisation) is not read: list price is the bound.
 
 Kept: modes chat, completion, responses and embedding, and entries with token prices
-but no mode (as chat, or embedding for an embedding provider). Everything else is
-skipped and counted; :meth:`ConvertResult.summary` reports the counts in a few lines.
+but no mode (as chat, or embedding for an embedding provider). An entry priced per query
+(``input_cost_per_query``) without an input token price is skipped: it would cost $0 here.
+Everything else is skipped and counted; :meth:`ConvertResult.summary` reports the counts in a few lines.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from spendgate.pricing.schema import (
     Rates,
     RateTable,
     Tier,
+    tool_fees_from_data,
 )
 
 #: The community file's name, recorded in the data document.
@@ -93,6 +105,28 @@ _KEY: Final = re.compile(
 INCLUSIVE_THRESHOLD_PROVIDERS: Final = frozenset({"xai"})
 _DOC_ENTRIES: Final = frozenset({"sample_spec"})
 _IGNORED: Final = "ignored price key "
+#: Community fields of per-use tool fees: read by _tool_fees, so never "ignored price keys".
+_FEE_KEYS: Final = frozenset(
+    {
+        "search_context_cost_per_query",
+        "input_cost_per_request",
+        "google_maps_grounding_cost_per_query",
+        "file_search_cost_per_1k_calls",
+        "code_interpreter_cost_per_session",
+    }
+)
+_SEARCH_SIZE: Final = re.compile(r"^search_context_size_(?P<size>[a-z]+)$")
+#: Providers whose Gemini models' grounding fee counts once per grounded prompt unless the entry
+#: says ``per_query`` (the community cost code's default for Gemini, on AI Studio and Vertex AI).
+_PER_PROMPT_PROVIDERS: Final = frozenset({"gemini", "vertex_ai", "vertex_ai-language-models"})
+_BILLING_UNITS: Final = {"per_query": "call", "per_prompt": "prompt"}
+#: OpenAI's chat search models (gpt-4o-search-preview, gpt-5-search-api) search on every request.
+_SEARCH_MODEL: Final = re.compile(r"-search-(?:preview|api)(?:-|$)")
+_SEARCH_MODEL_PROVIDERS: Final = frozenset({"openai", "azure"})
+#: Perplexity bills a search ("request") fee on every request of its search models.
+_SEARCHES_EVERY_REQUEST: Final = frozenset({"perplexity"})
+#: Modes whose requests can use hosted tools (a provider-wide fee is given to these only).
+_TOOL_MODES: Final = frozenset({"chat", "responses"})
 #: A price with this many significant digits is a binary float's decimal expansion
 #: (``1.0000000000000001e-07``); it is rounded to 15 digits, the most a float carries.
 _FLOAT_ARTIFACT_DIGITS: Final = 16
@@ -248,7 +282,7 @@ def _collect_keys(name: str, entry: Mapping[str, Any], result: ConvertResult, *,
     for key, value in entry.items():
         match = _KEY.match(key)
         if match is None:
-            if "cost" in key and value not in (None, 0):
+            if "cost" in key and value not in (None, 0) and key not in _FEE_KEYS:
                 result.note(f"{_IGNORED}{key}", name)
             continue
         if value is None:
@@ -374,6 +408,87 @@ def _multipliers(name: str, entry: Mapping[str, Any], result: ConvertResult) -> 
     return found
 
 
+def _usd(value: object, *, where: str) -> str:
+    """A fee in USD (per use), exact decimal text."""
+    return _text(_decimal(value, where=where))
+
+
+def _fee(sizes: Mapping[str, str], per: str) -> str | dict[str, str]:
+    """A tool fee in the data shape: one fee where every size costs the same."""
+    if len({Decimal(v) for v in sizes.values()}) == 1:
+        fee = next(iter(sizes.values()))
+        return fee if per == "call" else {"fee": fee, "per": per}
+    return {**sizes, "per": per} if per != "call" else dict(sizes)
+
+
+def _tool_fees(
+    name: str,
+    entry: Mapping[str, Any],
+    provider: str,
+    mode: str,
+    shared: Mapping[str, Mapping[str, Any]],
+    result: ConvertResult,
+) -> dict[str, Any]:
+    """The entry's per-use tool fees in our shape (see the module docstring)."""
+    fees: dict[str, Any] = {}
+    unit = entry.get("web_search_billing_unit")
+    if unit is not None and unit not in _BILLING_UNITS:
+        result.note(f"ignored web_search_billing_unit {unit!r}", name)
+        unit = None
+    grounding = _BILLING_UNITS[unit] if unit is not None else "call"
+    if unit is None and provider in _PER_PROMPT_PROVIDERS and "gemini" in name:
+        grounding = "prompt"
+    every_request = provider in _SEARCHES_EVERY_REQUEST or (
+        provider in _SEARCH_MODEL_PROVIDERS and _SEARCH_MODEL.search(name) is not None
+    )
+    search = entry.get("search_context_cost_per_query")
+    if isinstance(search, Mapping):
+        sizes: dict[str, str] = {}
+        for key, value in search.items():
+            match = _SEARCH_SIZE.match(key)
+            if match is None or value is None:
+                result.note(f"ignored search_context_cost_per_query key {key}", name)
+                continue
+            sizes[match["size"]] = _usd(value, where=f"{name}.search_context_cost_per_query.{key}")
+        if sizes:
+            fees["web_search"] = _fee(sizes, "request" if every_request else grounding)
+    elif search is not None:
+        result.note("ignored search_context_cost_per_query that is not a mapping", name)
+    if entry.get("input_cost_per_request") is not None and "web_search" not in fees:
+        # Perplexity's older online models: a fee on every request, for the search each makes.
+        fee = _usd(entry["input_cost_per_request"], where=f"{name}.input_cost_per_request")
+        fees["web_search"] = {"fee": fee, "per": "request"}
+    if entry.get("google_maps_grounding_cost_per_query") is not None:
+        fee = _usd(
+            entry["google_maps_grounding_cost_per_query"],
+            where=f"{name}.google_maps_grounding_cost_per_query",
+        )
+        fees["google_maps"] = _fee({"": fee}, grounding)
+    if entry.get("file_search_cost_per_1k_calls") is not None:
+        per_1k = _decimal(
+            entry["file_search_cost_per_1k_calls"], where=f"{name}.file_search_cost_per_1k_calls"
+        )
+        fees["file_search"] = _text(per_1k / 1000)
+    session = entry.get("code_interpreter_cost_per_session")
+    if session is None and mode in _TOOL_MODES:
+        session = shared.get(provider, {}).get("code_interpreter_cost_per_session")
+    if session is not None:
+        # The session fee is the default (1g) container's; a larger one is not priced.
+        fees["code_interpreter"] = {"1g": _usd(session, where=f"{name}.code_interpreter_cost_per_session")}
+    return fees
+
+
+def _shared_tool_fees(raw: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Provider-wide fees, from the ``<provider>/container`` entries (as the community cost code
+    prices code-interpreter sessions for any model of the provider)."""
+    shared: dict[str, Mapping[str, Any]] = {}
+    for name, entry in raw.items():
+        provider, _, rest = name.partition("/")
+        if rest == "container" and isinstance(entry, Mapping) and entry.get("litellm_provider") == provider:
+            shared[provider] = entry
+    return shared
+
+
 def _effective(rates: Rates, rate: str) -> int:
     """What a token of this kind costs under ``rates`` once fallbacks apply."""
     value: int = getattr(rates, f"{rate}_rate")()
@@ -441,7 +556,12 @@ def _table(
     return RateTable(base, tuple(tiers))
 
 
-def _convert_entry(name: str, entry: Mapping[str, Any], result: ConvertResult) -> ModelPrice | None:
+def _convert_entry(
+    name: str,
+    entry: Mapping[str, Any],
+    result: ConvertResult,
+    shared: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ModelPrice | None:
     provider = entry.get("litellm_provider")
     provider = provider if isinstance(provider, str) else ""
     mode = _mode(entry, provider)
@@ -454,6 +574,11 @@ def _convert_entry(name: str, entry: Mapping[str, Any], result: ConvertResult) -
     base = buckets.get(("standard", None), {})
     if "input" not in base and "output" not in base:
         result.skip("no standard input or output token price", name)
+        return None
+    if "input" not in base and entry.get("input_cost_per_query") is not None:
+        # Billed per query (and per image or second), none of which the schema prices: kept,
+        # it would cost $0; left out, it is refused as unknown.
+        result.skip("priced per query, not per input token", name)
         return None
 
     data: dict[str, Any] = {"provider": provider, "mode": mode}
@@ -478,6 +603,9 @@ def _convert_entry(name: str, entry: Mapping[str, Any], result: ConvertResult) -
     multipliers = _multipliers(name, entry, result)
     if multipliers:
         data["multipliers"] = multipliers
+    fees = _tool_fees(name, entry, provider, mode, shared or {}, result)
+    if fees:
+        data["tool_fees"] = fees
     # Through the data shape, so the result is exactly what the data file will load as.
     return ModelPrice.from_data(name, data, where=f"{name} (converted)")
 
@@ -507,6 +635,7 @@ def convert_catalog(raw: Mapping[str, Any], *, strict: bool = False) -> ConvertR
     """
     result = ConvertResult()
     alias_of: dict[str, str] = {}
+    shared = _shared_tool_fees(raw)
     for name, entry in raw.items():
         if name in _DOC_ENTRIES:
             result.skip("documentation entry", name)
@@ -524,7 +653,7 @@ def convert_catalog(raw: Mapping[str, Any], *, strict: bool = False) -> ConvertR
                 alias_of[name] = target
             continue
         try:
-            price = _convert_entry(name, entry, result)
+            price = _convert_entry(name, entry, result, shared)
         except (CommunityCatalogError, ValueError) as exc:
             if strict:
                 raise CommunityCatalogError(str(exc)) from exc
@@ -586,7 +715,8 @@ def apply_corrections(result: ConvertResult, corrections: Mapping[str, Any]) -> 
     """Apply reviewed corrections to ``result`` in place; returns how many changed something.
 
     ``corrections``: ``{"models": {name: partial model data | null}, "aliases": {alias:
-    {"target": name, "why": ...} | null}}``. A model's partial data is merged into its
+    {"target": name, "why": ...} | null}, "tool_fees": {provider: {tool: fee, "why": ...}}}``
+    (``tool_fees``: see :func:`_provider_tool_fees`). A model's partial data is merged into its
     converted data (mappings merged key by key, ``null`` deletes a key); it creates a model
     the catalog lacks only as a full entry (with ``provider`` and ``prices``), else it is
     stale; ``null`` deletes the model and its
@@ -597,9 +727,11 @@ def apply_corrections(result: ConvertResult, corrections: Mapping[str, Any]) -> 
     """
     if not isinstance(corrections, Mapping):
         raise CommunityCatalogError("corrections: expected a mapping with models and aliases")
-    unknown = {k for k in corrections if not k.startswith("_")} - {"models", "aliases"}
+    unknown = {k for k in corrections if not k.startswith("_")} - {"models", "aliases", "tool_fees"}
     if unknown:
-        raise CommunityCatalogError(f"corrections: unknown key(s) {sorted(unknown)}; known: models, aliases")
+        raise CommunityCatalogError(
+            f"corrections: unknown key(s) {sorted(unknown)}; known: models, aliases, tool_fees"
+        )
     applied = 0
     models = corrections.get("models") or {}
     if not isinstance(models, Mapping):
@@ -667,7 +799,43 @@ def apply_corrections(result: ConvertResult, corrections: Mapping[str, Any]) -> 
             continue
         result.aliases[alias] = target
         applied += 1
+    applied += _provider_tool_fees(result, corrections.get("tool_fees") or {})
     result.corrections_applied += applied
+    return applied
+
+
+def _provider_tool_fees(result: ConvertResult, corrections: object) -> int:
+    """``tool_fees``: provider -> {tool: fee, why}: a fee the provider publishes for every model
+    (OpenAI's file search), given to each of its chat and responses models that has none of its
+    own. A correction that gives no model anything is stale (a note)."""
+    if not isinstance(corrections, Mapping):
+        raise CommunityCatalogError(
+            "corrections.tool_fees: expected a mapping of provider -> {tool: fee, why}"
+        )
+    applied = 0
+    for provider, spec in corrections.items():
+        where = f"corrections.tool_fees[{provider!r}]"
+        if provider.startswith("_"):
+            continue
+        if not isinstance(spec, Mapping):
+            raise CommunityCatalogError(f"{where}: expected {{tool: fee, why: ...}}")
+        _why(where, spec)
+        try:
+            fees = tool_fees_from_data({k: v for k, v in spec.items() if k != "why"}, where=where)
+        except ValueError as exc:
+            raise CommunityCatalogError(str(exc)) from None
+        changed = 0
+        for name, price in result.models.items():
+            if price.provider != provider or price.mode not in _TOOL_MODES:
+                continue
+            missing = {tool: fee for tool, fee in fees.items() if tool not in price.tool_fees}
+            if missing:
+                result.models[name] = price.with_tool_fees(missing)
+                changed += 1
+        if changed:
+            applied += 1
+        else:
+            result.note("stale correction: no model of the provider lacks the fee", provider)
     return applied
 
 

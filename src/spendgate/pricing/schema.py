@@ -10,6 +10,9 @@ A model may also carry *multipliers*: uplifts on its whole price that a
 request's conditions select (Anthropic's US-only ``inference_geo``, fast
 ``speed``, OpenAI's regional and FedRAMP endpoints, Vertex's non-global
 endpoints). See :meth:`ModelPrice.multiplier`.
+
+And *tool fees*: what a hosted tool (web search, file search, a code-interpreter
+container...) costs per use on top of the tokens its results add. See :class:`ToolFee`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
-from spendgate.money import nanos_per_million_to_decimal, rate_to_nanos_per_million
+from spendgate.money import Money, MoneyError, nanos_per_million_to_decimal, rate_to_nanos_per_million
 
 #: Rate fields, in data-file order. Values are nano-USD per 1M tokens.
 RATE_FIELDS: Final = (
@@ -36,8 +39,21 @@ RATE_FIELDS: Final = (
 )
 
 #: The data file's format. 2 added ``cache_write_12h``, ``image_output`` and ``multipliers``;
-#: a version-1 file is a valid version-2 file, so both load.
-SCHEMA_VERSION: Final = 2
+#: 3 added ``tool_fees`` (a version-2 reader would bill those tools at $0, so it must refuse a
+#: version-3 file). An older file is a valid newer one, so every version up to this one loads.
+SCHEMA_VERSION: Final = 3
+
+#: Hosted tools billed per use on top of their tokens: the keys of ``tool_fees``. OpenAI's
+#: ``web_search``/``file_search``/``code_interpreter``, Anthropic's ``web_search``/``web_fetch``/
+#: ``code_execution``, Gemini's grounding with Google Search (``web_search``) and Maps.
+TOOLS: Final = ("web_search", "web_fetch", "file_search", "code_interpreter", "code_execution", "google_maps")
+#: How a tool's fee is counted: ``call`` each use; ``prompt`` once for a request that used the
+#: tool at all (Gemini 2.x grounding); ``request`` once for every request to the model, whether
+#: or not it asked (search models and Perplexity search on every request).
+FEE_UNITS: Final = ("call", "prompt", "request")
+#: The size a tool's fee depends on where the request names none: OpenAI's default
+#: ``search_context_size`` and code-interpreter ``memory_limit``.
+DEFAULT_TOOL_SIZE: Final = {"web_search": "medium", "code_interpreter": "1g"}
 
 #: Multiplier kinds -> what selects a value (see ModelPrice.multiplier). ``endpoint_location``
 #: has one key, ``regional``: any location but ``global``.
@@ -203,6 +219,76 @@ class RateTable:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolFee:
+    """What one use of a hosted tool costs, in nano-USD: one fee for every size (``fee``), or
+    one per size it depends on (``sizes``: a web search's ``search_context_size``, a
+    code-interpreter container's ``memory_limit``), counted ``per`` a unit of FEE_UNITS."""
+
+    fee: int | None = None
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    per: str = "call"
+
+    @property
+    def highest(self) -> int:
+        """The most one use can cost, at any size priced."""
+        return max((self.fee or 0, *self.sizes.values()))
+
+    def knows(self, size: str | None) -> bool:
+        """Whether the fee at ``size`` is priced (a flat fee prices every size)."""
+        return self.fee is not None or size is None or size in self.sizes
+
+    def at(self, size: str | None, tool: str = "") -> int:
+        """The fee of one use at ``size`` (None: the tool's default size); the highest priced
+        when that size is not (never below what the provider may bill)."""
+        if self.fee is not None:
+            return self.fee
+        chosen = self.sizes.get(size or DEFAULT_TOOL_SIZE.get(tool, ""))
+        return self.highest if chosen is None else chosen
+
+    @classmethod
+    def from_data(cls, data: object, *, where: str) -> ToolFee:
+        """``"0.01"`` (USD per use, every size) or ``{"low": ..., "high": ..., "per": "prompt"}``
+        / ``{"fee": ..., "per": "request"}``."""
+        if not isinstance(data, Mapping):
+            return cls(fee=_fee_nanos(data, where=where))
+        per = data.get("per", "call")
+        if per not in FEE_UNITS:
+            raise ValueError(f"{where}.per: one of {list(FEE_UNITS)}, got {per!r}")
+        sizes: dict[str, int] = {}
+        for size in sorted(k for k in data if k not in ("fee", "per")):
+            if not isinstance(size, str) or not size or size != size.lower():
+                raise ValueError(
+                    f"{where}: a size is a lowercase name (low, medium, high, 1g...), got {size!r}"
+                )
+            sizes[size] = _fee_nanos(data[size], where=f"{where}.{size}")
+        fee = _fee_nanos(data["fee"], where=f"{where}.fee") if data.get("fee") is not None else None
+        if (fee is None) == (not sizes):
+            raise ValueError(f"{where}: give either one 'fee' or a fee per size, not both or neither")
+        return cls(fee=fee, sizes=sizes, per=per)
+
+    def to_data(self) -> str | dict[str, str]:
+        if self.fee is not None and self.per == "call":
+            return _fee_text(self.fee)
+        out: dict[str, str] = {"fee": _fee_text(self.fee)} if self.fee is not None else {}
+        out.update({size: _fee_text(nanos) for size, nanos in self.sizes.items()})
+        if self.per != "call":
+            out["per"] = self.per
+        return out
+
+
+def _fee_nanos(value: object, *, where: str) -> int:
+    """A fee in USD per use (decimal text; a typed float is read as the decimal it shows)."""
+    try:
+        return Money.parse(value, what=where).nanos
+    except MoneyError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _fee_text(nanos: int) -> str:
+    return Money(nanos).decimal_str()
+
+
+@dataclass(frozen=True, slots=True)
 class ModelPrice:
     """Everything spendgate knows about pricing one model."""
 
@@ -217,6 +303,9 @@ class ModelPrice:
     #: Uplifts on the whole price: kind (MULTIPLIER_KINDS) -> condition -> factor as decimal
     #: text (``{"inference_geo": {"us": "1.1"}}``); a condition not listed is list price.
     multipliers: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: Hosted tool (TOOLS) -> what one use costs; a tool not listed has no fee the catalog knows
+    #: (never $0: see spendgate.estimate for how such a request is bounded).
+    tool_fees: Mapping[str, ToolFee] = field(default_factory=dict)
 
     def multiplier(
         self,
@@ -252,6 +341,11 @@ class ModelPrice:
     def with_name(self, name: str) -> ModelPrice:
         return replace(self, name=name)
 
+    def with_tool_fees(self, fees: Mapping[str, ToolFee]) -> ModelPrice:
+        """This price with ``fees`` in place of (or beside) its own tool fees."""
+        merged = {**self.tool_fees, **fees}
+        return replace(self, tool_fees={tool: merged[tool] for tool in TOOLS if tool in merged})
+
     @classmethod
     def from_data(cls, name: str, data: Mapping[str, Any], *, where: str | None = None) -> ModelPrice:
         """Read one model from the data-file / config shape (see docs/pricing.md)."""
@@ -265,6 +359,7 @@ class ModelPrice:
             "context_window",
             "prices",
             "multipliers",
+            "tool_fees",
             *SERVICE_TIERS[1:],
         }
         unknown = set(data) - known
@@ -294,6 +389,7 @@ class ModelPrice:
             context_window=data.get("context_window"),
             service_tiers=tiers,
             multipliers=_multipliers(data.get("multipliers"), where=f"{where}.multipliers"),
+            tool_fees=tool_fees_from_data(data.get("tool_fees"), where=f"{where}.tool_fees"),
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -310,7 +406,22 @@ class ModelPrice:
             out[tier] = table.to_data()
         if self.multipliers:
             out["multipliers"] = {kind: dict(values) for kind, values in self.multipliers.items()}
+        if self.tool_fees:
+            out["tool_fees"] = {tool: fee.to_data() for tool, fee in self.tool_fees.items()}
         return out
+
+
+def tool_fees_from_data(data: object, *, where: str) -> dict[str, ToolFee]:
+    """Read ``tool_fees``: tool (TOOLS) -> ToolFee data."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a mapping like {{web_search: '0.01'}}")
+    unknown = set(data) - set(TOOLS)
+    if unknown:
+        raise ValueError(f"{where}: unknown tool(s) {sorted(map(str, unknown))}; known: {list(TOOLS)}")
+    # In TOOLS order, so a price reads and writes the same whatever order it was given in.
+    return {tool: ToolFee.from_data(data[tool], where=f"{where}.{tool}") for tool in TOOLS if tool in data}
 
 
 def _multipliers(data: object, *, where: str) -> dict[str, dict[str, str]]:

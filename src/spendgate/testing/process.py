@@ -14,6 +14,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from spendgate.testing.upstream import billed_usage
+from spendgate.usage import Usage
+
 _PREFIX = "listening "
 
 
@@ -90,12 +93,27 @@ class FakeUpstream:
             return json.loads(resp.read())
 
     def stats(self) -> dict[str, Any]:
-        """``/_fake/stats``: requests per path, errors per status, billed tokens per model."""
+        """``/_fake/stats``: requests per path, errors per status, billed tokens and hosted tool
+        uses per model."""
         result: dict[str, Any] = self._call("GET", "/_fake/stats")
         return result
 
+    def billed(self, model: str, since: dict[str, Any] | None = None) -> Usage:
+        """What the fake's own tally says it billed ``model`` since the stats snapshot ``since``
+        (None: since the last reset): tokens and hosted tool uses, to price with the catalog
+        (``billed_usage``)."""
+        return billed_usage(self.stats(), model, since)
+
     def reset(self) -> None:
         self._call("POST", "/_fake/reset")
+
+    def held(self, name: str) -> int:
+        """How many requests wait now on ``x-fake-hold: name``."""
+        return int(self.stats()["held"].get(name, 0))
+
+    def release(self, name: str) -> None:
+        """Let every request held on ``name`` go, now and until ``reset``."""
+        self._call("POST", "/_fake/release/" + name)
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, then wait (SIGKILL past ``timeout``); returns the exit code."""

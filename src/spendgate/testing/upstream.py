@@ -26,7 +26,27 @@ Directives (request headers, so the body stays a valid provider body):
 ``x-fake-latency-ms: N`` (before the response starts), ``x-fake-chunk-delay-ms: N`` (between stream
 events), ``x-fake-error: 400|401|429|500|503`` (the provider's error shape; 429 has ``retry-after``),
 ``x-fake-stream-cut-after: N`` (close the connection after N content events, before any usage),
-``x-fake-omit-usage: 1`` (answer, and bill, without any usage report, as some compatible servers do).
+``x-fake-omit-usage: 1`` (answer, and bill, without any usage report, as some compatible servers do),
+``x-fake-tool-calls: K`` (the hosted tool uses a request with hosted tools makes, default 1; see below),
+``x-fake-tool-result-tokens: N`` (input tokens each hosted tool use adds to the prompt, as search
+results do; default 0),
+``x-fake-hold: NAME`` (the response waits, before its latency, until ``POST /_fake/release/NAME``; from
+then on requests held on NAME pass at once, until ``/_fake/reset``; the HTTP server only: a test can
+count how many requests reached the upstream, ``held`` in the stats, with no timing).
+
+Hosted tools, answered as the providers do and billed per use:
+
+- Responses with ``web_search``/``web_search_preview`` (dated too), ``file_search`` or ``code_interpreter``
+  in ``tools``: ``min(K, max_tool_calls)`` output items before the message, taking the offered tools in
+  turn: ``web_search_call``, ``file_search_call``, ``code_interpreter_call`` (its ``container_id``: the
+  tool's ``container`` when it names one, else one new ``cntr_fake...`` per tool and request). Streamed
+  with their ``response.output_item.*`` and ``response.<tool>_call.*`` events, and listed in
+  ``response.completed``.
+- Messages (Anthropic) with ``web_search_YYYYMMDD``/``web_fetch_YYYYMMDD`` tools: ``min(K, max_uses)`` uses
+  of each, as ``server_tool_use`` and ``web_search_tool_result``/``web_fetch_tool_result`` blocks before
+  the text, counted in ``usage.server_tool_use`` (``message_start`` reports 0 and the prompt before any
+  tool result; ``message_delta`` the cumulative counts).
+- Chat completions to a search model (``*-search-preview``, ``*-search-api``): one web search a request.
 
 Usage conventions: OpenAI ``prompt_tokens``/``input_tokens`` include cached tokens, reported again in
 ``*_tokens_details.cached_tokens``; Anthropic ``input_tokens`` exclude them and
@@ -34,9 +54,13 @@ Usage conventions: OpenAI ``prompt_tokens``/``input_tokens`` include cached toke
 like the real API; ``message_delta`` carries the final count.
 
 Stats (``GET /_fake/stats``, reset by ``POST /_fake/reset``): requests per path, errors per status,
+``held`` (requests waiting now, per hold name),
 and per model what a provider would bill: ``prompt_tokens`` (including cached), ``cached_tokens``,
-``output_tokens`` (including reasoning) and ``reasoning_tokens``. A cut stream bills the whole prompt,
-the reasoning tokens and the content tokens actually sent.
+``output_tokens`` (including reasoning) and ``reasoning_tokens``, and the hosted tool uses billed
+``web_search_calls``, ``web_fetch_calls``, ``file_search_calls``, ``code_interpreter_sessions`` (the
+distinct containers of each answer, summed over answers). A cut stream bills the whole prompt, the
+reasoning tokens, the content tokens actually sent and every tool use (they run before the text).
+``billed_usage`` turns a stats delta of one model into a :class:`~spendgate.usage.Usage` to price.
 """
 
 from __future__ import annotations
@@ -46,11 +70,14 @@ import base64
 import contextlib
 import itertools
 import json
+import re
 import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from spendgate.usage import Usage
 
 DEFAULT_OUTPUT_TOKENS = 16
 TOKEN_TEXT = "tok "
@@ -58,6 +85,16 @@ _MAX_HEAD = 64 * 1024
 _MAX_BODY = 32 * 1024 * 1024
 _MAX_DIRECTIVE_TOKENS = 1_000_000  # bounds the work a directive can ask for
 _MAX_EMBEDDING_DIMS = 4096
+_MAX_TOOL_CALLS = 1000  # bounds the items a directive can ask for
+
+#: OpenAI's hosted tools billed per use (the names spendgate.estimate reads).
+_OPENAI_TOOL = re.compile(
+    r"^(?:(?P<search>web_search(?:_preview)?(?:_\d{4}_\d{2}_\d{2})?)|file_search|code_interpreter)$"
+)
+#: Anthropic's server tools billed per use (``code_execution_*`` is billed by time: not answered).
+_ANTHROPIC_TOOL = re.compile(r"^(?P<tool>web_search|web_fetch)_\d{8}$")
+#: Search models: one web search on every request.
+_SEARCH_MODEL = re.compile(r"-search-(?:preview|api)(?:-\d{4}-\d{2}-\d{2})?$")
 
 _REASONS = {
     200: "OK",
@@ -212,6 +249,10 @@ class _ModelStats:
     cached_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    web_search_calls: int = 0
+    web_fetch_calls: int = 0
+    file_search_calls: int = 0
+    code_interpreter_sessions: int = 0
 
 
 @dataclass
@@ -232,7 +273,16 @@ class Stats:
             "models": {name: vars(m).copy() for name, m in self.models.items()},
         }
 
-    def bill(self, model: str, prompt: int, cached: int, output: int, reasoning: int) -> None:
+    def bill(
+        self,
+        model: str,
+        prompt: int,
+        cached: int,
+        output: int,
+        reasoning: int,
+        tools: Mapping[str, int] | None = None,
+    ) -> None:
+        """One answer billed; ``tools``: hosted tool uses by stats field (``web_search_calls``...)."""
         m = self.models.get(model)
         if m is None:
             m = self.models[model] = _ModelStats()
@@ -241,6 +291,32 @@ class Stats:
         m.cached_tokens += cached
         m.output_tokens += output
         m.reasoning_tokens += reasoning
+        for name, count in (tools or {}).items():
+            setattr(m, name, getattr(m, name) + count)
+
+
+def billed_usage(stats: Mapping[str, Any], model: str, before: Mapping[str, Any] | None = None) -> Usage:
+    """What the fake's tally (``/_fake/stats``) says it billed ``model`` since ``before`` (another
+    stats snapshot; None: since the last reset), as a Usage to price with the catalog.
+
+    A fee counted per request or per prompt (a search model's, Gemini's) is priced once per
+    answer: price the delta of one request at a time."""
+    now = stats.get("models", {}).get(model, {})
+    then = (before or {}).get("models", {}).get(model, {})
+
+    def delta(name: str) -> int:
+        return int(now.get(name, 0)) - int(then.get(name, 0))
+
+    return Usage(
+        input_tokens=delta("prompt_tokens"),
+        cache_read_tokens=delta("cached_tokens"),
+        output_tokens=delta("output_tokens"),
+        reasoning_tokens=delta("reasoning_tokens"),
+        web_search_calls=delta("web_search_calls"),
+        web_fetch_calls=delta("web_fetch_calls"),
+        file_search_calls=delta("file_search_calls"),
+        code_interpreter_calls=delta("code_interpreter_sessions"),
+    )
 
 
 # --- responses as plans ----------------------------------------------------------------------------
@@ -262,6 +338,7 @@ class Plan:
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
     on_sent: Callable[[int, bool], None] | None = None
+    hold: str | None = None  # x-fake-hold: wait for /_fake/release/<hold> first
 
 
 @dataclass
@@ -326,6 +403,16 @@ class _Gen:
     output: int
     reasoning: int
     chunk_tokens: int
+    #: Hosted tool uses billed, by stats field (``web_search_calls``...).
+    tools: dict[str, int] = field(default_factory=dict)
+    #: Responses: the hosted tool calls' output items (completed), listed before the message.
+    items: list[dict[str, Any]] = field(default_factory=list)
+    #: Messages: the server tool uses, ``(tool, tool_use_id)`` in order.
+    server: list[tuple[str, str]] = field(default_factory=list)
+    #: Messages: the request offered server tools (its usage then carries ``server_tool_use``).
+    server_offered: bool = False
+    #: Input tokens the tool results added to the prompt (part of ``prompt``).
+    tool_prompt: int = 0
 
     @property
     def visible(self) -> int:
@@ -347,6 +434,29 @@ class FakeApp:
         self.options = options or Options()
         self.stats = Stats()
         self._ids = itertools.count(1)
+        self._gates: dict[str, asyncio.Event] = {}  # x-fake-hold names; set once released
+        self.held: dict[str, int] = {}  # requests waiting at each gate now
+
+    async def hold(self, name: str) -> None:
+        """Wait until ``name`` is released (``POST /_fake/release/<name>``)."""
+        gate = self._gates.get(name)
+        if gate is None:
+            gate = self._gates[name] = asyncio.Event()
+        if gate.is_set():
+            return
+        self.held[name] = self.held.get(name, 0) + 1
+        try:
+            await gate.wait()
+        finally:
+            self.held[name] -= 1
+            if not self.held[name]:
+                del self.held[name]
+
+    def release(self, name: str) -> None:
+        gate = self._gates.get(name)
+        if gate is None:
+            gate = self._gates[name] = asyncio.Event()
+        gate.set()
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids):08d}"
@@ -362,14 +472,22 @@ class FakeApp:
             self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
         latency = _int_header(req.headers, "x-fake-latency-ms")
         plan.delay_s = (self.options.latency_ms if latency is None else latency) / 1000
+        plan.hold = req.headers.get("x-fake-hold", "").strip() or None
         return plan
 
     def _control(self, req: Request) -> Plan:
         if req.path == "/_fake/stats" and req.method == "GET":
-            return _json_plan(200, self.stats.to_json())
+            return _json_plan(200, {**self.stats.to_json(), "held": dict(self.held)})
         if req.path == "/_fake/reset" and req.method == "POST":
             self.stats = Stats()
+            # Released gates close again; unreleased ones keep their waiting requests.
+            self._gates = {name: gate for name, gate in self._gates.items() if not gate.is_set()}
             return _json_plan(200, {"ok": True})
+        if req.path.startswith("/_fake/release/") and req.method == "POST":
+            name = req.path.removeprefix("/_fake/release/")
+            held = self.held.get(name, 0)
+            self.release(name)
+            return _json_plan(200, {"released": name, "held": held})
         if req.path == "/_fake/health":
             return _json_plan(200, {"ok": True})
         return _openai_error(404, f"Unknown fake control path {req.path}", "invalid_request_error", None)
@@ -471,7 +589,104 @@ class FakeApp:
             output = output_tokens_for(req.path, body, self.options.default_output_tokens)
         cached = min(_int_header(req.headers, "x-fake-cached-tokens") or 0, prompt)
         reasoning = min(_int_header(req.headers, "x-fake-reasoning-tokens") or 0, output)
-        return _Gen(model, prompt, cached, output, reasoning, max(1, self.options.chunk_tokens))
+        gen = _Gen(model, prompt, cached, output, reasoning, max(1, self.options.chunk_tokens))
+        self._hosted_tools(req, body, gen)
+        return gen
+
+    def _hosted_tools(self, req: Request, body: Mapping[str, Any], gen: _Gen) -> None:
+        """The hosted tool uses the request makes (module docstring), into ``gen``."""
+        wanted = _int_header(req.headers, "x-fake-tool-calls")
+        k = min(1 if wanted is None else wanted, _MAX_TOOL_CALLS)
+        tools = body.get("tools")
+        specs = [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
+        uses = 0
+        if req.path == RESPONSES:
+            offered = [t for t in specs if isinstance(t.get("type"), str) and _OPENAI_TOOL.match(t["type"])]
+            cap = body.get("max_tool_calls")
+            if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
+                k = min(k, cap)
+            if offered:
+                uses = k
+                gen.items = self._responses_tool_items(offered, k)
+                counts = {"web_search_call": 0, "file_search_call": 0}
+                for item in gen.items:
+                    if item["type"] in counts:
+                        counts[item["type"]] += 1
+                containers = {i["container_id"] for i in gen.items if i["type"] == "code_interpreter_call"}
+                gen.tools = {
+                    "web_search_calls": counts["web_search_call"],
+                    "file_search_calls": counts["file_search_call"],
+                    "code_interpreter_sessions": len(containers),
+                }
+        elif req.path == MESSAGES:
+            for spec in specs:
+                match = _ANTHROPIC_TOOL.match(spec["type"]) if isinstance(spec.get("type"), str) else None
+                if match is None:
+                    continue
+                gen.server_offered = True
+                n = k
+                max_uses = spec.get("max_uses")
+                if isinstance(max_uses, int) and not isinstance(max_uses, bool) and max_uses >= 0:
+                    n = min(n, max_uses)
+                gen.server += [(match["tool"], self._id("srvtoolu_fake")) for _ in range(n)]
+            uses = len(gen.server)
+            if gen.server_offered:
+                names = [tool for tool, _ in gen.server]
+                gen.tools = {
+                    "web_search_calls": names.count("web_search"),
+                    "web_fetch_calls": names.count("web_fetch"),
+                }
+        elif req.path == CHAT and _SEARCH_MODEL.search(gen.model):
+            uses = 1  # a search model searches on every request
+            gen.tools = {"web_search_calls": 1}
+        per_use = _int_header(req.headers, "x-fake-tool-result-tokens") or 0
+        gen.tool_prompt = min(uses * per_use, _MAX_DIRECTIVE_TOKENS)
+        gen.prompt += gen.tool_prompt
+
+    def _responses_tool_items(self, offered: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+        """``k`` completed output items, one per call, taking the offered tools in turn."""
+        items: list[dict[str, Any]] = []
+        containers: dict[int, str] = {}  # one container per code_interpreter tool and request
+        for i in range(k):
+            index = i % len(offered)
+            tool = offered[index]
+            kind = tool["type"]
+            if kind == "file_search":
+                items.append(
+                    {
+                        "type": "file_search_call",
+                        "id": self._id("fs_fake"),
+                        "status": "completed",
+                        "queries": ["fake query"],
+                        "results": None,
+                    }
+                )
+            elif kind == "code_interpreter":
+                container = containers.get(index)
+                if container is None:
+                    named = tool.get("container")
+                    container = named if isinstance(named, str) and named else self._id("cntr_fake")
+                    containers[index] = container
+                items.append(
+                    {
+                        "type": "code_interpreter_call",
+                        "id": self._id("ci_fake"),
+                        "status": "completed",
+                        "code": "print(1 + 1)",
+                        "container_id": container,
+                        "outputs": [{"type": "logs", "logs": "2\n"}],
+                    }
+                )
+            else:
+                items.append(
+                    {
+                        "type": "web_search_call",
+                        "id": self._id("ws_fake"),
+                        "status": "completed",
+                        "action": {"type": "search", "query": "fake query"},
+                    }
+                )
+        return items
 
     def _biller(self, gen: _Gen) -> Callable[[int, bool], None]:
         def on_sent(content_tokens: int, cut: bool) -> None:
@@ -480,7 +695,8 @@ class FakeApp:
                 output = gen.reasoning + content_tokens
             else:
                 output = gen.output
-            self.stats.bill(gen.model, gen.prompt, gen.cached, output, gen.reasoning)
+            # Hosted tools run before the text: a cut stream has used them all.
+            self.stats.bill(gen.model, gen.prompt, gen.cached, output, gen.reasoning, gen.tools)
 
         return on_sent
 
@@ -654,7 +870,7 @@ class FakeApp:
             "incomplete_details": None,
             "instructions": None,
             "model": gen.model,
-            "output": [item] if done else [],
+            "output": [*gen.items, item] if done else [],
             "parallel_tool_calls": True,
             "tool_choice": "auto",
             "tools": [],
@@ -679,11 +895,31 @@ class FakeApp:
             "content": [],
         }
         part = {"type": "output_text", "text": "", "annotations": []}
-        loc = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+        at = len(gen.items)  # the message comes after the hosted tool calls
+        loc = {"item_id": "msg_fake", "output_index": at, "content_index": 0}
         events = [
             (ev("response.created", response=started), 0),
             (ev("response.in_progress", response=started), 0),
-            (ev("response.output_item.added", output_index=0, item=item), 0),
+        ]
+        for index, tool_item in enumerate(gen.items):
+            kind, tool_loc = tool_item["type"], {"item_id": tool_item["id"], "output_index": index}
+            working = "interpreting" if kind == "code_interpreter_call" else "searching"
+            events += [
+                (
+                    ev(
+                        "response.output_item.added",
+                        output_index=index,
+                        item={**tool_item, "status": "in_progress"},
+                    ),
+                    0,
+                ),
+                (ev(f"response.{kind}.in_progress", **tool_loc), 0),
+                (ev(f"response.{kind}.{working}", **tool_loc), 0),
+                (ev(f"response.{kind}.completed", **tool_loc), 0),
+                (ev("response.output_item.done", output_index=index, item=tool_item), 0),
+            ]
+        events += [
+            (ev("response.output_item.added", output_index=at, item=item), 0),
             (ev("response.content_part.added", part=part, **loc), 0),
         ]
         events += [
@@ -691,11 +927,11 @@ class FakeApp:
             for n in gen.chunks()
         ]
         final = self._response_obj(gen, resp_id, done=True)
-        done_part = final["output"][0]["content"][0]
+        done_part = final["output"][at]["content"][0]
         events += [
             (ev("response.output_text.done", text=gen.text(), logprobs=[], **loc), 0),
             (ev("response.content_part.done", part=done_part, **loc), 0),
-            (ev("response.output_item.done", output_index=0, item=final["output"][0]), 0),
+            (ev("response.output_item.done", output_index=at, item=final["output"][at]), 0),
             (ev("response.completed", response=final), 0),
         ]
         return self._stream_plan(events, gen)
@@ -703,41 +939,100 @@ class FakeApp:
     # Anthropic shapes
 
     @staticmethod
-    def _anthropic_usage(gen: _Gen, output: int) -> dict[str, Any]:
-        return {
-            "input_tokens": gen.prompt - gen.cached,
+    def _anthropic_usage(gen: _Gen, output: int, done: bool = True) -> dict[str, Any]:
+        """The usage at the end (``done``), or as ``message_start`` tells it: the prompt before
+        any tool result, no server tool use yet."""
+        usage: dict[str, Any] = {
+            "input_tokens": gen.prompt - gen.cached - (0 if done else gen.tool_prompt),
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": gen.cached,
             "output_tokens": output,
         }
+        if gen.server_offered:
+            usage["server_tool_use"] = {
+                "web_search_requests": gen.tools.get("web_search_calls", 0) if done else 0,
+                "web_fetch_requests": gen.tools.get("web_fetch_calls", 0) if done else 0,
+            }
+        return usage
+
+    @staticmethod
+    def _server_blocks(gen: _Gen) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Each server tool use as its ``server_tool_use`` block and its result block."""
+        url = "https://example.com/fake"
+        blocks = []
+        for tool, use_id in gen.server:
+            if tool == "web_fetch":
+                use = {"type": "server_tool_use", "id": use_id, "name": tool, "input": {"url": url}}
+                page = {"type": "text", "media_type": "text/plain", "data": "A fake page."}
+                result: dict[str, Any] = {
+                    "type": "web_fetch_tool_result",
+                    "tool_use_id": use_id,
+                    "content": {
+                        "type": "web_fetch_result",
+                        "url": url,
+                        "content": {"type": "document", "source": page, "title": "Fake page"},
+                        "retrieved_at": None,
+                    },
+                }
+            else:
+                use = {
+                    "type": "server_tool_use",
+                    "id": use_id,
+                    "name": tool,
+                    "input": {"query": "fake query"},
+                }
+                found = {
+                    "type": "web_search_result",
+                    "url": url,
+                    "title": "Fake result",
+                    "encrypted_content": "ZmFrZQ==",
+                    "page_age": None,
+                }
+                result = {"type": "web_search_tool_result", "tool_use_id": use_id, "content": [found]}
+            blocks.append((use, result))
+        return blocks
 
     def _message_obj(self, gen: _Gen, msg_id: str | None = None, done: bool = True) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        if done:
+            for use, result in self._server_blocks(gen):
+                content += [use, result]
+            content.append({"type": "text", "text": gen.text()})
         return {
             "id": msg_id or self._id("msg_fake"),
             "type": "message",
             "role": "assistant",
             "model": gen.model,
-            "content": [{"type": "text", "text": gen.text()}] if done else [],
+            "content": content,
             "stop_reason": ("max_tokens" if gen.output else "end_turn") if done else None,
             "stop_sequence": None,
-            "usage": self._anthropic_usage(gen, gen.output if done else 1),
+            "usage": self._anthropic_usage(gen, gen.output if done else 1, done),
         }
 
     def _messages_stream(self, gen: _Gen) -> Plan:
         def ev(kind: str, **fields: Any) -> bytes:
             return _sse({"type": kind, **fields}, event=kind)
 
-        events = [
-            (ev("message_start", message=self._message_obj(gen, self._id("msg_fake"), done=False)), 0),
-            (ev("content_block_start", index=0, content_block={"type": "text", "text": ""}), 0),
-            (ev("ping"), 0),
-        ]
+        events = [(ev("message_start", message=self._message_obj(gen, self._id("msg_fake"), done=False)), 0)]
+        index = 0
+        for use, result in self._server_blocks(gen):
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(use["input"])}
+            events += [
+                (ev("content_block_start", index=index, content_block={**use, "input": {}}), 0),
+                (ev("content_block_delta", index=index, delta=delta), 0),
+                (ev("content_block_stop", index=index), 0),
+                (ev("content_block_start", index=index + 1, content_block=result), 0),
+                (ev("content_block_stop", index=index + 1), 0),
+            ]
+            index += 2
+        events.append((ev("content_block_start", index=index, content_block={"type": "text", "text": ""}), 0))
+        events.insert(2, (ev("ping"), 0))  # after the first block's start, as the API sends it
         events += [
-            (ev("content_block_delta", index=0, delta={"type": "text_delta", "text": TOKEN_TEXT * n}), n)
+            (ev("content_block_delta", index=index, delta={"type": "text_delta", "text": TOKEN_TEXT * n}), n)
             for n in gen.chunks()
         ]
         events += [
-            (ev("content_block_stop", index=0), 0),
+            (ev("content_block_stop", index=index), 0),
             (
                 ev(
                     "message_delta",
@@ -880,7 +1175,7 @@ class _Connection(asyncio.Protocol):
             if req is None:
                 return
             plan = self.server.app.dispatch(req)
-            if plan.delay_s <= 0 and (plan.events is None or (plan.chunk_delay_s <= 0)):
+            if plan.hold is None and plan.delay_s <= 0 and (plan.events is None or plan.chunk_delay_s <= 0):
                 self._send_now(plan, req.keep_alive)  # fast path: no task, one write
                 if not req.keep_alive:
                     self.close()
@@ -918,6 +1213,8 @@ class _Connection(asyncio.Protocol):
 
     async def _send_later(self, plan: Plan, keep_alive: bool) -> None:
         try:
+            if plan.hold is not None:
+                await self.server.app.hold(plan.hold)
             if plan.delay_s > 0:
                 await asyncio.sleep(plan.delay_s)
             if self.closed or self.transport is None:
@@ -979,7 +1276,9 @@ class FakeServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        # Thousands of connections may open at once (bench/hold.py); the kernel caps the
+        # backlog at net.core.somaxconn.
+        self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=8192)
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
         return self.url
@@ -1001,7 +1300,21 @@ async def serve(
     host: str, port: int, options: Options, stop: asyncio.Event, on_ready: Callable[[str], None]
 ) -> None:
     """Serve until ``stop`` is set; ``on_ready`` receives the root URL once bound."""
+    _raise_open_files()
     server = FakeServer(options)
     on_ready(await server.start(host, port))
     await stop.wait()
     await server.stop()
+
+
+def _raise_open_files() -> None:
+    """The soft open-file limit up to the hard one: each held request is a descriptor here."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
