@@ -60,3 +60,47 @@ def run_json(python: Path, code: str, timeout: float = 600) -> dict[str, Any]:
 
 def python_version() -> str:
     return sys.version.split()[0]
+
+
+def rss_kb(pid: int) -> int | None:
+    """VmRSS of one process in kB (Linux /proc); None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
+
+
+def open_fds(pid: int) -> int | None:
+    """How many descriptors ``pid`` has open (Linux /proc); None when it cannot be read."""
+    try:
+        return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+
+
+def raise_open_files() -> tuple[int, int]:
+    """This process's soft open-file limit up to its hard one; returns (soft, hard) after."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft not in (hard, resource.RLIM_INFINITY):
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft, hard
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time ``pid`` has used so far (Linux /proc); None once it is gone."""
+    import os
+
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

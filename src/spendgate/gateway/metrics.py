@@ -14,16 +14,21 @@ Label values are bounded, whatever clients send: a model label is a name the
 config routes exactly or the catalog lists (its catalog name), else ``other``;
 a budget label is a budget's id, never an instance's value (a user or an end
 user's id), the ratio being its most used instance's.
+
+The upstream connection pools' waits (``PoolMetrics``) belong to the process,
+as the pools do: the upstream client reports them to ``pool_metrics()``, and
+every ``Metrics.render`` includes them.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -41,6 +46,47 @@ OTHER_MODEL = "other"
 
 # Proxy latencies sit around a millisecond; provider calls around seconds.
 _REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# A wait for a pooled connection lasts until another call ends: seconds to minutes.
+_POOL_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class PoolMetrics:
+    """Waits for a connection of an upstream's pool (label ``upstream``: a configured name).
+
+    Only requests that found the pool full are observed, so the hot path pays nothing:
+    ``spendgate_upstream_pool_wait_seconds_count`` is how many waited, against
+    ``spendgate_upstream_duration_seconds_count`` for all of them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.wait = Histogram(
+            "spendgate_upstream_pool_wait_seconds",
+            "Time requests waited for a connection of the upstream's full pool (only those that waited)",
+            ("upstream",),
+            buckets=_POOL_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "spendgate_upstream_pool_waiting",
+            "Requests waiting now for a connection of the upstream's pool",
+            ("upstream",),
+            registry=r,
+            multiprocess_mode="livesum",  # --workers: the sum over live processes
+        )
+        self.timeouts = Counter(
+            "spendgate_upstream_pool_timeouts",
+            "Requests that gave up waiting for a pooled connection (pool_timeout; nothing was sent)",
+            ("upstream",),
+            registry=r,
+        )
+
+
+@functools.cache
+def pool_metrics() -> PoolMetrics:
+    """This process's ``PoolMetrics``, made on first use (with --workers, in the worker, after
+    ``PROMETHEUS_MULTIPROC_DIR`` is set)."""
+    return PoolMetrics()
 
 
 class Metrics:
@@ -131,6 +177,7 @@ class Metrics:
         else:
             registry = CollectorRegistry()
             registry.register(_Registered(self.registry))
+            registry.register(_Registered(pool_metrics().registry))
         if ledger is not None:
             registry.register(_BudgetRatios(ledger))
         return generate_latest(registry)

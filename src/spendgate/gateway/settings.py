@@ -18,6 +18,12 @@ from spendgate.budgets import Attributes, Budget
 
 UpstreamKind = Literal["openai", "anthropic"]
 
+#: An upstream's pool when the config gives none (it gives ``listen.max_connections`` then):
+#: LLM calls are held for seconds to minutes, so a process holds thousands at once.
+DEFAULT_UPSTREAM_CONNECTIONS = 10_000
+#: Seconds a request waits for a free connection of a full pool before it fails (nothing sent).
+DEFAULT_POOL_TIMEOUT = 60.0
+
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
@@ -30,6 +36,10 @@ class Upstream:
     timeout: float = 600.0  # seconds for a whole upstream call
     connect_timeout: float = 10.0
     headers: Mapping[str, str] = field(default_factory=dict)  # extra headers (e.g. anthropic-version)
+    #: This upstream's own pool: requests in flight to it at once, per process (one connection
+    #: each); beyond it a request waits up to ``pool_timeout`` for one to come free.
+    max_connections: int = DEFAULT_UPSTREAM_CONNECTIONS
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
