@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 
 import click
 
-from spendgate.cost import PARTS, cost_of
+from spendgate.cost import PARTS, ToolFeeError, cost_of
 from spendgate.errors import ConfigError, SpendgateError, UnknownModelPriceError
 from spendgate.money import nanos_per_million_to_decimal
 from spendgate.pricing.catalog import Catalog, user_catalog_path
 from spendgate.pricing.schema import RATE_FIELDS, ModelPrice, Rates
-from spendgate.usage import Usage
+from spendgate.usage import TOOL_CALL_FIELDS, Usage
 
 EXIT_UNKNOWN_MODEL = 3
 EXIT_BAD_INPUT = 4
@@ -171,6 +171,13 @@ def _count(name: str) -> Callable[[click.Context, click.Parameter, int | None], 
 @click.option(
     "--service-tier", type=click.Choice(["standard", "batch", "flex", "priority"]), default="standard"
 )
+@click.option(
+    "--tool-calls",
+    "tool_calls",
+    multiple=True,
+    metavar="TOOL=N",
+    help=f"Hosted tool uses billed per use, e.g. web_search=3 (repeatable; {', '.join(TOOL_CALL_FIELDS)}).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the breakdown as JSON.")
 @catalog_option
 def cost_cmd(
@@ -182,6 +189,7 @@ def cost_cmd(
     cache_write_1h: int,
     reasoning: int,
     service_tier: str,
+    tool_calls: tuple[str, ...],
     as_json: bool,
     catalog_path: str | None,
 ) -> None:
@@ -198,11 +206,22 @@ def cost_cmd(
     except ValueError as exc:
         _fail(str(exc).replace("Usage: ", "").replace("input_tokens", "--input"), EXIT_BAD_INPUT)
         return
+    usage = usage.with_tool_calls(_tool_calls(tool_calls))
     catalog = _catalog(catalog_path)
     price = _price(catalog, model)
     if service_tier != "standard" and service_tier not in price.service_tiers:
         _fail(f"{price.name} has no {service_tier} prices in the catalog", EXIT_BAD_INPUT)
-    cost = cost_of(usage, price, service_tier=service_tier)
+    # A tool the model has no fee for: the highest of its provider's, as a reservation bounds it.
+    fallback = {
+        tool: fee
+        for tool in usage.tool_calls()
+        if tool not in price.tool_fees and (fee := catalog.highest_tool_fee(price.provider, tool)) is not None
+    }
+    try:
+        cost = cost_of(usage, price.with_tool_fees(fallback), service_tier=service_tier)
+    except ToolFeeError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+        return
     breakdown = cost.breakdown()
     if as_json:
         payload = {
@@ -218,7 +237,24 @@ def cost_cmd(
     for part in PARTS:
         if breakdown[part]:
             click.echo(f"  {part:<12} {_usd(breakdown[part])}")
+    for tool, _femto in cost.tools_femto:
+        calls = getattr(usage, TOOL_CALL_FIELDS[tool], 0) if tool in TOOL_CALL_FIELDS else 0
+        click.echo(f"  {tool:<12} {_usd(breakdown[tool])}" + (f"  ({calls} uses)" if calls else ""))
     click.echo(f"  {'total':<12} {_usd(breakdown['total'])}")
+
+
+def _tool_calls(given: tuple[str, ...]) -> dict[str, int]:
+    """``--tool-calls web_search=3`` -> {"web_search": 3}."""
+    calls: dict[str, int] = {}
+    for item in given:
+        tool, _, count = item.partition("=")
+        if tool not in TOOL_CALL_FIELDS or not count.isdigit():
+            _fail(
+                f"--tool-calls: expected TOOL=N with TOOL one of {', '.join(TOOL_CALL_FIELDS)}, got {item!r}",
+                EXIT_BAD_INPUT,
+            )
+        calls[tool] = calls.get(tool, 0) + int(count)
+    return calls
 
 
 def _usd(amount: Decimal) -> str:
@@ -379,8 +415,31 @@ def _register_gateway_commands() -> None:
     help="Gateway processes sharing the port and the ledger (default: the config's listen.workers, "
     "else 1; more than 1 needs --config).",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    envvar="SPENDGATE_LOG_LEVEL",
+    help="Log to stderr from this level on; info writes one line per request (env SPENDGATE_LOG_LEVEL).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"], case_sensitive=False),
+    default=None,
+    envvar="SPENDGATE_LOG_FORMAT",
+    help="One JSON object or one text line per record (default: text when stderr is a terminal, "
+    "else json; env SPENDGATE_LOG_FORMAT).",
+)
 def serve_cmd(
-    config_path: str | None, host: str | None, port: int | None, demo: bool, loop: str, workers: int | None
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    demo: bool,
+    loop: str,
+    workers: int | None,
+    log_level: str,
+    log_format: str | None,
 ) -> None:
     """Run the OpenAI-compatible gateway."""
     try:  # imported here: the gateway's dependencies cost every other command 0.15 s
@@ -389,7 +448,16 @@ def serve_cmd(
         _fail(f"the gateway needs {exc.name}: pip install 'spendgate[gateway]'", EXIT_BAD_INPUT)
         return
     try:
-        serve(config_path, demo=demo, host=host, port=port, loop=loop, workers=workers)
+        serve(
+            config_path,
+            demo=demo,
+            host=host,
+            port=port,
+            loop=loop,
+            workers=workers,
+            log_level=log_level,
+            log_format=log_format,
+        )
     except ConfigError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
 

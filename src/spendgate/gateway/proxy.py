@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from spendgate.gateway.upstream_client import UpstreamError, UpstreamResponse, U
 from spendgate.ledger import LedgerUnavailableError, SettleOutcome
 from spendgate.lifecycle import Action, Happened, Report, Show, StreamReader
 from spendgate.lifecycle.reading import answer_report, may_carry_usage
+from spendgate.logs import REQUESTS, held_line, write_line
 from spendgate.money import Money
 
 if TYPE_CHECKING:
@@ -133,15 +135,19 @@ class _ClientGoneError(Exception):
 
 
 class _Ctx:
-    """What the metrics need to know of a request once it is answered."""
+    """What the metrics and the request's log line need to know of it once it is answered."""
 
-    __slots__ = ("answering", "key", "model", "status")
+    __slots__ = ("answering", "error", "key", "line", "model", "status", "upstream_status")
 
     def __init__(self) -> None:
         self.status = 500
         self.model = "-"  # only routed names become labels: bounded cardinality
         self.key: str | None = None
         self.answering = False  # the response has started: a timeout can only end it
+        #: The log line's fields (the guard adds its own); None when INFO is off: nothing to build.
+        self.line: dict[str, Any] | None = None
+        self.error: str | None = None  # the code of an answer the gateway gave itself
+        self.upstream_status: int | None = None
 
 
 async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive: Receive, send: Send) -> None:
@@ -149,6 +155,10 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
     anthropic = spec.kind == "anthropic"
     ctx = _Ctx()
     metrics = state.metrics
+    held = None
+    if REQUESTS.isEnabledFor(logging.INFO):
+        ctx.line = {}
+        held = held_line.set(ctx.line)  # the guard's fields go into this request's one line
 
     async def answer(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -163,13 +173,16 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
             await _handle(state, spec, scope, receive, answer, ctx)
     except GatewayError as err:
         ctx.status = err.status
+        ctx.error = err.code or err.reason
         metrics.refusals.labels(err.reason).inc()
         await respond(send, err.status, _dumps(err.payload(anthropic)), [_JSON, *err.headers])
     except _ClientGoneError:
         ctx.status = 499
+        ctx.error = "client_gone"
     except TimeoutError:
         if not deadline.expired():
             raise
+        ctx.error = "request_timeout"
         seconds = state.settings.request_timeout
         message = f"The request ran past the gateway's request timeout ({seconds:g} s)"
         if ctx.answering:  # a stream already started (and its reservation was ended): close it
@@ -188,6 +201,7 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
         # A bug, not the client's input: logged, and answered in the provider's shape if the
         # answer has not started (the ``finally`` blocks of _call and _stream ended the request).
         log.exception("request failed")
+        ctx.error = "error"
         if ctx.answering:
             raise
         ctx.status = 500
@@ -197,12 +211,17 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
         metrics.refusals.labels(failed.reason).inc()
         await respond(send, failed.status, _dumps(failed.payload(anthropic)), [_JSON])
     finally:
-        metrics.answered(spec.endpoint, ctx.model, ctx.status, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.answered(spec.endpoint, ctx.model, ctx.status, elapsed)
+        if ctx.line is not None and held is not None:
+            held_line.reset(held)
+            _log_request(scope, ctx.status, elapsed, ctx.line, ctx)
 
 
 async def unmatched(scope: Scope, receive: Receive, send: Send, allowed: str | None = None) -> None:
     """404 for a path no route serves, or 405 (``allowed``: the methods that path takes), in the
     shape its clients read: Anthropic's under /v1/messages, else OpenAI's."""
+    started = time.perf_counter()
     method, path = scope["method"], scope["path"]
     if allowed is None:
         err = GatewayError(404, f"Unknown request URL: {method} {path}.", code="not_found")
@@ -216,6 +235,47 @@ async def unmatched(scope: Scope, receive: Receive, send: Send, allowed: str | N
     anthropic = path == "/v1/messages" or path.startswith("/v1/messages/")
     body = b"" if method == "HEAD" else _dumps(err.payload(anthropic))
     await respond(send, err.status, body, [_JSON, *err.headers])
+    if REQUESTS.isEnabledFor(logging.INFO):  # a client with a wrong base URL shows up here
+        _log_request(scope, err.status, time.perf_counter() - started, {"error": err.code})
+
+
+def _log_request(
+    scope: Scope, status: int, seconds: float, line: dict[str, Any], ctx: _Ctx | None = None
+) -> None:
+    """The request's one line (docs/gateway.md, Logging): what the gateway saw, then the guard's
+    fields when the request reached it. Never a header, a secret or the body."""
+    fields: dict[str, Any] = {
+        "request_id": line.get("request_id") or f"sg-{uuid.uuid4().hex}",
+        "method": scope["method"],
+        "path": _clip(scope["path"]),
+        "status": status,
+        "latency_ms": round(seconds * 1000, 3),
+    }
+    if ctx is not None:
+        fields["key_id"] = ctx.key
+        if ctx.upstream_status is not None:
+            fields["upstream_status"] = ctx.upstream_status
+        if ctx.error is not None:
+            fields["error"] = ctx.error
+    fields.update(line)
+    charged = fields.get("charged_usd")
+    write_line(
+        fields,
+        "%s %s %s %s %s%s in %.1f ms (%s)",
+        fields["method"],
+        fields["path"],
+        status,
+        fields.get("model", "-"),
+        fields.get("decision") or fields.get("error") or "-",
+        f" charged {charged} USD" if charged is not None else "",
+        fields["latency_ms"],
+        fields["request_id"],
+    )
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """Client-chosen text (a path, a model name) bounded in the log."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 async def _handle(
@@ -268,6 +328,8 @@ async def _handle(
         raise GatewayError(
             400, "The model name holds a lone UTF-16 surrogate, which is not text.", param="model"
         )
+    if ctx.line is not None:
+        ctx.line["model"] = _clip(model)  # the guard's priced name replaces it if it is reached
 
     routed = settings.route(model)
     if routed is None:
@@ -280,6 +342,8 @@ async def _handle(
         )
     upstream, target = routed
     ctx.model = model
+    if ctx.line is not None:
+        ctx.line["upstream"] = upstream.name
     if upstream.kind != spec.kind:
         other = "/v1/messages" if upstream.kind == "anthropic" else "/v1/chat/completions"
         raise GatewayError(
@@ -455,6 +519,7 @@ async def _call(
                 reason="upstream_timeout" if timed_out else "upstream_unreachable",
             ) from None
         state.metrics.upstream_answered(upstream.name, time.perf_counter() - sent_at)
+        ctx.upstream_status = resp.status_code
         rid = admission.request_id.encode()
         if resp.status_code >= 400:
             # The provider refused (its 429 included): nothing billed; its answer goes back as is.

@@ -28,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from spendgate.gateway.app import GatewayApp, GatewayState, KeyLookup, NoKeys, create_app
 from spendgate.gateway.settings import GatewaySettings, Route, Upstream, exposure_problem
+from spendgate.gateway.upstream_client import raise_open_file_limit
 
 if TYPE_CHECKING:
     from spendgate.testing.process import FakeUpstream
@@ -151,7 +152,8 @@ async def _run(app: GatewayApp, host: str, port: int, reload_path: str | None, o
 UVICORN_OPTIONS: dict[str, Any] = {
     "http": "httptools",
     "lifespan": "on",
-    "access_log": False,
+    "access_log": False,  # spendgate's own request line (spendgate.logs) replaces it
+    "log_config": None,  # uvicorn's loggers propagate to the root handler of spendgate.logs.configure
     "proxy_headers": False,  # the client address is not used; its middleware costs every request
     "log_level": "warning",
     "timeout_graceful_shutdown": 30,
@@ -254,15 +256,38 @@ def serve(
     port: int | None = None,
     loop: str = "auto",
     workers: int | None = None,
+    log_level: str = "info",
+    log_format: str | None = None,
 ) -> None:
     """Run the gateway until SIGINT/SIGTERM (``workers`` > 1: that many processes; None: the
-    config's ``listen.workers``)."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config's ``listen.workers``). Logs go to stderr at ``log_level``, one ``json`` or ``text``
+    line each (None: text on a terminal, else JSON), one per request at ``info``; the logging
+    set up here is undone on return, what is queued written first."""
+    from spendgate import logs
+
+    log_format = logs.format_for(log_format)
+    undo = logs.configure(log_level, log_format)
+    try:
+        _serve(settings_path, demo, host, port, loop, workers, (log_level, log_format))
+    finally:
+        undo()
+
+
+def _serve(
+    settings_path: str | None,
+    demo: bool,
+    host: str | None,
+    port: int | None,
+    loop: str,
+    workers: int | None,
+    logging_options: tuple[str, str],
+) -> None:
     base = _load(settings_path) if settings_path else None
     if base is not None:
         problem = exposure_problem(base, host or base.host)
         if problem is not None:
             raise click.ClickException(f"refusing to start: {problem}")
+    raise_open_file_limit(base)  # a held request takes two descriptors; --workers inherit it
     new_loop = loop_factory(loop)
     if workers is None:
         workers = base.workers if base is not None and not demo else 1
@@ -285,6 +310,7 @@ def serve(
                 on_ready=announce,
                 uvicorn_options=uvicorn_options(base),
                 header_timeout=base.header_timeout,
+                logging_options=logging_options,
             )
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from exc

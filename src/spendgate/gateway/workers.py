@@ -12,6 +12,8 @@ worker serves.
   workers one at a time, each replacement serving before its predecessor
   stops, and a stopping worker finishes (and settles) its requests first.
 - SIGTERM, SIGINT: every worker stops gracefully, then the parent exits 0.
+- Logs: each worker logs as the parent does (level and format in the environment it
+  inherits, ``spendgate.logs.configure``), one line per request on the shared stderr.
 - Metrics: counters and histograms go through prometheus_client's
   multiprocess files in a temporary directory, so a scrape of any worker
   counts every worker's requests.
@@ -30,6 +32,7 @@ from typing import Any
 from uvicorn import Config
 from uvicorn.supervisors.multiprocess import Multiprocess
 
+from spendgate import logs
 from spendgate.gateway.app import GatewayApp, GatewayState, create_app
 from spendgate.gateway.settings import exposure_problem
 
@@ -42,6 +45,9 @@ WORKER_START_TIMEOUT = 60.0  # seconds for a worker to import, open the ledger a
 def create_worker_app() -> GatewayApp:
     """The app of one worker (uvicorn calls this in the worker: ``factory=True``)."""
     path = os.environ[CONFIG_ENV]
+    # A spawned process starts without the parent's logging; it lasts as long as the process
+    # (logging's exit hook writes what is queued).
+    logs.configure(os.environ.get(logs.LEVEL_ENV, "info"), os.environ.get(logs.FORMAT_ENV) or None)
 
     def build() -> GatewayState:
         from spendgate.gateway.config import load_settings
@@ -98,13 +104,16 @@ def serve_workers(
     on_ready: Callable[[str, int], None],
     uvicorn_options: dict[str, Any],
     header_timeout: float | None = None,
+    logging_options: tuple[str, str] = ("info", "json"),
 ) -> None:
     """Run ``workers`` gateway processes until SIGTERM/SIGINT. Raises RuntimeError when they
-    could not start (the workers' own errors are on stderr)."""
+    could not start (the workers' own errors are on stderr). ``logging_options``: the workers'
+    log level and format."""
     with tempfile.TemporaryDirectory(prefix="spendgate-metrics-") as metrics_dir:
         # Inherited by the spawned workers, which import prometheus_client only after it is set.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         os.environ[CONFIG_ENV] = os.path.abspath(settings_path)
+        os.environ[logs.LEVEL_ENV], os.environ[logs.FORMAT_ENV] = logging_options
         config = Config(
             "spendgate.gateway.workers:create_worker_app",
             factory=True,
