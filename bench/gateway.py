@@ -516,6 +516,10 @@ def run_spendgate(
     """``memory``: the same gateway on the ``memory://`` ledger, without virtual keys (a memory
     key store cannot be filled from outside): what the gateway costs without a durable ledger."""
     ledger = "memory://" if memory else f"sqlite:///{tmp / 'gateway.db'}"
+    if not memory:
+        from spendgate.ledger import open_ledger
+
+        open_ledger(ledger).close()  # the admin CLI opens existing ledgers only
     key = None if memory else create_key(ledger)
     port = free_port()
     config: dict[str, Any] = {

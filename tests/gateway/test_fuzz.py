@@ -334,7 +334,7 @@ def admin_requests(draw: st.DrawFn, ids: list[str]) -> tuple[str, str, dict[str,
         method, path = draw(
             st.sampled_from(
                 [("GET", "/admin/nothing"), ("POST", "/admin/keys/x/y"), ("PUT", "/admin/budgets"),
-                 ("DELETE", "/admin/budgets/global"), ("GET", "/admin"), ("GET", "/admin/")]
+                 ("DELETE", "/admin/usage"), ("GET", "/admin"), ("GET", "/admin/")]
             )
         )  # fmt: skip
         return method, path, headers, draw(st.none() | RAW_BODIES), None

@@ -9,9 +9,11 @@ import pytest
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from spendgate.budgets import Attributes, Budget
 from spendgate.gateway.admin import OPENAPI, create_admin_app
 from spendgate.gateway.keys import KeyStore, open_keystore
 from spendgate.ledger import Ledger, open_ledger
+from spendgate.money import Money
 
 from .support import spend
 
@@ -233,3 +235,39 @@ def test_openapi_matches_routes(env: Env) -> None:
     text = str(OPENAPI)
     for name in re.findall(r"#/components/schemas/(\w+)", text):
         assert name in OPENAPI["components"]["schemas"]
+
+
+def test_delete_budget(env: Env) -> None:
+    env.client.post("/budgets", json={"id": "team-r", "selector": {"team": "research"}, "limit": "100"})
+    spend(env.ledger, "40", team="research", user="alice")
+    held = env.ledger.reserve("in-flight", Attributes(team="research"), Money.usd("2"), lease=60)
+    assert held.admitted
+    r = env.client.delete("/budgets/team-r")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"id": "team-r", "deleted": True, "in_flight": 1, "reserved": "2"}
+    assert "team-r" not in {b["id"] for b in env.client.get("/budgets").json()["data"]}
+    assert env.ledger.settle("in-flight", Money.usd("1")).status == "settled"  # ends as usual
+    assert_error(env.client.delete("/budgets/team-r"), 404, "not_found")
+    assert_error(env.client.patch("/budgets/team-r", json={"limit": "1"}), 404, "not_found")
+
+
+def test_a_live_key_keeps_its_own_budget(env: Env) -> None:
+    created = env.client.post("/keys", json={"user": "alice", "budget": "5"}).json()
+    budget_id = created["budget"]["id"]
+    assert_error(env.client.delete(f"/budgets/{budget_id}"), 409, "conflict", "delete the key first")
+    assert env.client.delete(f"/keys/{created['id']}").status_code == 200
+    assert env.client.delete(f"/budgets/{budget_id}").json()["deleted"] is True
+
+
+def test_a_budget_of_the_config_is_not_deleted(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'spend.db'}"
+    ledger = open_ledger(url, [Budget.from_config({"id": "global", "limit": "100"})])
+    keys = open_keystore(url)
+    app = create_admin_app(
+        keys=keys, ledger=ledger, admin_token=lambda: TOKEN, config_budgets=lambda: frozenset({"global"})
+    )
+    client = TestClient(app, headers=AUTH)
+    assert_error(client.delete("/budgets/global"), 409, "conflict", "defined in the gateway's config")
+    assert [b.id for b in ledger.budgets()] == ["global"]
+    keys.close()
+    ledger.close()

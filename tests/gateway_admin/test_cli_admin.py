@@ -7,9 +7,11 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from spendgate.budgets import Attributes, Budget
 from spendgate.gateway.cli_admin import COMMANDS, resolve_ledger_url
 from spendgate.gateway.keys import open_keystore
 from spendgate.ledger import open_ledger
+from spendgate.money import Money
 
 from .support import spend
 
@@ -25,11 +27,15 @@ for command in COMMANDS:
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'spend.db'}"
+    """A ledger file as the gateway leaves it at its first start (these commands never create one)."""
+    url = f"sqlite:///{tmp_path / 'spend.db'}"
+    open_ledger(url).close()
+    open_keystore(url).close()
+    return url
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
+def run(*args: str, answer: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), input=answer)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -136,7 +142,9 @@ def test_ledger_url_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     config.write_text("ledger: sqlite:///from-config.db\nupstreams: {}\n")
     monkeypatch.setenv("SPENDGATE_LEDGER", "sqlite:///from-env.db")
     assert resolve_ledger_url("memory://", str(config)) == "memory://"
-    assert resolve_ledger_url(None, str(config)) == "sqlite:///from-config.db"
+    # A relative file in a config is next to the config (as the gateway reads it), wherever the
+    # command runs.
+    assert resolve_ledger_url(None, str(config)) == f"sqlite:///{tmp_path / 'from-config.db'}"
     assert resolve_ledger_url(None, None) == "sqlite:///from-env.db"
     monkeypatch.delenv("SPENDGATE_LEDGER")
     assert resolve_ledger_url(None, None) == "sqlite:///spendgate.db"
@@ -144,3 +152,71 @@ def test_ledger_url_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert code == 4 and "cannot read config" in err
     code, _, err = run("budgets", "list", "--ledger", "bogus://x")
     assert code == 4 and "unknown ledger URL" in err
+
+
+ADMIN_COMMANDS: list[tuple[str, ...]] = [
+    ("keys", "list"),
+    ("keys", "create", "--user", "alice"),
+    ("keys", "disable", "key_0000000000000000"),
+    ("budgets", "list"),
+    ("budgets", "set-limit", "global", "5"),
+    ("budgets", "reset", "global"),
+    ("budgets", "delete", "global", "--yes"),
+    ("usage",),
+]
+
+
+def test_admin_commands_never_create_a_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gw, elsewhere = tmp_path / "gw", tmp_path / "elsewhere"
+    gw.mkdir()
+    elsewhere.mkdir()
+    (gw / "gw.yaml").write_text("ledger: sqlite:///gw.db\nupstreams: {}\n")
+    monkeypatch.chdir(elsewhere)
+    for args in ADMIN_COMMANDS:
+        code, _, err = run(*args, "--config", "../gw/gw.yaml")
+        assert code == 1, (args, err)
+        assert f"ledger {gw / 'gw.db'} does not exist (the gateway creates it on first start)" in err, args
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["elsewhere", "gw", "gw.yaml"]
+    # Once the gateway has made it (next to its config), the same command reads it from anywhere.
+    open_ledger(f"sqlite:///{gw / 'gw.db'}", [Budget.from_config({"id": "global", "limit": "7"})]).close()
+    code, out, err = run("budgets", "list", "--config", "../gw/gw.yaml", "--json")
+    assert code == 0, err
+    assert [row["id"] for row in json.loads(out)] == ["global"]
+    assert not (elsewhere / "gw.db").exists()
+
+
+def test_budgets_delete(db: str, tmp_path: Path) -> None:
+    ledger = open_ledger(db, [Budget.from_config({"id": b, "limit": "100"}) for b in ("a", "b", "global")])
+    spend(ledger, "3")
+    held = ledger.reserve("in-flight", Attributes(), Money.usd("2"), lease=60)
+    assert held.admitted
+
+    code, _, err = run("budgets", "delete", "a", "--ledger", db, answer="n\n")
+    assert code == 1 and "Delete budget 'a' (100 USD" in err
+    assert "a" in {b.id for b in ledger.budgets()}  # asked, refused: nothing done
+    code, out, err = run("budgets", "delete", "a", "--ledger", db, answer="y\n")
+    assert code == 0, err
+    assert "a: deleted" in out and "1 request(s) in flight against it (2 USD held)" in out
+    assert "comes back when that starts" in out  # no --config: it cannot check one
+    code, out, err = run("budgets", "delete", "b", "--yes", "--ledger", db)
+    assert code == 0 and "b: deleted" in out, err
+    assert {b.id for b in ledger.budgets()} == {"global"}
+    assert ledger.settle("in-flight", Money.usd("2")).status == "settled"
+
+    code, _, err = run("budgets", "delete", "nope", "--yes", "--ledger", db)
+    assert code == 4 and "no budget 'nope'" in err
+    # Defined in the gateway's config: it would come back at the next start or reload.
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"ledger: {db}\nupstreams: {{}}\nbudgets:\n  - {{id: global, limit: 100}}\n")
+    code, _, err = run("budgets", "delete", "global", "--yes", "--config", str(config))
+    assert code == 4 and "defined in the gateway's config" in err
+    # A live key keeps the budget it was created with.
+    code, out, err = run("keys", "create", "--user", "alice", "--budget", "5", "--ledger", db, "--json")
+    key_id = json.loads(out)["id"]
+    code, _, err = run("budgets", "delete", f"key:{key_id}", "--yes", "--ledger", db)
+    assert code == 4 and "delete the key first" in err
+    assert run("keys", "delete", key_id, "--ledger", db)[0] == 0
+    code, _, err = run("budgets", "delete", f"key:{key_id}", "--yes", "--ledger", db)
+    assert code == 0, err
+    assert {b.id for b in ledger.budgets()} == {"global"}
+    ledger.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spendgate.errors import ConfigError
-from spendgate.gateway.config import GatewayConfigError, load_settings, parse_settings
+from spendgate.gateway.config import GatewayConfigError, load_settings, parse_settings, read_ledger_url
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {
@@ -19,7 +19,7 @@ ENV = {
 
 VALID = """\
 listen: {host: 0.0.0.0, port: 4100, workers: 3}
-ledger: sqlite:///tmp/x.db
+ledger: sqlite:////var/lib/spendgate/x.db
 upstreams:
   openai: {kind: openai, base_url: "https://api.openai.com/v1/", api_key_env: OPENAI_API_KEY, timeout: 60}
   local: {kind: openai, base_url: "http://127.0.0.1:8000/v1"}
@@ -49,7 +49,7 @@ def error_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Ga
 
 def test_valid_config_loads(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, VALID), environ=ENV)
-    assert (s.host, s.port, s.workers, s.ledger) == ("0.0.0.0", 4100, 3, "sqlite:///tmp/x.db")
+    assert (s.host, s.port, s.workers, s.ledger) == ("0.0.0.0", 4100, 3, "sqlite:////var/lib/spendgate/x.db")
     assert s.upstreams["openai"].base_url == "https://api.openai.com/v1"
     assert s.upstreams["openai"].api_key == "sk-test-openai"
     assert s.upstreams["openai"].timeout == 60.0
@@ -267,3 +267,19 @@ def test_missing_upstreams() -> None:
     with pytest.raises(ConfigError) as info:
         parse_settings({}, environ={})
     assert info.value.key == "upstreams"
+
+
+def test_a_relative_ledger_is_the_file_next_to_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    local = "upstreams:\n  local: {kind: openai, base_url: 'http://127.0.0.1:8000/v1'}\nroutes: []\n"
+    named, unnamed = folder / "named.yaml", folder / "unnamed.yaml"
+    named.write_text("ledger: sqlite:///x.db\n" + local)
+    unnamed.write_text(local)
+    monkeypatch.chdir(tmp_path)  # not the config's folder: the result must not depend on it
+    for config, file in ((named, "x.db"), (unnamed, "spendgate.db")):
+        want = f"sqlite:///{folder / file}"
+        assert load_settings(config.relative_to(tmp_path), environ=ENV).ledger == want
+        assert read_ledger_url(config.relative_to(tmp_path)) == want

@@ -22,6 +22,7 @@ from spendgate.ledger import (
     open_ledger,
     register_backend,
     registry,
+    resolve_url,
 )
 from spendgate.ledger.memory import MemoryLedger
 from spendgate.ledger.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, parse_sql
@@ -120,9 +121,18 @@ def test_ledger_is_abstract() -> None:
 
 
 def test_schema_file_is_the_migrations() -> None:
-    assert SCHEMA_VERSION == len(MIGRATIONS) == 1
+    assert SCHEMA_VERSION == len(MIGRATIONS) == 3
     assert sum(s.startswith("CREATE TABLE") for s in MIGRATIONS[0]) == 6
-    assert not any(s.endswith(";") or s.lstrip().startswith("--") for s in MIGRATIONS[0])
+    assert MIGRATIONS[1] == ["INSERT INTO meta (key, value) VALUES ('ledger_id', random()), ('probes', 0)"]
+    # Rate limits: their definitions, window buckets, counts in flight, and what a request took.
+    assert [s.split("(")[0].strip() for s in MIGRATIONS[2] if s.startswith("CREATE TABLE")] == [
+        "CREATE TABLE limits",
+        "CREATE TABLE limit_buckets",
+        "CREATE TABLE limit_flight",
+    ]
+    assert "ALTER TABLE requests ADD COLUMN takes TEXT" in MIGRATIONS[2]
+    for statements in MIGRATIONS:
+        assert not any(s.endswith(";") or s.lstrip().startswith("--") for s in statements)
 
 
 def test_parse_sql() -> None:
@@ -135,3 +145,31 @@ def test_parse_sql() -> None:
         parse_sql("-- migration 2\nSELECT 1;")
     with pytest.raises(ValueError, match="unterminated"):
         parse_sql("-- migration 1\nSELECT 1")
+
+
+def test_resolve_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tmp_path / "gw"
+    assert resolve_url("sqlite:///spend.db", base) == f"sqlite:///{base / 'spend.db'}"
+    assert resolve_url("sqlite:///data/../x.db", str(base)) == f"sqlite:///{base / 'x.db'}"
+    assert resolve_url("SQLITE:///x.db", base) == f"sqlite:///{base / 'x.db'}"  # schemes are case-blind
+    # Left as they are: absolute paths, memory://, unknown schemes, what sqlite_path refuses anyway.
+    for url in (
+        "sqlite:////var/lib/spend.db",
+        "memory://",
+        "redis://localhost/0",
+        "spend.db",
+        "sqlite://rel.db",
+        "sqlite:///:memory:",
+        "sqlite:///x.db?mode=ro",
+    ):
+        assert resolve_url(url, base) == url
+    # A relative base is taken against the working directory now: the result is absolute.
+    monkeypatch.chdir(tmp_path)
+    assert resolve_url("sqlite:///x.db", "gw") == f"sqlite:///{base / 'x.db'}"
+    assert resolve_url("sqlite:///x.db", Path("gw")) == resolve_url("sqlite:///x.db", base)
+
+
+def test_a_backend_may_resolve_its_own_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))
+    register_backend("files", _ledger_only, resolve=lambda url, base: f"files://{base}/{url[8:]}")
+    assert resolve_url("files://a", "/srv") == "files:///srv/a"

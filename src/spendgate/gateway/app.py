@@ -5,6 +5,11 @@ The /v1 POST routes are dispatched by a dict lookup straight to ``proxy.handle``
 rest of the gateway's own work on a call); everything else goes through a
 Starlette router.
 
+``/readyz`` proves the write path: a probe write committed through the
+ledger's own writer (``Readiness``: at most one per second, the answer shared
+by the calls in between), so a gateway whose ledger cannot record a request is
+taken out of rotation instead of answering 200.
+
 A ``GatewayState`` is everything a request needs (settings, guard, keys, the
 upstream client, metrics). A reload builds a new one and swaps it in with one
 assignment: a request takes the state once, when it starts, and keeps it to
@@ -19,12 +24,14 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, Router
 
+from spendgate.clock import Clock
 from spendgate.gateway import proxy
 from spendgate.gateway.metrics import CONTENT_TYPE, Metrics
 from spendgate.gateway.settings import GatewaySettings, Upstream, VirtualKey
@@ -65,6 +72,48 @@ class NoKeys:
         return None
 
 
+class Readiness:
+    """``/readyz``'s answer: the ledger's write probe, run at most once per ``interval``.
+
+    A probe is a real committed write through the ledger's asyncio writer (SQLite: the group
+    commit that requests use). Calls within ``interval`` of the last probe, by ``clock`` (the
+    ledger's, so tests move it by hand), get its result; calls while one runs wait for it, so
+    a load balancer polling hard costs the ledger one small write a second. A probe that takes
+    longer than ``timeout`` seconds counts as failed: a ledger that slow cannot serve either.
+    """
+
+    def __init__(self, ledger: Ledger, clock: Clock, *, interval: float = 1.0, timeout: float = 2.0) -> None:
+        self.ledger = ledger
+        self.clock = clock
+        self.interval = timedelta(seconds=interval)
+        self.timeout = timeout
+        self._lock = asyncio.Lock()
+        self._checked: datetime | None = None
+        self._problem: str | None = None
+        self._kind = ""
+
+    async def check(self) -> tuple[str, str] | None:
+        """None when the ledger took a write; else (the error's type name, what went wrong)."""
+        async with self._lock:
+            now = self.clock.now()
+            if self._checked is None or not (self._checked <= now < self._checked + self.interval):
+                self._kind, self._problem = await self._probe()
+                self._checked = now
+            return None if self._problem is None else (self._kind, self._problem)
+
+    async def _probe(self) -> tuple[str, str | None]:
+        try:
+            await asyncio.wait_for(self.ledger.acheck_writable(), self.timeout)
+        except TimeoutError:
+            problem = f"the ledger did not commit a probe write within {self.timeout:g} s"
+            log.warning("readyz: %s", problem)
+            return "TimeoutError", problem
+        except Exception as exc:
+            log.warning("readyz: the ledger cannot take a write: %s", exc)
+            return type(exc).__name__, str(exc)
+        return "", None
+
+
 @dataclass(eq=False)
 class GatewayState:
     settings: GatewaySettings
@@ -77,6 +126,7 @@ class GatewayState:
     owns_client: bool = True
     #: ``keys.lookup`` when the store has it (disabled and expired keys too: precise 401s).
     find_key: Callable[[str], VirtualKey | None] = field(init=False, repr=False)
+    readiness: Readiness = field(init=False, repr=False)
     _models: list[tuple[str, str]] | None = field(default=None, repr=False)
     _admin: ASGIApp | None = field(default=None, repr=False)
     _admin_tried: bool = field(default=False, repr=False)
@@ -84,6 +134,7 @@ class GatewayState:
     def __post_init__(self) -> None:
         lookup = getattr(self.keys, "lookup", None)
         self.find_key = lookup if callable(lookup) else self.keys.authenticate
+        self.readiness = Readiness(self.guard.ledger, self.guard.clock)
 
     @classmethod
     def build(
@@ -186,7 +237,15 @@ class GatewayState:
                 log.warning("no key store: /admin is off")
             else:
                 token = self.settings.admin_token
-                self._admin = create_admin_app(keys=self.keys, ledger=self.ledger, admin_token=lambda: token)
+                # Deleting one of these through the API would not last: every start and reload
+                # of the gateway puts the config's budgets back.
+                configured = frozenset(budget.id for budget in self.settings.budgets)
+                self._admin = create_admin_app(
+                    keys=self.keys,
+                    ledger=self.ledger,
+                    admin_token=lambda: token,
+                    config_budgets=lambda: configured,
+                )
         return self._admin
 
     async def aclose(self) -> None:
@@ -309,12 +368,11 @@ class GatewayApp:
         return JSONResponse({"status": "ok"})
 
     async def _readyz(self, request: Request) -> Response:
-        try:
-            budgets = self.state.ledger.list_budgets()
-        except Exception as exc:
-            log.warning("readyz: the ledger did not answer: %s", exc)
-            return JSONResponse({"status": "unavailable", "ledger": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ready", "budgets": len(budgets)})
+        failed = await self.state.readiness.check()
+        if failed is not None:
+            kind, reason = failed
+            return JSONResponse({"status": "unavailable", "ledger": kind, "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ready", "ledger": "writable"})
 
     async def _metrics(self, request: Request) -> Response:
         state = self.state

@@ -2,9 +2,12 @@
 
 Registered on the main group by spendgate.cli (``main.add_command(...)`` for
 each of ``COMMANDS``). The ledger is ``--ledger URL``, else the ``ledger:`` of
-``--config FILE``, else ``$SPENDGATE_LEDGER``, else ``sqlite:///spendgate.db``.
-Exit codes follow spendgate.cli: 4 bad input (including an unknown key or
-budget id), 1 the ledger cannot be reached.
+``--config FILE`` (a relative file there is next to the config), else
+``$SPENDGATE_LEDGER``, else ``sqlite:///spendgate.db``. These commands open an
+existing ledger only: they never create one (``spendgate serve`` does), so a
+wrong path is an error, not a new empty file. Exit codes follow spendgate.cli:
+4 bad input (including an unknown key or budget id, or one that may not be
+deleted), 1 the ledger cannot be reached or does not exist.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+import yaml
 
-from spendgate.budgets import DIMENSIONS
+from spendgate.budgets import DIMENSIONS, Budget
 from spendgate.errors import ConfigError
 from spendgate.estimate import MAX_AMOUNT
 from spendgate.gateway.keys import KeyStore
@@ -32,7 +37,7 @@ from spendgate.gateway.views import (
     parse_instance,
     parse_time,
 )
-from spendgate.ledger import Ledger, LedgerUnavailableError, open_keystore, open_ledger
+from spendgate.ledger import Ledger, LedgerUnavailableError, open_keystore, open_ledger, resolve_url
 from spendgate.money import Money, MoneyError
 
 __all__ = ["COMMANDS", "budgets_group", "keys_group", "resolve_ledger_url", "usage_cmd"]
@@ -51,13 +56,15 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 
 def resolve_ledger_url(ledger: str | None, config: str | None) -> str:
-    """--ledger, else the config's ``ledger:``, else $SPENDGATE_LEDGER, else the default file."""
+    """--ledger, else the config's ``ledger:`` (a relative file: next to the config, as the
+    gateway reads it), else $SPENDGATE_LEDGER, else the default file."""
     if ledger:
         return ledger
     if config:
         from spendgate.gateway.config import read_ledger_url
 
-        return read_ledger_url(config)
+        # Idempotent: an absolute URL (already resolved by the config reader) comes back as is.
+        return resolve_url(read_ledger_url(config), Path(config).parent)
     return os.environ.get("SPENDGATE_LEDGER") or DEFAULT_LEDGER
 
 
@@ -84,7 +91,8 @@ def _opened(
 ) -> Iterator[tuple[Ledger, KeyStore | None]]:
     try:
         url = resolve_ledger_url(ledger_url, config_path)
-        ledger = open_ledger(url)
+        # Never create: only the gateway (and an SDK the user builds) starts a ledger.
+        ledger = open_ledger(url, create=False)
     except LedgerUnavailableError as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
     except ConfigError as exc:
@@ -93,7 +101,9 @@ def _opened(
     try:
         if keys:
             try:
-                store = open_keystore(url)
+                store = open_keystore(url, create=False)
+            except LedgerUnavailableError as exc:
+                _fail(str(exc), EXIT_UNAVAILABLE)
             except ConfigError as exc:
                 _fail(str(exc))
         try:
@@ -292,7 +302,7 @@ keys_group.command("delete", help="Delete a key (its spend stays in the request 
 
 @click.group("budgets")
 def budgets_group() -> None:
-    """Budgets in the ledger: list with spend, change a limit, reset a window."""
+    """Budgets in the ledger: list with spend, change a limit, reset a window, delete."""
 
 
 @budgets_group.command("list")
@@ -361,6 +371,68 @@ def budgets_reset_cmd(
         except ValueError as exc:
             _fail(str(exc))
     click.echo(f"{budget_id}: reset" + (f" ({', '.join(instance)})" if instance else ""))
+
+
+def _config_budget_ids(config_path: str) -> frozenset[str]:
+    """The ids of the budgets a gateway config defines (only its ``budgets:``: an admin's machine
+    need not hold the upstreams' API keys that loading the whole config asks for)."""
+    try:
+        data = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        _fail(f"{config_path}: cannot read its budgets: {exc}")
+    raw = data.get("budgets") if isinstance(data, dict) else None
+    if not isinstance(raw, list):
+        return frozenset()
+    try:
+        return frozenset(Budget.from_config(item, where=f"budgets[{i}]").id for i, item in enumerate(raw))
+    except ConfigError as exc:
+        _fail(f"{config_path}: {exc}")
+
+
+@budgets_group.command("delete")
+@click.argument("budget_id")
+@click.option("--yes", is_flag=True, help="Delete without asking.")
+@ledger_options
+def budgets_delete_cmd(budget_id: str, yes: bool, ledger_url: str | None, config_path: str | None) -> None:
+    """Stop enforcing BUDGET_ID, now, for every process.
+
+    Requests in flight against it end as usual and stay counted; its spend is kept (re-creating
+    the id in the same window continues from it: to zero it, use reset). A budget of the
+    gateway's config (pass --config to check) or a live key's own budget is refused.
+    """
+    from spendgate.gateway.admin.handlers.budgets import why_not_delete  # the API's rule (and Starlette)
+
+    configured = _config_budget_ids(config_path) if config_path else frozenset()
+    with _opened(ledger_url, config_path, keys=True) as (ledger, store):
+        refused = why_not_delete(budget_id, configured=configured, keys=store)
+        if refused is not None:
+            _fail(refused)
+        try:
+            budget = ledger.get_budget(budget_id)
+        except KeyError:
+            _fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
+        if not yes:
+            click.confirm(
+                f"Delete budget {budget_id!r} ({money(budget.limit)} USD, {budget.label('')})? "
+                "Requests stop being checked against it",
+                abort=True,
+                err=True,
+            )
+        try:
+            deleted = ledger.delete_budget(budget_id)
+        except KeyError:
+            _fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
+    click.echo(f"{budget_id}: deleted")
+    if deleted.in_flight:
+        click.echo(
+            f"{deleted.in_flight} request(s) in flight against it ({money(deleted.reserved)} USD held) "
+            "end as usual and stay counted."
+        )
+    if not config_path:
+        click.echo(
+            "If a gateway config or an app defines this budget, it comes back when that starts: "
+            "remove it there too (--config FILE checks a gateway config)."
+        )
 
 
 # -- usage -------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ machine (Ollama, vLLM, the fake upstream), so a typo never shows up later as
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import logging
@@ -33,7 +34,14 @@ import yaml
 
 from spendgate.budgets import Budget
 from spendgate.errors import ConfigError
-from spendgate.gateway.settings import GatewaySettings, Route, Upstream, UpstreamKind
+from spendgate.gateway.settings import (
+    DEFAULT_POOL_TIMEOUT,
+    GatewaySettings,
+    Route,
+    Upstream,
+    UpstreamKind,
+)
+from spendgate.ledger import resolve_url
 
 __all__ = [
     "DEFAULT_ADMIN_TOKEN_ENV",
@@ -69,6 +77,8 @@ _UPSTREAM_KEYS: Final = (
     "timeout",
     "connect_timeout",
     "headers",
+    "max_connections",
+    "pool_timeout",
 )
 _ROUTE_KEYS: Final = ("model", "upstream", "upstream_model")
 _DEFAULT_KEYS: Final = (
@@ -164,7 +174,9 @@ def load_settings(
     _lines(root, "", lines, source)
     if data is None:
         data = {}
-    return _parse(data, source=source, lines=lines, environ=environ)
+    settings = _parse(data, source=source, lines=lines, environ=environ)
+    # A relative ledger path means next to the config file, wherever the command runs from.
+    return dataclasses.replace(settings, ledger=resolve_url(settings.ledger, Path(source).parent))
 
 
 def read_ledger_url(path: str | os.PathLike[str]) -> str:
@@ -176,9 +188,10 @@ def read_ledger_url(path: str | os.PathLike[str]) -> str:
         raise GatewayConfigError("", f"cannot read config: {exc.strerror or exc}", source=source) from None
     except yaml.YAMLError as exc:
         raise GatewayConfigError("", f"not valid YAML: {exc}", source=source) from None
+    base = Path(source).parent
     if not isinstance(data, Mapping) or data.get("ledger") is None:
-        return GatewaySettings().ledger
-    return _ledger_url(_Reader(source, {}), data["ledger"])
+        return resolve_url(GatewaySettings().ledger, base)
+    return resolve_url(_ledger_url(_Reader(source, {}), data["ledger"]), base)
 
 
 def parse_settings(
@@ -321,7 +334,9 @@ def _parse(
         if "required" in keys:
             keys_required = r.boolean(keys["required"], "keys.required")
 
-    upstreams = _upstreams(r, top.get("upstreams"), env)
+    # An upstream's pool defaults to the process's own cap: by default the pool never binds first.
+    pool = listen_limits.get("max_connections", GatewaySettings().max_connections)
+    upstreams = _upstreams(r, top.get("upstreams"), env, pool)
     routes = _routes(r, top.get("routes"), upstreams)
     budgets = _budgets(r, top.get("budgets"))
     prices = _prices(r, top.get("prices"))
@@ -447,7 +462,7 @@ def _metrics_token(r: _Reader, top: Mapping[str, Any], env: Mapping[str, str]) -
     return token
 
 
-def _upstreams(r: _Reader, value: object, env: Mapping[str, str]) -> dict[str, Upstream]:
+def _upstreams(r: _Reader, value: object, env: Mapping[str, str], default_pool: int) -> dict[str, Upstream]:
     if value is None:
         raise r.error("upstreams", "missing: name at least one upstream (e.g. openai) to send requests to")
     section = r.mapping(value, "upstreams")
@@ -510,6 +525,16 @@ def _upstreams(r: _Reader, value: object, env: Mapping[str, str]) -> dict[str, U
                 else 10.0
             ),
             headers=headers,
+            max_connections=(
+                r.whole(item["max_connections"], f"{where}.max_connections", low=1)
+                if "max_connections" in item
+                else default_pool
+            ),
+            pool_timeout=(
+                r.seconds(item["pool_timeout"], f"{where}.pool_timeout", zero_ok=True)
+                if "pool_timeout" in item
+                else DEFAULT_POOL_TIMEOUT
+            ),
         )
     return out
 

@@ -23,9 +23,12 @@ from spendgate.budgets import Budget
 from spendgate.clock import Clock
 from spendgate.ledger.base import (
     BudgetChanged,
+    BudgetDeleted,
     BudgetLine,
     BudgetUsage,
     Ledger,
+    LedgerMissingError,
+    LedgerReplacedError,
     LedgerUnavailableError,
     Refusal,
     ReleaseOutcome,
@@ -48,6 +51,7 @@ from spendgate.ledger.registry import (
     open_keystore,
     open_ledger,
     register_backend,
+    resolve_url,
 )
 
 __all__ = [
@@ -55,12 +59,15 @@ __all__ = [
     "BackendFactory",
     "BudgetAdmin",
     "BudgetChanged",
+    "BudgetDeleted",
     "BudgetLine",
     "BudgetUsage",
     "KeyStorage",
     "KeyStorageFactory",
     "Ledger",
     "LedgerFactory",
+    "LedgerMissingError",
+    "LedgerReplacedError",
     "LedgerUnavailableError",
     "Refusal",
     "ReleaseOutcome",
@@ -78,6 +85,7 @@ __all__ = [
     "open_keystore",
     "open_ledger",
     "register_backend",
+    "resolve_url",
 ]
 
 
@@ -88,10 +96,10 @@ def _memory(url: str, *, budgets: Sequence[Budget], clock: Clock | None, **optio
     return memory_factory(url, budgets=budgets, clock=clock, **options)
 
 
-def _memory_keys(url: str, *, clock: Clock) -> KeyStorage:
+def _memory_keys(url: str, *, clock: Clock, **options: Any) -> KeyStorage:
     from spendgate.ledger.memory import memory_keys_factory
 
-    return memory_keys_factory(url, clock=clock)
+    return memory_keys_factory(url, clock=clock, **options)
 
 
 def _sqlite(url: str, *, budgets: Sequence[Budget], clock: Clock | None, **options: Any) -> Ledger:
@@ -100,11 +108,17 @@ def _sqlite(url: str, *, budgets: Sequence[Budget], clock: Clock | None, **optio
     return sqlite_factory(url, budgets=budgets, clock=clock, **options)
 
 
-def _sqlite_keys(url: str, *, clock: Clock) -> KeyStorage:
+def _sqlite_keys(url: str, *, clock: Clock, **options: Any) -> KeyStorage:
     from spendgate.ledger.sqlite import sqlite_keys_factory
 
-    return sqlite_keys_factory(url, clock=clock)
+    return sqlite_keys_factory(url, clock=clock, **options)
+
+
+def _sqlite_resolve(url: str, base_dir: str) -> str:
+    from spendgate.ledger.sqlite.connection import resolve_sqlite_url
+
+    return resolve_sqlite_url(url, base_dir)
 
 
 register_backend("memory", _memory, keys=_memory_keys, replace=True)
-register_backend("sqlite", _sqlite, keys=_sqlite_keys, replace=True)
+register_backend("sqlite", _sqlite, keys=_sqlite_keys, resolve=_sqlite_resolve, replace=True)

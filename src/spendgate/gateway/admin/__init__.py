@@ -37,6 +37,7 @@ ROUTES = [
     Route("/budgets", admin_only(budgets.list_budgets), methods=["GET"]),
     Route("/budgets", admin_only(budgets.create_budget), methods=["POST"]),
     Route("/budgets/{id}", admin_only(budgets.patch_budget), methods=["PATCH"]),
+    Route("/budgets/{id}", admin_only(budgets.delete_budget), methods=["DELETE"]),
     Route("/budgets/{id}/reset", admin_only(budgets.reset_budget), methods=["POST"]),
     Route("/usage", admin_only(usage.usage), methods=["GET"]),
     Route("/requests", admin_only(usage.requests_log), methods=["GET"]),
@@ -44,8 +45,17 @@ ROUTES = [
 ]
 
 
-def create_admin_app(*, keys: KeyStore, ledger: Ledger, admin_token: Callable[[], str | None]) -> Starlette:
-    """The admin API as its own Starlette app. ``admin_token`` is asked on every request (config reloads)."""
+def create_admin_app(
+    *,
+    keys: KeyStore,
+    ledger: Ledger,
+    admin_token: Callable[[], str | None],
+    config_budgets: Callable[[], frozenset[str]] = frozenset,
+) -> Starlette:
+    """The admin API as its own Starlette app. ``admin_token`` is asked on every request (config
+    reloads); ``config_budgets`` gives the ids of the budgets the config defines (not deletable)."""
     app = Starlette(routes=list(ROUTES), exception_handlers={HTTPException: unmatched})
-    app.state.admin = AdminContext(keys=keys, ledger=ledger, admin_token=admin_token)
+    app.state.admin = AdminContext(
+        keys=keys, ledger=ledger, admin_token=admin_token, config_budgets=config_budgets
+    )
     return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -20,6 +20,9 @@ class AdminContext:
     ledger: Ledger
     #: Asked on every request: a config reload may change or remove the token.
     admin_token: Callable[[], str | None]
+    #: Ids of the budgets the gateway's config defines: they come back at every start and
+    #: reload, so the API refuses to delete them.
+    config_budgets: Callable[[], frozenset[str]] = field(default=frozenset)
 
     @staticmethod
     def now() -> datetime:

@@ -55,6 +55,11 @@ _USD: Final = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "description
 
 
 _CONFLICT: Final = {"409": _json(_ref("Error"), "A budget with this id exists: PATCH it")}
+_NOT_DELETABLE: Final = {
+    "409": _json(
+        _ref("Error"), "Defined in the gateway's config (it would come back), or a live key's own budget"
+    )
+}
 #: A budget's fields, as ``POST /budgets`` takes them and as every budget answer gives them back.
 _BUDGET_FIELDS: Final[dict[str, Any]] = {
     "id": {"type": "string"},
@@ -143,6 +148,9 @@ OPENAPI: Final[dict[str, Any]] = {
             "patch": _op("Change a budget's limit now", _json(_ref("Budget")), found=True, parameters=_ID,
                          body={"type": "object", "required": ["limit"], "properties": {"limit": _USD},
                                "additionalProperties": False}),
+            "delete": _op("Stop enforcing a budget; requests in flight against it end as usual and stay "
+                          "counted (its spend is kept: re-creating the id in the same window continues it)",
+                          _json(_ref("BudgetDeleted")), found=True, parameters=_ID, more=_NOT_DELETABLE),
         },
         "/budgets/{id}/reset": {
             "post": _op("Zero the current window's spend (all instances, or one)", _json(_ref("Budget")),
@@ -200,6 +208,10 @@ OPENAPI: Final[dict[str, Any]] = {
                        "properties": {**{k: v for k, v in _BUDGET_FIELDS.items() if k != "timezone"},
                                       "current": {"oneOf": [_ref("BudgetUsage"), {"type": "null"}],
                                                   "description": "the current window (null for a wildcard budget)"}}},
+            "BudgetDeleted": {"type": "object", "required": ["id", "deleted", "in_flight", "reserved"], "properties": {
+                "id": {"type": "string"}, "deleted": {"const": True},
+                "in_flight": {"type": "integer", "description": "requests in flight against it (they still settle)"},
+                "reserved": {**_USD, "description": "what those requests hold"}}},
             "BudgetUsage": {"type": "object", "properties": {
                 "id": {"type": "string"}, "label": {"type": "string"},
                 "selector": {"type": "object"}, "instance": {"type": "object"},

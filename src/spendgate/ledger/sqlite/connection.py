@@ -7,6 +7,15 @@ the last commits, never corrupt the file). Each thread has its own two
 connections (writes, reads), opened lazily per process id, so a forked child
 never touches its parent's handles. SQLite errors that are not bugs mean the
 file is unavailable: ``LedgerUnavailableError``, so callers fail closed.
+
+The file is never started over silently. Only the first open may create it (and
+only with ``create=True``); every later connection opens it ``mode=rw``. The
+file's identity (``st_dev``, ``st_ino``) and an id stored in it are remembered
+at open: each write transaction (or group-commit batch) checks with one
+``os.stat`` that the path still names that file, and each new connection that
+it holds that id. A file deleted or replaced under a running process raises
+``LedgerReplacedError`` instead of leaving the process writing to a deleted
+inode while the next start begins an empty ledger.
 """
 
 from __future__ import annotations
@@ -19,13 +28,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
+from urllib.parse import quote
 
 from spendgate.errors import ConfigError
-from spendgate.ledger.base import LedgerUnavailableError
+from spendgate.ledger.base import LedgerMissingError, LedgerReplacedError, LedgerUnavailableError
 from spendgate.ledger.sqlite.group_commit import Outcome
 
-__all__ = ["Rollback", "SQLiteFile", "sqlite_path"]
+__all__ = ["Rollback", "SQLiteFile", "resolve_sqlite_url", "sqlite_path"]
 
 log = logging.getLogger("spendgate.ledger")
 
@@ -61,20 +71,61 @@ def sqlite_path(url: str, what: str = "spend.db") -> str:
     return path
 
 
+def resolve_sqlite_url(url: str, base_dir: str | os.PathLike[str]) -> str:
+    """``sqlite:///x.db`` as ``sqlite:////<base_dir>/x.db`` (absolute); anything else unchanged.
+
+    Absolute paths stay as they are, and so does what ``sqlite_path`` refuses (its error names
+    the URL as written). ``base_dir`` is made absolute too, against the working directory now.
+    """
+    rest = url.partition("://")[2]
+    if not rest.startswith("/") or len(rest) < 2:
+        return url
+    path = rest[1:]
+    if path.startswith("/") or "?" in path or path == ":memory:" or path.startswith("file:"):
+        return url
+    return "sqlite:///" + os.path.abspath(os.path.join(os.fspath(base_dir), path))
+
+
+def _missing_message(path: str) -> str:
+    return f"ledger {path} does not exist (the gateway creates it on first start)"
+
+
 class SQLiteFile:
     """This process's connections to one SQLite file, and the transactions run on them.
 
     A subclass provides ``_setup`` (schema; run before the first transaction,
-    and again while ``_ready`` is False or ``_pending`` holds work) and may
-    override ``_install`` (what a committed transaction leaves in
+    and again while ``_ready`` is False or ``_pending`` holds work; it ends with
+    ``_remember``) and ``_FILE_ID`` (the query of the id its schema stores), and
+    may override ``_install`` (what a committed transaction leaves in
     ``_local.pending``), ``_forked`` (state a forked child must drop) and
     ``_unavailable`` (the error message).
+
+    ``path`` is made absolute once, so a later change of working directory cannot point
+    new connections at another file. ``create=False``: open an existing file only
+    (``LedgerMissingError`` otherwise).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float, wal_autocheckpoint: int) -> None:
+    #: The query of the id the subclass's schema stores in the file (one row, one integer).
+    _FILE_ID: ClassVar[str] = ""
+    #: How errors name the file.
+    _WHAT: ClassVar[str] = "SQLite file"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float,
+        wal_autocheckpoint: int,
+        create: bool = True,
+    ) -> None:
         self.path = os.fspath(path)
         if self.path in ("", ":memory:") or self.path.startswith("file::memory:"):
             raise ConfigError("ledger", "an in-memory SQLite file is per connection; use memory:// instead")
+        self.path = os.path.abspath(self.path)
+        self.create = create
+        #: (st_dev, st_ino) and the stored id of the file as first opened; None until then.
+        self._identity: tuple[int, int] | None = None
+        self._file_id: int | None = None
         self.busy_timeout = busy_timeout
         self.wal_autocheckpoint = wal_autocheckpoint
         self._local: ConnLocal = ConnLocal()
@@ -98,6 +149,64 @@ class SQLiteFile:
     def _unavailable(self, exc: BaseException) -> LedgerUnavailableError:
         return LedgerUnavailableError(f"SQLite file {self.path!r} is unavailable ({exc})")
 
+    # -- the file's identity ------------------------------------------------------------------
+    def _replaced(self, detail: str) -> LedgerReplacedError:
+        return LedgerReplacedError(
+            f"{self._WHAT} {self.path!r} was deleted or replaced while in use ({detail}); nothing is "
+            "written, so that it never starts over silently with an empty file. Put the file back "
+            "(the same one: moved back, it is accepted again), or restart to open what is there now."
+        )
+
+    def _remember(self, conn: sqlite3.Connection) -> None:
+        """After the first setup: this is the file, from now on (its identity and stored id)."""
+        if self._identity is not None:
+            return
+        try:
+            st = os.stat(self.path)
+            row = conn.execute(self._FILE_ID).fetchone()
+        except OSError as exc:
+            raise self._replaced(f"it vanished while being opened: {exc.strerror or exc}") from None
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
+        self._file_id = None if row is None else int(row[0])
+        self._identity = (st.st_dev, st.st_ino)
+
+    def _verify(self) -> None:
+        """The path still names the file first opened (one ``os.stat``, about a microsecond)."""
+        known = self._identity
+        if known is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise self._replaced("no file is there any more") from None
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
+        if (st.st_dev, st.st_ino) != known:
+            raise self._replaced("another file is there now")
+
+    def _verify_id(self, conn: sqlite3.Connection) -> None:
+        """A new connection (or a probe) reads the file's stored id: the same inode number can
+        name a new file once no connection holds the old one open."""
+        if self._identity is None:
+            return
+        try:
+            row = conn.execute(self._FILE_ID).fetchone()
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
+        if row is None or int(row[0]) != self._file_id:
+            raise self._replaced("the file there now is another one")
+
+    def _unwritable(self) -> str | None:
+        """What of the file a new connection could not write (as this user: root ignores modes,
+        not ``chattr +i`` or a read-only mount), or None. ``os.access`` opens nothing: closing a
+        descriptor of the file would drop this process's SQLite locks on it."""
+        folder = os.path.dirname(self.path)
+        for path in (self.path, self.path + "-wal", self.path + "-shm", folder):
+            if (path in (self.path, folder) or os.path.exists(path)) and not os.access(path, os.W_OK):
+                return "its folder" if path == folder else os.path.basename(path)
+        return None
+
     # -- connections --------------------------------------------------------------------
     def _conn(self, *, writer: bool) -> sqlite3.Connection:
         """This thread's connection for writing, or for reading (two, so each has its own busy handling)."""
@@ -113,18 +222,44 @@ class SQLiteFile:
         if pid != self._pid:  # a forked child: nothing of the parent's may be reused
             self._pid, self._lock, self._conns = pid, threading.Lock(), []
             self._forked()
+        first = self._identity is None
+        new_file = first and not os.path.exists(self.path)
+        if new_file and not self.create:
+            raise LedgerMissingError(_missing_message(self.path))
         try:
+            # Only the very first connection may create the file; the others must find it
+            # (mode=rw), or a deleted file would come back empty under a running process.
+            target, uri = (
+                (self.path, False) if first and self.create else (f"file:{quote(self.path)}?mode=rw", True)
+            )
             # The writer never sleeps in SQLite's busy handler (see _begin); readers rarely wait at all.
             conn = sqlite3.connect(
-                self.path,
+                target,
                 timeout=0 if writer else self.busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
+                uri=uri,
             )
+        except sqlite3.Error as exc:
+            if not first and not os.path.exists(self.path):
+                raise self._replaced("no file is there any more") from exc
+            raise self._unavailable(exc) from exc
+        if new_file and os.path.exists(self.path):
+            # Loud on purpose: after a lost file, this line is what says a restart began anew.
+            log.warning(
+                "spendgate: no file at %s: created a new, empty ledger (no keys, no spend)", self.path
+            )
+        try:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.wal_autocheckpoint)}")
-        except sqlite3.Error as exc:
-            raise self._unavailable(exc) from exc
+            if not first:
+                self._verify()
+                self._verify_id(conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._unavailable(exc) from exc
+            raise
         if writer:
             local.writer = conn
         else:
@@ -172,6 +307,7 @@ class SQLiteFile:
         """Run ``body`` in one BEGIN IMMEDIATE transaction; sqlite errors mean unavailable."""
         if not self._ready or self._pending:
             self._setup()
+        self._verify()
         conn = self._conn(writer=True)
         try:
             self._begin(conn)
@@ -206,6 +342,7 @@ class SQLiteFile:
         try:
             if not self._ready or self._pending:
                 self._setup()
+            self._verify()
             conn = self._conn(writer=True)
             conn.execute("BEGIN IMMEDIATE")
         except LedgerUnavailableError as exc:

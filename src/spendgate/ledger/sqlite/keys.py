@@ -18,7 +18,7 @@ from spendgate.budgets import EPOCH, Attributes
 from spendgate.clock import Clock, SystemClock
 from spendgate.errors import ConfigError
 from spendgate.gateway.settings import VirtualKey  # plain data (budgets only): no gateway machinery
-from spendgate.ledger.base import LedgerUnavailableError
+from spendgate.ledger.base import LedgerMissingError, LedgerUnavailableError
 from spendgate.ledger.sqlite.codec import us
 from spendgate.ledger.sqlite.connection import SQLiteFile, sqlite_path
 from spendgate.ledger.sqlite.schema import KEYS_SCHEMA, KEYS_SCHEMA_VERSION
@@ -58,7 +58,14 @@ def _row_key(row: Sequence[Any]) -> tuple[VirtualKey, str]:
 
 
 class SQLiteKeyStorage(SQLiteFile):
-    """``KeyStorage`` in a SQLite file (normally the ledger's), shared by every process on the machine."""
+    """``KeyStorage`` in a SQLite file (normally the ledger's), shared by every process on the machine.
+
+    Like the ledger, it never starts the file over (``connection.py``): ``create=False`` opens
+    an existing file only, and a file deleted or replaced under it fails every write.
+    """
+
+    _FILE_ID = "SELECT value FROM gateway_meta WHERE key = 'file_id'"
+    _WHAT = "virtual keys file"
 
     def __init__(
         self,
@@ -67,10 +74,17 @@ class SQLiteKeyStorage(SQLiteFile):
         clock: Clock | None = None,
         busy_timeout: float = 10.0,
         wal_autocheckpoint: int = 4000,
+        create: bool = True,
     ) -> None:
-        super().__init__(path, busy_timeout=busy_timeout, wal_autocheckpoint=wal_autocheckpoint)
+        super().__init__(
+            path, busy_timeout=busy_timeout, wal_autocheckpoint=wal_autocheckpoint, create=create
+        )
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
 
     def _setup(self) -> None:
         conn = self._conn(writer=False)
@@ -80,6 +94,7 @@ class SQLiteKeyStorage(SQLiteFile):
             raise self._unavailable(exc) from exc
         self._ready = True  # _write below must not come back here
         self._write(lambda c: [c.execute(statement) for statement in KEYS_SCHEMA])
+        self._remember(conn)
         version = self._one("SELECT value FROM gateway_meta WHERE key = 'keys_schema'", ())[0]
         if version > KEYS_SCHEMA_VERSION:
             raise ConfigError(
@@ -169,6 +184,8 @@ def sqlite_keys_factory(url: str, *, clock: Clock, **options: Any) -> SQLiteKeyS
     path = sqlite_path(url, "spendgate.db")
     try:
         return SQLiteKeyStorage(path, clock=clock, **options)
+    except LedgerMissingError:
+        raise  # says plainly what is missing and who creates it
     except (LedgerUnavailableError, sqlite3.Error) as exc:
         cause = exc.__cause__ if isinstance(exc, LedgerUnavailableError) and exc.__cause__ else exc
         raise ConfigError("ledger", f"cannot open virtual keys in {path!r}: {cause}") from None

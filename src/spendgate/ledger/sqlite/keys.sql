@@ -23,3 +23,5 @@ CREATE TABLE IF NOT EXISTS gateway_keys (
         updated_at  INTEGER NOT NULL
     );
 INSERT INTO gateway_meta (key, value) VALUES ('keys_schema', 1) ON CONFLICT DO NOTHING;
+-- The file's id as the key storage remembers it at open (connection.py: never start over silently).
+INSERT INTO gateway_meta (key, value) VALUES ('file_id', random()) ON CONFLICT DO NOTHING;

@@ -1,8 +1,8 @@
-"""``/budgets``: list with current spend, create, change a limit, reset a window."""
+"""``/budgets``: list with current spend, create, change a limit, reset a window, delete."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -14,10 +14,18 @@ from spendgate.errors import ConfigError
 from spendgate.gateway.admin.context import AdminContext, context
 from spendgate.gateway.admin.errors import ApiError, bad, not_found
 from spendgate.gateway.admin.inputs import amount, json_body, reject_unknown
-from spendgate.gateway.views import budget_json, money, parse_instance
+from spendgate.gateway.keys import KeyStore
+from spendgate.gateway.views import budget_json, key_budget_id, money, parse_instance
 from spendgate.money import Money
 
-__all__ = ["create_budget", "list_budgets", "patch_budget", "reset_budget"]
+__all__ = [
+    "create_budget",
+    "delete_budget",
+    "list_budgets",
+    "patch_budget",
+    "reset_budget",
+    "why_not_delete",
+]
 
 
 def budget_view(ctx: AdminContext, budget: Budget) -> dict[str, Any]:
@@ -91,3 +99,50 @@ async def reset_budget(request: Request) -> Response:
     return JSONResponse(
         await run_in_threadpool(_reset, context(request), request.path_params["id"], instance)
     )
+
+
+def why_not_delete(budget_id: str, *, configured: Iterable[str], keys: KeyStore | None) -> str | None:
+    """Why deleting ``budget_id`` would be wrong, or None (the API and the CLI ask the same).
+
+    A budget of the gateway's config comes back at its next start or reload, so deleting it
+    would only pretend. A key's own budget (``key:<id>``) is the limit the key was created with:
+    a key is never left without it (delete the key first, or change the limit).
+    """
+    if budget_id in configured:
+        return (
+            f"budget {budget_id!r} is defined in the gateway's config (budgets:); it would come back "
+            "at the next start or reload: remove it from the config and reload instead"
+        )
+    prefix = key_budget_id("")
+    if keys is not None and budget_id.startswith(prefix):
+        key_id = budget_id[len(prefix) :]
+        try:
+            keys.get(key_id)
+        except KeyError:
+            return None  # the key is gone: its budget may go too
+        return (
+            f"budget {budget_id!r} is key {key_id}'s own budget; a key keeps the budget it was "
+            "created with: delete the key first, or change the budget's limit"
+        )
+    return None
+
+
+def _delete(ctx: AdminContext, budget_id: str) -> dict[str, Any]:
+    refused = why_not_delete(budget_id, configured=ctx.config_budgets(), keys=ctx.keys)
+    if refused is not None:
+        raise ApiError(409, refused, "invalid_request_error", "conflict")
+    try:
+        deleted = ctx.ledger.delete_budget(budget_id)
+    except KeyError:
+        raise not_found("budget", budget_id) from None
+    return {
+        "id": budget_id,
+        "deleted": True,
+        "in_flight": deleted.in_flight,
+        "reserved": money(deleted.reserved),
+    }
+
+
+async def delete_budget(request: Request) -> Response:
+    """Stop enforcing a budget. Requests in flight against it end as usual and stay counted."""
+    return JSONResponse(await run_in_threadpool(_delete, context(request), request.path_params["id"]))
