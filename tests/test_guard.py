@@ -401,3 +401,22 @@ def test_a_bound_charged_is_logged_with_parts_that_sum_to_it(happened: Happened)
         assert ended.charged == adm.reserved  # the whole reservation
     else:
         assert ended.charged == adm.estimate.with_prompt(5) < adm.reserved
+
+
+def test_a_cut_stream_of_a_request_with_server_tools_is_charged_its_whole_reservation() -> None:
+    """message_start's prompt does not count a search that ran before the cut: never charge
+    the known prompt alone when hosted tools may have run."""
+    guard = Guard("memory://", clock=ManualClock("2026-11-28T12:00:00Z"))
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "find it"}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}],
+        "stream": True,
+    }
+    admission = guard.admit("messages", body)
+    ended = guard.end(admission, Report(Happened.CUT, known=Usage(input_tokens=12)))
+    assert ended.charged == admission.reserved
+    plain = guard.admit("messages", {**body, "tools": []})
+    partial = guard.end(plain, Report(Happened.CUT, known=Usage(input_tokens=12)))
+    assert partial.charged < plain.reserved  # without tools the known prompt is trusted

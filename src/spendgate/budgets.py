@@ -155,6 +155,109 @@ def format_instance(selector: Mapping[str, str], instance: Mapping[str, str] | N
     return ", ".join(f"{dim}={values[dim]}" for dim in DIMENSIONS if dim in values)
 
 
+# -- selectors ------------------------------------------------------------------
+
+
+class Selector:
+    """Which requests something applies to (a budget, a rate limit), and the instance keys
+    a request is counted under. ``{"team": "ml", "user": "*"}``: requests of team ml, one
+    instance per user. Matching is precomputed: it runs for every budget and limit on every
+    request."""
+
+    __slots__ = ("_exact", "_tag", "_wild", "_wild_tag", "values")
+
+    def __init__(self, selector: Mapping[str, str]) -> None:
+        for dim, value in selector.items():
+            if dim not in DIMENSIONS:
+                raise ValueError(f"unknown dimension {dim!r}; known: {', '.join(DIMENSIONS)}")
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"selector {dim}: expected a non-empty string or '*', got {value!r}")
+        ordered: dict[str, str] = {dim: selector[dim] for dim in DIMENSIONS if dim in selector}
+        self.values: Mapping[str, str] = _FrozenDict(ordered)
+        # (attribute, value) pairs that must be equal, a tag that must be present, the
+        # wildcard attributes in key order, and whether "tag" is one.
+        self._exact = tuple((_FIELD[d], v) for d, v in ordered.items() if v != WILDCARD and d != "tag")
+        tag = ordered.get("tag")
+        self._tag = tag if tag != WILDCARD else None
+        self._wild = tuple((_FIELD[d], d) for d, v in ordered.items() if v == WILDCARD and d != "tag")
+        self._wild_tag = tag == WILDCARD
+
+    @classmethod
+    def from_config(cls, raw: object, where: str) -> Selector:
+        """Read a selector from config; ConfigError names the key path and the problem."""
+        raw = raw or {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(where, "must be a mapping of dimension to value or '*'")
+        for dim, value in raw.items():
+            if dim not in DIMENSIONS:
+                raise ConfigError(f"{where}.{dim}", f"unknown dimension; known: {', '.join(DIMENSIONS)}")
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}.{dim}", f"must be a non-empty string or '*', got {value!r}")
+        return cls(raw)
+
+    @property
+    def wildcards(self) -> tuple[str, ...]:
+        """The dimensions that make one instance per value, in key order."""
+        return tuple(dim for dim, value in self.values.items() if value == WILDCARD)
+
+    def matches(self, attrs: Attributes) -> tuple[str, ...]:
+        """The instance keys a request is counted under: ``()`` if it does not match,
+        ``("",)`` for a selector without wildcards, one key per tag under ``tag: "*"``."""
+        for name, value in self._exact:
+            if getattr(attrs, name) != value:
+                return ()
+        if self._tag is not None and self._tag not in attrs.tags:
+            return ()
+        if not self._wild:
+            if not self._wild_tag:
+                return ("",)
+            return tuple(sorted("tag=" + _escape(tag) for tag in attrs.tags))
+        parts = []
+        for name, dim in self._wild:
+            value = getattr(attrs, name)
+            if value is None:
+                return ()
+            parts.append(f"{dim}={_escape(value)}")
+        base = ",".join(parts)
+        if not self._wild_tag:
+            return (base,)
+        return tuple(sorted(f"{base},tag={_escape(tag)}" for tag in attrs.tags))
+
+    def instance_key(self, instance: Mapping[str, str] | str | None, owner: str) -> str:
+        """Check an instance (values for the wildcard dimensions) and return its key."""
+        wild = self.wildcards
+        if isinstance(instance, str):
+            instance = parse_instance_key(instance)
+        instance = dict(instance or {})
+        for dim, value in list(instance.items()):
+            if dim in wild:
+                continue
+            if self.values.get(dim) == value:
+                del instance[dim]  # restating an exact dimension is harmless
+            else:
+                raise ValueError(f"{owner} has no wildcard dimension {dim!r}")
+        missing = [dim for dim in wild if dim not in instance]
+        if missing:
+            raise ValueError(
+                f"{owner} has one instance per {', '.join(missing)}; "
+                f"pass instance={{{', '.join(repr(d) + ': ...' for d in missing)}}}"
+            )
+        return instance_key(instance)
+
+    def concrete(self, instance: Mapping[str, str] | str | None = None) -> dict[str, str]:
+        """The selector with an instance's values in place of its wildcards."""
+        values = parse_instance_key(instance) if isinstance(instance, str) else instance
+        out = dict(self.values)
+        if values:
+            out.update(values)
+        return out
+
+    def describe(self, instance: Mapping[str, str] | str | None = None) -> str:
+        """``team=research, user=alice`` (``global`` when it selects every request)."""
+        values = parse_instance_key(instance) if isinstance(instance, str) else instance
+        return format_instance(self.values, values)
+
+
 # -- windows --------------------------------------------------------------------
 
 WindowKind = Literal["none", "calendar", "every"]
@@ -455,9 +558,97 @@ def _parse_anchor(value: object, zone: str | None) -> datetime:
     return when.astimezone(UTC)
 
 
+# -- pacing ---------------------------------------------------------------------
+
+#: ``pace: even`` splits a window into this many steps (a month: one step a day).
+EVEN_STEPS: Final = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """Spread a budget over its window: by any moment, at most the share of the limit for the
+    steps begun so far may be spent (plus ``burst_percent`` of the limit ahead of that).
+
+    ``step`` None is ``pace: even``: the window's own length over ``EVEN_STEPS`` (a calendar
+    month is 28 to 31 days, so its steps are too). What a step leaves unspent carries forward:
+    the allowance is cumulative, and the whole limit is allowed in the last step.
+    """
+
+    step: timedelta | None = None
+    burst_percent: int = 0
+
+    def __post_init__(self) -> None:
+        if self.step is not None and self.step < timedelta(seconds=1):
+            raise ValueError(f"pace step must be at least 1 s, got {self.step}")
+        if isinstance(self.burst_percent, bool) or not 0 <= self.burst_percent <= 100:
+            raise ValueError(f"pace burst is a whole percent from 0 to 100, got {self.burst_percent!r}")
+
+    def _steps(self, start: datetime, end: datetime) -> tuple[timedelta, int]:
+        length = end - start
+        if self.step is None:
+            return length / EVEN_STEPS, EVEN_STEPS
+        return self.step, max(-(-length // self.step), 1)  # ceil: a partial last step counts
+
+    def allowance(self, limit: int, start: datetime, end: datetime, now: datetime) -> int:
+        """What may be spent (and reserved) by ``now`` in the window ``[start, end)``, in nanos."""
+        step, steps = self._steps(start, end)
+        begun = min(int((now - start) // step) + 1, steps)
+        share = limit * begun // steps + limit * self.burst_percent // 100
+        return min(share, limit)
+
+    def seconds_until(
+        self, need: int, limit: int, start: datetime, end: datetime, now: datetime
+    ) -> float | None:
+        """How long until the allowance reaches ``need`` (None: not in this window)."""
+        if need > limit:
+            return None
+        step, steps = self._steps(start, end)
+        for begun in range(1, steps + 1):
+            if min(limit * begun // steps + limit * self.burst_percent // 100, limit) >= need:
+                at = start + step * (begun - 1)
+                return max((at - now).total_seconds(), 0.0)
+        return None  # pragma: no cover - the last step allows the whole limit
+
+    @classmethod
+    def parse(cls, value: object) -> Pace:
+        """``"even"``, or ``{"step": "1d", "burst": "10%"}`` (both optional)."""
+        if value == "even":
+            return cls()
+        if not isinstance(value, Mapping):
+            raise ValueError(f"pace is 'even' or a mapping with step and burst, got {value!r}")
+        unknown = [str(k) for k in value if k not in ("step", "burst")]
+        if unknown:
+            raise ValueError(f"unknown pace key {unknown[0]!r}; known: step, burst")
+        step = value.get("step")
+        burst = value.get("burst", 0)
+        if isinstance(burst, str) and burst.strip().endswith("%") and burst.strip()[:-1].strip().isdigit():
+            burst = int(burst.strip()[:-1])
+        if isinstance(burst, bool) or not isinstance(burst, int):
+            raise ValueError(f"pace burst is a whole percent like '10%', got {value.get('burst')!r}")
+        if step is None:
+            return cls(None, burst)
+        if not isinstance(step, str):
+            raise ValueError(f"pace step is a duration like '1d' or '6h', got {step!r}")
+        from spendgate.limits import parse_per  # the same durations as limit windows
+
+        return cls(parse_per(step), burst)
+
+    def to_config(self) -> str | dict[str, str]:
+        if self.step is None and not self.burst_percent:
+            return "even"
+        out: dict[str, str] = {"burst": f"{self.burst_percent}%"}
+        if self.step is not None:
+            from spendgate.limits import format_per
+
+            out["step"] = format_per(self.step)
+        return out
+
+
 # -- budgets --------------------------------------------------------------------
 
-_BUDGET_KEYS: Final = ("id", "name", "selector", "limit", "window", "timezone", "thresholds", "on_exceed")
+_BUDGET_KEYS: Final = (
+    "id", "name", "selector", "limit", "window", "timezone", "thresholds", "on_exceed", "pace"
+)  # fmt: skip
 _ID = re.compile(r"^[^\s\x00-\x1f][^\x00-\x1f]{0,199}$")
 
 
@@ -477,35 +668,22 @@ class Budget:
     thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
     on_exceed: OnExceed = "raise"
     name: str | None = None
-    # Matching, precomputed once: (attribute, value) pairs that must be equal, a tag
-    # that must be present, the wildcard attributes in key order, and whether "tag" is one.
-    _exact: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
-    _tag: str | None = field(init=False, repr=False, compare=False)
-    _wild: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
-    _wild_tag: bool = field(init=False, repr=False, compare=False)
+    #: Spread the limit over the window (None: the whole limit may go at any time).
+    pace: Pace | None = None
+    _selector: Selector = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        selector = dict(self.selector)
-        for dim, value in selector.items():
-            if dim not in DIMENSIONS:
-                raise ValueError(f"unknown dimension {dim!r}; known: {', '.join(DIMENSIONS)}")
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"selector {dim}: expected a non-empty string or '*', got {value!r}")
+        selector = Selector(self.selector)
         if not isinstance(self.limit, Money) or self.limit.nanos < 0:
             raise ValueError(f"limit must be a non-negative Money, got {self.limit!r}")
         if self.on_exceed not in _ON_EXCEED:
             raise ValueError(f"on_exceed must be one of {', '.join(_ON_EXCEED)}, got {self.on_exceed!r}")
-        ordered: dict[str, str] = {dim: selector[dim] for dim in DIMENSIONS if dim in selector}
+        if self.pace is not None and not self.window.resets:
+            raise ValueError("a paced budget needs a window that resets (pacing spreads the limit over it)")
         set_ = object.__setattr__
-        set_(self, "selector", _FrozenDict(ordered))
+        set_(self, "selector", selector.values)
+        set_(self, "_selector", selector)
         set_(self, "thresholds", _check_thresholds(self.thresholds))
-        set_(
-            self, "_exact", tuple((_FIELD[d], v) for d, v in ordered.items() if v != WILDCARD and d != "tag")
-        )
-        tag = ordered.get("tag")
-        set_(self, "_tag", tag if tag != WILDCARD else None)
-        set_(self, "_wild", tuple((_FIELD[d], d) for d, v in ordered.items() if v == WILDCARD and d != "tag"))
-        set_(self, "_wild_tag", tag == WILDCARD)
 
     # -- config -----------------------------------------------------------------
     @classmethod
@@ -523,20 +701,7 @@ class Budget:
             raise ConfigError(
                 f"{where}.{unknown[0]}", f"unknown budget key; known: {', '.join(_BUDGET_KEYS)}"
             )
-        selector_raw = config.get("selector", {}) or {}
-        if not isinstance(selector_raw, Mapping):
-            raise ConfigError(f"{where}.selector", "must be a mapping of dimension to value or '*'")
-        selector: dict[str, str] = {}
-        for dim, value in selector_raw.items():
-            if dim not in DIMENSIONS:
-                raise ConfigError(
-                    f"{where}.selector.{dim}", f"unknown dimension; known: {', '.join(DIMENSIONS)}"
-                )
-            if not isinstance(value, str) or not value:
-                raise ConfigError(
-                    f"{where}.selector.{dim}", f"must be a non-empty string or '*', got {value!r}"
-                )
-            selector[dim] = value
+        selector = dict(Selector.from_config(config.get("selector"), f"{where}.selector").values)
         if "limit" not in config:
             raise ConfigError(f"{where}.limit", "missing: every budget needs a limit in USD")
         raw_limit = config["limit"]
@@ -580,6 +745,14 @@ class Budget:
         name = config.get("name")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ConfigError(f"{where}.name", f"must be a non-empty string, got {name!r}")
+        pace: Pace | None = None
+        if config.get("pace") is not None:
+            try:
+                pace = Pace.parse(config["pace"])
+            except ValueError as exc:
+                raise ConfigError(f"{where}.pace", str(exc)) from None
+            if not window.resets:
+                raise ConfigError(f"{where}.pace", "a paced budget needs a window that resets (e.g. month)")
         budget_id = config.get("id")
         if budget_id is None:
             budget_id = default_id(selector, window)
@@ -595,6 +768,7 @@ class Budget:
             thresholds=thresholds,
             on_exceed=on_exceed,
             name=name,
+            pace=pace,
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -609,72 +783,42 @@ class Budget:
         }
         if self.name is not None:
             out["name"] = self.name
+        if self.pace is not None:
+            out["pace"] = self.pace.to_config()
         return out
+
+    def allowance(self, now: datetime, start: datetime, end: datetime | None) -> int:
+        """What may be spent and reserved in the current window by ``now``: the limit, or
+        for a paced budget the share of the steps begun so far (nanos)."""
+        limit = self.limit.nanos
+        if self.pace is None or end is None:
+            return limit
+        return self.pace.allowance(limit, start, end, now)
 
     # -- matching ---------------------------------------------------------------
     @property
     def wildcards(self) -> tuple[str, ...]:
         """The dimensions that make one instance per value, in key order."""
-        return tuple(dim for dim, value in self.selector.items() if value == WILDCARD)
+        return self._selector.wildcards
 
     def matches(self, attrs: Attributes) -> tuple[str, ...]:
         """The instance keys this request is charged to: ``()`` if it does not match,
         ``("",)`` for a budget without wildcards, one key per tag under ``tag: "*"``."""
-        for name, value in self._exact:
-            if getattr(attrs, name) != value:
-                return ()
-        if self._tag is not None and self._tag not in attrs.tags:
-            return ()
-        if not self._wild:
-            if not self._wild_tag:
-                return ("",)
-            return tuple(sorted("tag=" + _escape(tag) for tag in attrs.tags))
-        parts = []
-        for name, dim in self._wild:
-            value = getattr(attrs, name)
-            if value is None:
-                return ()
-            parts.append(f"{dim}={_escape(value)}")
-        base = ",".join(parts)
-        if not self._wild_tag:
-            return (base,)
-        return tuple(sorted(f"{base},tag={_escape(tag)}" for tag in attrs.tags))
+        return self._selector.matches(attrs)
 
     def instance_key(self, instance: Mapping[str, str] | str | None) -> str:
         """Check an instance (values for the wildcard dimensions) and return its key."""
-        wild = self.wildcards
-        if isinstance(instance, str):
-            instance = parse_instance_key(instance)
-        instance = dict(instance or {})
-        for dim, value in list(instance.items()):
-            if dim in wild:
-                continue
-            if self.selector.get(dim) == value:
-                del instance[dim]  # restating an exact dimension is harmless
-            else:
-                raise ValueError(f"budget {self.id!r} has no wildcard dimension {dim!r}")
-        missing = [dim for dim in wild if dim not in instance]
-        if missing:
-            raise ValueError(
-                f"budget {self.id!r} has one instance per {', '.join(missing)}; "
-                f"pass instance={{{', '.join(repr(d) + ': ...' for d in missing)}}}"
-            )
-        return instance_key(instance)
+        return self._selector.instance_key(instance, f"budget {self.id!r}")
 
     # -- describing -------------------------------------------------------------
     def label(self, instance: Mapping[str, str] | str | None = None) -> str:
         """For people: ``team=research, monthly``; ``user=alice, daily`` for an instance."""
-        values = parse_instance_key(instance) if isinstance(instance, str) else instance
-        text = f"{format_instance(self.selector, values)}, {self.window.label()}"
+        text = f"{self._selector.describe(instance)}, {self.window.label()}"
         return f"{self.name}: {text}" if self.name else text
 
     def concrete_selector(self, instance: Mapping[str, str] | str | None = None) -> dict[str, str]:
         """The selector with an instance's values in place of its wildcards."""
-        values = parse_instance_key(instance) if isinstance(instance, str) else instance
-        out = dict(self.selector)
-        if values:
-            out.update(values)
-        return out
+        return self._selector.concrete(instance)
 
 
 def default_id(selector: Mapping[str, str], window: Window) -> str:

@@ -66,7 +66,10 @@ class BudgetExceededError(SpendgateError):
         resets_at: datetime | None = None,
         retry_after: float | None = None,
         budget_name: str | None = None,
+        paced: bool = False,
     ) -> None:
+        #: Refused by the budget's pace: ``limit`` is what it allows by now, not its whole limit.
+        self.paced = paced
         self.budget_id = budget_id
         self.selector = dict(selector)
         self.limit = limit
@@ -107,6 +110,13 @@ class BudgetExceededError(SpendgateError):
                 f'Cost tracking budget paused: budget "{self.budget_name}" has a limit of 0 USD and '
                 f"admits no request until its limit is raised; {needs}{resets}"
             )
+        if self.paced:
+            retry = "" if self.retry_after is None else f"; more is allowed in {self.retry_after:,.0f} s"
+            return (
+                f'Cost tracking budget paced: budget "{self.budget_name}" spreads its limit over its '
+                f"window and allows {_plain(self.limit)} USD by now, {_plain(self.spent + self.reserved)} "
+                f"USD used; {needs}{retry}{resets}"
+            )
         fit = ""
         if self.fit_output_tokens is not None:
             fit = f"; to fit, set {self.fit_field} <= {self.fit_output_tokens}"
@@ -128,8 +138,93 @@ class BudgetExceededError(SpendgateError):
             "resets_at": self.resets_at.astimezone(UTC).isoformat() if self.resets_at else None,
             "retry_after": self.retry_after,
             "paused": self.paused,
+            "paced": self.paced,
             "max_output_tokens_affordable": self.fit_output_tokens,
         }
+
+
+class RateLimitExceededError(SpendgateError):
+    """A rate limit cannot admit a request now: too many requests, tokens or dollars in its
+    window, or too many in flight. ``retry_after``: seconds until the request would fit (None:
+    it never fits this limit, the request alone is over it).
+
+    ``Rate limit exceeded: 10 of 10 requests per 10s used (limit "key=k1"); retry in 3.2 s``
+    """
+
+    def __init__(
+        self,
+        *,
+        limit_id: str,
+        kind: str,
+        selector: dict[str, str],
+        amount: int,
+        used: int,
+        requested: int,
+        per_seconds: int | None,
+        retry_after: float | None,
+        label: str,
+        amount_text: str,
+        used_text: str,
+        requested_text: str,
+    ) -> None:
+        self.limit_id = limit_id
+        self.kind = kind
+        self.selector = dict(selector)
+        self.amount = amount
+        self.used = used
+        self.requested = requested
+        self.per_seconds = per_seconds
+        self.retry_after = retry_after
+        self.label = label
+        self.amount_text, self.used_text, self.requested_text = amount_text, used_text, requested_text
+        super().__init__(self._message())
+
+    @property
+    def remaining(self) -> int:
+        return max(self.amount - self.used, 0)
+
+    def _message(self) -> str:
+        when = (
+            "it is larger than the limit on its own"
+            if self.retry_after is None
+            else f"retry in {self.retry_after:.1f} s"
+        )
+        if self.kind == "concurrency":
+            return (
+                f"Rate limit exceeded: {self.used:,} of {self.amount_text} already "
+                f'(limit "{self.label}"); {when}'
+            )
+        return (
+            f"Rate limit exceeded: {self.used_text} of {self.amount_text} used "
+            f'(limit "{self.label}"); this request needs up to {self.requested_text}; {when}'
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``limit`` object of the gateway's 429 body."""
+        return {
+            "id": self.limit_id,
+            "name": self.label,
+            "kind": self.kind,
+            "selector": self.selector,
+            "limit": self.amount_text,
+            "amount": str(self.amount),
+            "used": str(self.used),
+            "remaining": str(self.remaining),
+            "requested": str(self.requested),
+            "per_seconds": self.per_seconds,
+            "retry_after": self.retry_after,
+        }
+
+
+class PromptTooLargeError(RateLimitExceededError):
+    """A ``prompt_tokens`` limit: this request's prompt alone is over it. Waiting cannot help
+    (the gateway answers 400, not 429)."""
+
+    def _message(self) -> str:
+        return (
+            f"Prompt too large: this request's prompt is {self.requested_text}, over the limit of "
+            f'{self.amount_text} (limit "{self.label}"); shorten the input'
+        )
 
 
 #: The name users of other cost trackers already catch.

@@ -28,8 +28,9 @@ from spendgate import attribution
 from spendgate.budgets import Attributes, Budget, instance_key
 from spendgate.clock import Clock, SystemClock
 from spendgate.cost import Cost, cost_of
-from spendgate.errors import BudgetExceededError, ConfigError
+from spendgate.errors import BudgetExceededError, ConfigError, RateLimitExceededError
 from spendgate.estimate import (
+    DEFAULT_MAX_TOOL_CALLS,
     UNBOUNDED_INPUT_POLICIES,
     Endpoint,
     Estimate,
@@ -46,13 +47,15 @@ from spendgate.ledger import (
     open_ledger,
 )
 from spendgate.lifecycle.ending import Action, Ending, Happened, Report
+from spendgate.limits import Demand, Limit, LimitRefusal
+from spendgate.logs import REQUESTS, request_line
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog, UnknownModelPolicy
 from spendgate.tokens import TokenCounter, default_counter
 from spendgate.usage import Usage
 from spendgate.waiting import AsyncWaiter, SyncWaiter, WaitLines
 
-log = logging.getLogger("spendgate.requests")
+log = REQUESTS  # the "spendgate.requests" logger: one line per request (spendgate.logs)
 
 OnExceed = Literal["raise", "wait", "clamp"]
 ON_EXCEED: Final = ("raise", "wait", "clamp")
@@ -107,6 +110,7 @@ class Guard:
         ledger: Ledger | str = "memory://",
         *,
         budgets: Iterable[Budget | Mapping[str, Any]] = (),
+        limits: Iterable[Limit | Mapping[str, Any]] = (),
         catalog: Catalog | None = None,
         counter: TokenCounter | None = None,
         on_exceed: OnExceed | None = None,
@@ -118,6 +122,7 @@ class Guard:
         clock: Clock | None = None,
         unbounded_input: UnboundedInputPolicy = "context_window",
         default_max_output_tokens: int | None = None,
+        default_max_tool_calls: int | None = DEFAULT_MAX_TOOL_CALLS,
     ) -> None:
         if unbounded_input not in UNBOUNDED_INPUT_POLICIES:
             raise ConfigError(
@@ -147,9 +152,25 @@ class Guard:
             )
         #: The output cap reserved and sent for a request that sets none (None: the model's max).
         self.default_max_output_tokens = default_max_output_tokens
+        if default_max_tool_calls is not None and (
+            isinstance(default_max_tool_calls, bool)
+            or not isinstance(default_max_tool_calls, int)
+            or default_max_tool_calls < 0
+        ):
+            raise ConfigError(
+                "default_max_tool_calls",
+                f"must be a whole number >= 0 (or None), got {default_max_tool_calls!r}",
+            )
+        #: The hosted tool calls reserved and sent for a request that allows any number (None:
+        #: such a request is refused); see spendgate.estimate.
+        self.default_max_tool_calls = default_max_tool_calls
         parsed = [
             b if isinstance(b, Budget) else Budget.from_config(b, where=f"budgets[{i}]")
             for i, b in enumerate(budgets)
+        ]
+        rate_limits = [
+            each if isinstance(each, Limit) else Limit.from_config(each, where=f"limits[{i}]")
+            for i, each in enumerate(limits)
         ]
         self._owns_ledger = isinstance(ledger, str)
         if isinstance(ledger, str):
@@ -157,6 +178,8 @@ class Guard:
         else:
             for budget in parsed:
                 ledger.put_budget(budget)
+        for each in rate_limits:
+            ledger.put_limit(each)
         self.ledger = ledger
         self.clock: Clock = clock or ledger.clock
         if catalog is None:
@@ -186,8 +209,16 @@ class Guard:
         body = dict(request)
         model = body.get("model")
         estimate = estimate_request(
-            endpoint, body, catalog=self.catalog, counter=self.counter, unbounded_policy=self.unbounded_input
+            endpoint,
+            body,
+            catalog=self.catalog,
+            counter=self.counter,
+            unbounded_policy=self.unbounded_input,
+            default_max_tool_calls=self.default_max_tool_calls,
         )
+        # The tool-call caps reserved for, where the request set none: the provider cannot
+        # bill more tool uses than reserved.
+        body.update(estimate.body_changes)
         cap = self.default_max_output_tokens
         if (
             cap is not None
@@ -233,7 +264,9 @@ class Guard:
                 if isinstance(step, _Wait):
                     step = _next(steps, waiter.wait(step.seconds))
                 else:
-                    step = _next(steps, self.ledger.reserve(*step, self.lease))
+                    step = _next(
+                        steps, self.ledger.reserve(step.rid, step.attrs, step.amount, self.lease, step.demand)
+                    )
             return step
 
     async def admit_async(
@@ -255,7 +288,10 @@ class Guard:
                 if isinstance(step, _Wait):
                     step = _next(steps, await waiter.wait(step.seconds))
                 else:
-                    step = _next(steps, await self.ledger.areserve(*step, self.lease))
+                    reserved = await self.ledger.areserve(
+                        step.rid, step.attrs, step.amount, self.lease, step.demand
+                    )
+                    step = _next(steps, reserved)
             return step
 
     # The admission itself, without I/O: a generator that yields the ledger reservations and
@@ -275,10 +311,22 @@ class Guard:
         )
         started = time.monotonic()
         chosen = on_exceed or self.on_exceed
-        result: Reservation | Refusal | None = self._queued(rid, attrs, estimate, chosen)
+        result: Reservation | Refusal | LimitRefusal | None = self._queued(rid, attrs, estimate, chosen)
         if result is None:
-            result = yield _Reserve(rid, attrs, estimate.amount)
+            result = yield _reserve(rid, attrs, estimate)
         clamped: int | None = None
+        if isinstance(result, LimitRefusal):
+            # A rate limit waits or refuses (clamping cannot make a request fit a window).
+            waits = chosen == "wait" if chosen in ("raise", "wait") else result.limit.on_exceed == "wait"
+            try:
+                if waits and self.max_wait > 0 and _may_fit(result):
+                    result = yield from self._waiting(rid, attrs, estimate, result, waiter)
+                else:
+                    raise result.to_error()
+            except RateLimitExceededError as err:
+                if log.isEnabledFor(logging.INFO):
+                    self._log_limit_refusal(rid, endpoint, attrs, estimate, err, started)
+                raise
         if isinstance(result, Refusal):
             policy = chosen or self._policy_of(result.budget_id)
             try:
@@ -290,6 +338,8 @@ class Guard:
                     raise result.to_error()
             except BudgetExceededError as err:
                 _suggest_fit(err, endpoint, estimate)
+                if log.isEnabledFor(logging.INFO):
+                    self._log_refusal(rid, endpoint, attrs, estimate, err, started)
                 raise
         if clamped is not None:
             # Every cap field the body has (a server may read either), or the endpoint's own.
@@ -329,9 +379,11 @@ class Guard:
     ) -> Generator[_Step, Any, tuple[Reservation, Estimate, int]]:
         for _ in range(len(self.ledger.budgets()) + 1):
             estimate, affordable = self._smaller(estimate, refusal)
-            result = yield _Reserve(rid, attrs, estimate.amount)
+            result = yield _reserve(rid, attrs, estimate)
             if isinstance(result, Reservation):
                 return result, estimate, affordable
+            if isinstance(result, LimitRefusal):
+                raise result.to_error()
             refusal = result
         raise refusal.to_error()
 
@@ -378,7 +430,7 @@ class Guard:
         rid: str,
         attrs: Attributes,
         estimate: Estimate,
-        refusal: Refusal,
+        refusal: Refusal | LimitRefusal,
         waiter: SyncWaiter | AsyncWaiter,
     ) -> Generator[_Step, Any, Reservation]:
         """Wait in the refusing budget's line; only its head reserves. A refusal by another
@@ -389,7 +441,7 @@ class Guard:
         try:
             while True:
                 if self._lines.is_head(key, waiter):
-                    result = yield _Reserve(rid, attrs, estimate.amount)
+                    result = yield _reserve(rid, attrs, estimate)
                     if isinstance(result, Reservation):
                         return result
                     new_key = _line_key(result)
@@ -405,13 +457,21 @@ class Guard:
         finally:
             self._lines.leave(key, waiter)
 
-    def _tick(self, refusal: Refusal) -> float:
+    def _tick(self, refusal: Refusal | LimitRefusal) -> float:
+        if isinstance(refusal, LimitRefusal) and refusal.limit.kind == "concurrency":
+            return self.poll_interval  # frees when a request ends: this guard's endings wake it
         if refusal.retry_after is not None:
             return max(0.0, min(self.poll_interval, refusal.retry_after))
         return self.poll_interval
 
-    def _gave_up(self, refusal: Refusal) -> BudgetExceededError:
-        """The error after waiting in vain, with the budget's numbers as they are now."""
+    def _gave_up(self, refusal: Refusal | LimitRefusal) -> BudgetExceededError | RateLimitExceededError:
+        """The error after waiting in vain, with the budget's (or limit's) numbers as they are now."""
+        if isinstance(refusal, LimitRefusal):
+            try:
+                now = self.ledger.limit_usage(refusal.limit.id, refusal.instance or None)
+            except KeyError:  # removed meanwhile
+                return refusal.to_error()
+            return replace(refusal, used=now.used).to_error()
         fresh = self.ledger.usage(refusal.budget_id, refusal.instance or None)
         return replace(
             refusal, spent=fresh.spent, reserved=fresh.reserved, limit=fresh.limit, resets_at=fresh.window_end
@@ -440,10 +500,12 @@ class Guard:
             if plan.record is None:
                 outcome: SettleOutcome | ReleaseOutcome = self.ledger.release(admission.request_id)
             else:
-                outcome = self.ledger.settle(admission.request_id, plan.charged, plan.record)
+                outcome = self.ledger.settle(admission.request_id, plan.charged, plan.record, _used(plan))
         except BaseException:
             admission.ended = None  # not ended: the caller (or the lease) must still end it
             raise
+        if self._lines:
+            self._lines.wake_heads()  # a request in flight ended: a concurrency waiter may go
         return self._ended(admission, plan, outcome)
 
     async def aend(self, admission: Admission, report: Report) -> Ended:
@@ -457,12 +519,16 @@ class Guard:
             if plan.record is None:
                 outcome: SettleOutcome | ReleaseOutcome = await self.ledger.arelease(admission.request_id)
             else:
-                outcome = await self.ledger.asettle(admission.request_id, plan.charged, plan.record)
+                outcome = await self.ledger.asettle(
+                    admission.request_id, plan.charged, plan.record, _used(plan)
+                )
         except asyncio.CancelledError:
             raise  # queued: it still happens
         except BaseException:
             admission.ended = None
             raise
+        if self._lines:
+            self._lines.wake_heads()  # a request in flight ended: a concurrency waiter may go
         return self._ended(admission, plan, outcome)
 
     def _ending(self, admission: Admission, report: Report) -> Ended:
@@ -480,7 +546,14 @@ class Guard:
         else:
             # An upper bound: the reserved output, and the prompt as the provider reported it
             # (PARTIAL) or its bound (the reservation), at the reserved rates; its parts sum to it.
-            cost = est.bound_cost(known.input_tokens if ending.action is Action.PARTIAL and known else None)
+            # A request that may use hosted tools gets their results as input the stream's first
+            # report does not count (a search may have run before the cut): its whole bound.
+            prompt = (
+                known.input_tokens
+                if ending.action is Action.PARTIAL and known and not est.tool_calls
+                else None
+            )
+            cost = est.bound_cost(prompt)
             charged = cost.total
         return Ended(
             ending, cost, charged, None, detail, self._record(admission, cost, ending.status, charged)
@@ -495,6 +568,7 @@ class Guard:
                 plan.detail or plan.ending.status,
                 plan.charged.format(),
                 admission.request_id,
+                extra={"spendgate": {"request_id": admission.request_id}},
             )
         if isinstance(outcome, SettleOutcome):
             admission.outcome = outcome
@@ -505,25 +579,24 @@ class Guard:
                     outcome.estimate.format(),
                     admission.model,
                     admission.request_id,
+                    extra={"spendgate": {"request_id": admission.request_id}},
                 )
         if log.isEnabledFor(logging.INFO):
-            cost = plan.cost
-            log.info(
+            request_line(
+                self._log_fields(
+                    admission,
+                    cost=plan.cost,
+                    decision=plan.ending.status,
+                    action=plan.ending.action.value,
+                    reason=plan.detail or plan.ending.why,
+                    charged_usd=plan.charged.decimal_str(),
+                    ledger_status=outcome.status,
+                ),
                 "spendgate request %s %s: %s charged %s",
                 admission.request_id,
                 plan.ending.status,
                 admission.model,
-                plan.charged.format(),
-                extra={
-                    "spendgate": self._log_fields(
-                        admission,
-                        cost=cost,
-                        decision=plan.ending.status,
-                        action=plan.ending.action.value,
-                        reason=plan.detail or plan.ending.why,
-                        status=outcome.status,
-                    )
-                },
+                plan.charged,  # str(Money) when the message is made: not at all when held
             )
         return done
 
@@ -593,34 +666,108 @@ class Guard:
         )
 
     def _log_fields(self, admission: Admission, cost: Cost | None = None, **extra: Any) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "request_id": admission.request_id,
-            "endpoint": admission.endpoint,
-            "model": admission.model,
-            "attributes": admission.attributes.to_dict(),
-            "reserved_usd": admission.reserved.decimal_str(),
-            "prompt_tokens_bound": admission.estimate.prompt.tokens,
-            "max_output_tokens": admission.estimate.max_output_tokens,
-            "duration_ms": round((time.monotonic() - admission.started_monotonic) * 1000, 3),
-            **extra,
-        }
+        """The request line of an admitted request that ended (docs/sdk.md, Logging)."""
+        fields = _request_fields(
+            admission.request_id,
+            admission.endpoint,
+            admission.attributes,
+            admission.estimate,
+            admission.started_monotonic,
+            waited=admission.waited_seconds,
+        )
+        fields["reserved_usd"] = admission.reserved.decimal_str()
+        fields["budgets"] = [line.budget_id for line in admission.reservation.lines]
+        fields.update(extra)
         if admission.clamped_to is not None:
             fields["clamped_to"] = admission.clamped_to
-        if admission.waited_seconds >= 0.001:
-            fields["waited_seconds"] = round(admission.waited_seconds, 3)
         if cost is not None:
             fields["tokens"] = cost.usage.as_dict()
-            fields["cost_usd"] = cost.as_dict()
+            # The parts that cost anything, and the total: a shorter line, the same sum.
+            fields["cost_usd"] = {k: v for k, v in cost.as_dict().items() if v != "0" or k == "total"}
         if admission.outcome is not None and admission.outcome.remaining is not None:
             # Read by the settle's own transaction: logging costs no ledger call.
             fields["budget_remaining_usd"] = admission.outcome.remaining.decimal_str()
         return fields
+
+    def _log_refusal(
+        self,
+        rid: str,
+        endpoint: Endpoint,
+        attrs: Attributes,
+        estimate: Estimate,
+        err: BudgetExceededError,
+        started: float,
+    ) -> None:
+        """The request line of a request a budget refused: a normal answer, so INFO."""
+        fields = _request_fields(rid, endpoint, attrs, estimate, started, waited=time.monotonic() - started)
+        fields["estimate_usd"] = estimate.amount.decimal_str()
+        fields["budgets"] = [err.budget_id]
+        fields["decision"] = "refused"
+        fields["action"] = "refuse"
+        fields["reason"] = "budget_paused" if err.paused else "budget_exceeded"
+        fields["budget_remaining_usd"] = max(Money(0), err.limit - err.spent - err.reserved).decimal_str()
+        if err.retry_after is not None:
+            fields["retry_after"] = round(err.retry_after, 3)
+        request_line(
+            fields,
+            "spendgate request %s refused by budget %r: %s needs up to %s",
+            rid,
+            err.budget_id,
+            estimate.model,
+            estimate.amount,
+        )
+
+    def _log_limit_refusal(
+        self,
+        rid: str,
+        endpoint: Endpoint,
+        attrs: Attributes,
+        estimate: Estimate,
+        err: RateLimitExceededError,
+        started: float,
+    ) -> None:
+        """The request line of a request a rate limit refused (INFO, like a budget's refusal)."""
+        fields = _request_fields(rid, endpoint, attrs, estimate, started, waited=time.monotonic() - started)
+        fields["estimate_usd"] = estimate.amount.decimal_str()
+        fields["limits"] = [err.limit_id]
+        fields["decision"] = "refused"
+        fields["action"] = "refuse"
+        fields["reason"] = "prompt_too_large" if err.kind == "prompt_tokens" else "rate_limited"
+        fields["limit_remaining"] = str(err.remaining)
+        if err.retry_after is not None:
+            fields["retry_after"] = round(err.retry_after, 3)
+        request_line(
+            fields,
+            "spendgate request %s refused by limit %r: %s needs %s",
+            rid,
+            err.limit_id,
+            estimate.model,
+            err.requested_text,
+        )
 
     def close(self) -> None:
         """Stop listening to the ledger, and close it if this guard opened it from a URL."""
         self._unsubscribe()
         if self._owns_ledger:
             self.ledger.close()
+
+
+def _request_fields(
+    rid: str, endpoint: Endpoint, attrs: Attributes, estimate: Estimate, started: float, *, waited: float
+) -> dict[str, Any]:
+    """What every request line says, admitted or refused: who, what, and its worst case."""
+    fields: dict[str, Any] = {
+        "request_id": rid,
+        "endpoint": endpoint,
+        "model": estimate.model,
+        "attributes": attrs.to_dict(),
+        "prompt_tokens_bound": estimate.prompt.tokens,
+        "max_output_tokens": estimate.max_output_tokens,
+        "duration_ms": round((time.monotonic() - started) * 1000, 3),
+    }
+    if waited >= 0.001:
+        fields["waited_seconds"] = round(waited, 3)
+    return fields
 
 
 def _suggest_fit(err: BudgetExceededError, endpoint: Endpoint, estimate: Estimate) -> None:
@@ -633,15 +780,43 @@ def _suggest_fit(err: BudgetExceededError, endpoint: Endpoint, estimate: Estimat
         err.suggest_output_cap(affordable, _MAX_OUTPUT_FIELDS[endpoint][-1])
 
 
-def _may_fit(refusal: Refusal) -> bool:
+def _may_fit(refusal: Refusal | LimitRefusal) -> bool:
     """Whether waiting can admit the request: it fits under the limit once others' spend is
-    gone, or the limit is 0, a pause that only a raise (or a reset) ends, so wait for it."""
+    gone, or the limit is 0, a pause that only a raise (or a reset) ends, so wait for it; a
+    paced budget or a rate limit says itself when it will (``retry_after`` None: never)."""
+    if isinstance(refusal, LimitRefusal) or refusal.paced:
+        return refusal.retry_after is not None
     return refusal.needed <= refusal.limit or not refusal.limit
 
 
-def _line_key(refusal: Refusal) -> str:
-    """The wait line of the budget instance that refused."""
+def _line_key(refusal: Refusal | LimitRefusal) -> str:
+    """The wait line of the budget or limit instance that refused."""
+    if isinstance(refusal, LimitRefusal):
+        return f"limit:{refusal.limit.id}|{refusal.instance}"
     return f"{refusal.budget_id}|{instance_key(refusal.instance)}"
+
+
+def _demand(estimate: Estimate) -> Demand:
+    """What the request takes from rate limits at its worst: one request, the prompt's bound,
+    every output it may generate, and its estimate."""
+    return Demand(
+        input_tokens=estimate.prompt.tokens,
+        output_tokens=estimate.n * estimate.max_output_tokens,
+        cost=estimate.amount.nanos,
+    )
+
+
+def _reserve(rid: str, attrs: Attributes, estimate: Estimate) -> _Reserve:
+    return _Reserve(rid, attrs, estimate.amount, _demand(estimate))
+
+
+def _used(plan: Ended) -> Demand | None:
+    """What a settled request used, for rate limits: the provider's report of its tokens
+    (None when the charge is a bound: the reserved worst case stays counted)."""
+    if plan.ending.action is not Action.SETTLE or plan.cost is None:
+        return None
+    usage = plan.cost.usage
+    return Demand(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cost=plan.charged.nanos)
 
 
 @dataclass(frozen=True, slots=True)
@@ -666,11 +841,13 @@ def _cost_of(ended: Ended) -> Cost:
 
 
 class _Reserve(NamedTuple):
-    """A step of the admission: reserve ``amount`` for the request (the ledger's arguments)."""
+    """A step of the admission: reserve ``amount`` (and ``demand`` of rate limits) for the
+    request (the ledger's arguments)."""
 
-    request_id: str
-    attributes: Attributes
+    rid: str
+    attrs: Attributes
     amount: Money
+    demand: Demand
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,9 +47,14 @@ class AsyncWaiter:
 
     async def wait(self, timeout: float) -> bool:
         """Whether it was woken (False: the timeout passed)."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for returns the result when the event
+        # is set as the task is cancelled, swallowing the cancellation (the waiter then sat
+        # out a whole poll interval in a line it should have left).
         woken = False
         with contextlib.suppress(TimeoutError):
-            woken = await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+                woken = True
         self._event.clear()
         return woken
 

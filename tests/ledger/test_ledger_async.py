@@ -15,6 +15,7 @@ from spendgate.clock import ManualClock
 from spendgate.ledger import LedgerUnavailableError, Refusal, Reservation, open_ledger
 from spendgate.ledger.sqlite import SQLiteLedger
 from spendgate.ledger.sqlite.group_commit import GroupCommit, future_job
+from spendgate.limits import LimitRefusal
 from spendgate.money import Money
 
 from .conftest import T0, MakeLedger
@@ -93,7 +94,7 @@ def test_remaining_never_goes_below_zero(make_ledger: MakeLedger) -> None:
 def test_concurrent_areserve_never_overshoots(make_ledger: MakeLedger) -> None:
     ledger = make_ledger([budget(id="b", limit="1")])
 
-    async def body() -> list[Reservation | Refusal]:
+    async def body() -> list[Reservation | Refusal | LimitRefusal]:
         return await asyncio.gather(*(ledger.areserve(f"r{i}", ALICE, USD("0.05"), 60) for i in range(50)))
 
     results = run(body)
@@ -131,7 +132,7 @@ def test_a_refusal_in_a_batch_undoes_only_itself(tmp_path: Path) -> None:
         tmp_path, [budget(id="global", limit="100"), budget(id="per-user", selector={"user": "*"}, limit="1")]
     )
 
-    async def body() -> tuple[Reservation | Refusal, ...]:
+    async def body() -> tuple[Reservation | Refusal | LimitRefusal, ...]:
         # One batch: bob fits, alice's second request passes "global" then fails "per-user".
         a = ledger.areserve("a1", ALICE, USD("0.75"), 60)
         b = ledger.areserve("b1", BOB, USD("0.5"), 60)
@@ -178,7 +179,7 @@ def test_a_lock_held_past_busy_timeout(tmp_path: Path, fail_open: bool) -> None:
     other = sqlite3.connect(tmp_path / "spend.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
 
-    async def body() -> Reservation | Refusal:
+    async def body() -> Reservation | Refusal | LimitRefusal:
         return await ledger.areserve("r1", ALICE, USD("1"), 60)
 
     try:

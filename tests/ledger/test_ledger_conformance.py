@@ -32,6 +32,7 @@ from spendgate.ledger import (
     open_key_storage,
     open_ledger,
 )
+from spendgate.limits import LimitRefusal
 from spendgate.money import Money
 
 from .conftest import BACKEND_URLS, SHARED, T0, MakeLedger
@@ -46,12 +47,12 @@ def budget(**config: Any) -> Budget:
     return Budget.from_config(config)
 
 
-def admitted(result: Reservation | Refusal) -> Reservation:
+def admitted(result: Reservation | Refusal | LimitRefusal) -> Reservation:
     assert isinstance(result, Reservation), result
     return result
 
 
-def refused(result: Reservation | Refusal) -> Refusal:
+def refused(result: Reservation | Refusal | LimitRefusal) -> Refusal:
     assert isinstance(result, Refusal), result
     return result
 
@@ -432,6 +433,45 @@ def test_put_and_remove_budgets_at_run_time(make_ledger: MakeLedger) -> None:
     ledger.put_budget(budget(id="team", selector={"team": "research"}, limit="1"))
     assert sorted(b.id for b in ledger.budgets()) == ["b", "team"]
     assert refused(ledger.reserve("r4", ALICE, USD("1.5"), 60)).budget_id in {"b", "team"}
+
+
+def test_delete_budget_lets_requests_in_flight_end_and_keeps_their_cost(make_ledger: MakeLedger) -> None:
+    ledger = make_ledger(
+        [budget(id="team", selector={"team": "research"}, limit="10"), budget(id="other", limit="100")]
+    )
+    admitted(ledger.reserve("done", ALICE, USD("2"), 60))
+    ledger.settle("done", USD("2"))
+    admitted(ledger.reserve("a", ALICE, USD("3"), 60))
+    admitted(ledger.reserve("b", BOB, USD("1"), 60))
+    changes: list[BudgetChanged] = []
+    ledger.on_change(changes.append)
+    deleted = ledger.delete_budget("team")
+    # What was in flight against it: told, not cancelled.
+    assert (deleted.budget_id, deleted.in_flight, deleted.reserved) == ("team", 2, USD("4"))
+    assert changes[-1].kind == "remove" and changes[-1].budget_id == "team"
+    assert [b.id for b in ledger.budgets()] == ["other"]
+    admitted(ledger.reserve("c", ALICE, USD("50"), 60))  # no longer enforced
+    # The requests in flight end as usual: charged (to the request log and the kept spend) once.
+    assert ledger.settle("a", USD("2.5")).status == "settled"
+    assert ledger.release("b").status == "released"
+    assert ledger.usage("other").spent == USD("2.5") + USD("2")
+    assert ledger.usage("other").reserved == USD("50")  # only "c" is still open
+    with pytest.raises(KeyError, match="no budget 'team'"):
+        ledger.delete_budget("team")
+    assert ledger.remove_budget("team") is False
+    # Deleting is not resetting: the id back in the same window continues from its spend.
+    ledger.put_budget(budget(id="team", selector={"team": "research"}, limit="10"))
+    assert spent_reserved(ledger, "team") == (USD("4.5"), USD("0"))
+    assert ledger.delete_budget("other").in_flight == 1  # "c"
+
+
+def test_check_writable(make_ledger: MakeLedger) -> None:
+    import asyncio
+
+    ledger = make_ledger([budget(id="b")])
+    ledger.check_writable()
+    asyncio.run(ledger.acheck_writable())
+    admitted(ledger.reserve("r", ALICE, USD("1"), 60))  # a probe holds nothing
 
 
 # -- selectors -------------------------------------------------------------------------------

@@ -31,7 +31,9 @@ def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(absolute, SQLiteLedger) and absolute.path == str(tmp_path / "a.db")
     monkeypatch.chdir(tmp_path)
     relative = open_ledger("sqlite:///rel.db")
-    assert isinstance(relative, SQLiteLedger) and relative.path == "rel.db"
+    # Relative to the working directory at open, made absolute then: a later chdir cannot
+    # point new connections at another file.
+    assert isinstance(relative, SQLiteLedger) and relative.path == str(tmp_path / "rel.db")
     assert (tmp_path / "rel.db").exists()
     for bad in ("sqlite://", "sqlite://rel.db", "sqlite:///x.db?mode=ro", "sqlite:///:memory:"):
         with pytest.raises(ConfigError):

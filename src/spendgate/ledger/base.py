@@ -20,17 +20,21 @@ from typing import Any, ClassVar, Literal, NamedTuple
 from spendgate.budgets import DIMENSIONS, Attributes, Budget, instance_key, parse_instance_key
 from spendgate.clock import Clock, SystemClock
 from spendgate.errors import BudgetExceededError, ConfigError, SpendgateError
-from spendgate.ledger.protocols import BudgetAdmin, RequestLog, Reservations
+from spendgate.ledger.protocols import BudgetAdmin, LimitAdmin, RequestLog, Reservations
 from spendgate.ledger.registry import BackendFactory, known_schemes, open_ledger, register_backend
+from spendgate.limits import Demand, LimitRefusal
 from spendgate.money import Money
 
 __all__ = [
     "BackendFactory",
     "BudgetAdmin",
     "BudgetChanged",
+    "BudgetDeleted",
     "BudgetLine",
     "BudgetUsage",
     "Ledger",
+    "LedgerMissingError",
+    "LedgerReplacedError",
     "LedgerUnavailableError",
     "Refusal",
     "ReleaseOutcome",
@@ -61,6 +65,15 @@ class LedgerUnavailableError(SpendgateError):
     spendgate fails closed: no request is admitted it cannot account for,
     unless the ledger was opened with ``fail_open=True``.
     """
+
+
+class LedgerMissingError(LedgerUnavailableError):
+    """Opened with ``create=False`` (the admin CLI) where no ledger exists yet: nothing is created."""
+
+
+class LedgerReplacedError(LedgerUnavailableError):
+    """The ledger's file was deleted or replaced while in use: writing on would start over
+    silently (a new, empty file: every key unknown, every budget at zero), so nothing is written."""
 
 
 class RequestIdReusedError(SpendgateError, ValueError):
@@ -115,7 +128,9 @@ class Refusal:
     needed: Money
     window_start: datetime
     resets_at: datetime | None
-    retry_after: float | None  # seconds until the window resets; None if it never does
+    retry_after: float | None  # seconds until the window resets (paced: the next step); None: never
+    #: Refused by the budget's pace (``limit`` is then what is allowed by now, not the whole limit).
+    paced: bool = False
     admitted: ClassVar[bool] = False
 
     @property
@@ -134,6 +149,7 @@ class Refusal:
             resets_at=self.resets_at,
             retry_after=self.retry_after,
             budget_name=self.label,
+            paced=self.paced,
         )
 
 
@@ -241,6 +257,19 @@ class BudgetChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetDeleted:
+    """What ``delete_budget`` found: the reservations open against the budget when it went.
+
+    They stay held and end as usual (settled, released or expired), charged to the deleted
+    budget's kept spend and to the request log: deleting a budget never loses a cost.
+    """
+
+    budget_id: str
+    in_flight: int  # open reservations with a line in this budget
+    reserved: Money  # what they hold in it (all instances and windows)
+
+
+@dataclass(frozen=True, slots=True)
 class RequestRecord:
     """One finished request, as the request log keeps it.
 
@@ -286,7 +315,7 @@ ChangeCallback = Callable[[BudgetChanged], None]
 Event = ThresholdCrossed | BudgetChanged
 
 
-class Ledger(Reservations, BudgetAdmin, RequestLog):
+class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
     """Budgets, reservations, settlements and the request log, behind one lock or transaction.
 
     What a backend implements: the three protocols of ``protocols.py`` (their
@@ -318,21 +347,38 @@ class Ledger(Reservations, BudgetAdmin, RequestLog):
 
     # The contract's methods are declared (abstract) by the protocols; the defaults follow.
     async def areserve(
-        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
-    ) -> Reservation | Refusal:
+        self,
+        request_id: str,
+        attributes: Attributes,
+        estimate: Money,
+        lease: timedelta | float,
+        demand: Demand | None = None,
+    ) -> Reservation | Refusal | LimitRefusal:
         """``reserve`` for asyncio callers. Backends that wait on I/O or locks override it so
         the event loop never blocks (SQLite commits them in batches, retrying a busy lock later)."""
-        return self.reserve(request_id, attributes, estimate, lease)
+        return self.reserve(request_id, attributes, estimate, lease, demand)
 
     async def asettle(
-        self, request_id: str, actual: Money, record: RequestRecord | None = None
+        self, request_id: str, actual: Money, record: RequestRecord | None = None, used: Demand | None = None
     ) -> SettleOutcome:
         """``settle`` for asyncio callers (see ``areserve``)."""
-        return self.settle(request_id, actual, record)
+        return self.settle(request_id, actual, record, used)
 
     async def arelease(self, request_id: str) -> ReleaseOutcome:
         """``release`` for asyncio callers (see ``areserve``)."""
         return self.release(request_id)
+
+    async def acheck_writable(self) -> None:
+        """``check_writable`` for asyncio callers (see ``areserve``)."""
+        self.check_writable()
+
+    def remove_budget(self, budget_id: str) -> bool:
+        """``delete_budget`` that answers False for an unknown id instead of raising."""
+        try:
+            self.delete_budget(budget_id)
+        except KeyError:
+            return False
+        return True
 
     def refresh(self) -> None:
         """Pick up budget changes made elsewhere (other processes); memory has none."""
@@ -421,6 +467,26 @@ class Ledger(Reservations, BudgetAdmin, RequestLog):
         now: datetime,
     ) -> Refusal:
         start, end = window
+        pace = budget.pace
+        if pace is not None and end is not None and spent + reserved + needed <= limit:
+            # The whole limit would admit it: refused by the pace, until a later step allows it.
+            allowed = pace.allowance(limit, start, end, now)
+            wait = pace.seconds_until(spent + reserved + needed, limit, start, end, now)
+            return Refusal(
+                request_id=request_id,
+                budget_id=budget.id,
+                label=budget.label(instance),
+                selector=budget.concrete_selector(instance),
+                instance=parse_instance_key(instance),
+                spent=Money(spent),
+                reserved=Money(reserved),
+                limit=Money(allowed),
+                needed=Money(needed),
+                window_start=start,
+                resets_at=end,
+                retry_after=wait if wait is not None else max((end - now).total_seconds(), 0.0),
+                paced=True,
+            )
         return Refusal(
             request_id=request_id,
             budget_id=budget.id,

@@ -23,6 +23,7 @@ from spendgate.clock import Clock
 from spendgate.ledger.base import (
     DEFAULT_RETENTION,
     BudgetChanged,
+    BudgetDeleted,
     BudgetLine,
     BudgetUsage,
     Event,
@@ -37,6 +38,8 @@ from spendgate.ledger.base import (
     UnknownReservationError,
     record_matches,
 )
+from spendgate.ledger.memory_limits import MemoryLimits, Take
+from spendgate.limits import Demand, Limit, LimitRefusal, LimitUsage
 from spendgate.money import Money
 
 if TYPE_CHECKING:
@@ -94,7 +97,7 @@ class _Line:
 
 
 class _Open:
-    __slots__ = ("attributes", "estimate", "expires_at", "lines", "reserved_at", "result")
+    __slots__ = ("attributes", "estimate", "expires_at", "lines", "reserved_at", "result", "takes")
 
     def __init__(
         self,
@@ -104,6 +107,7 @@ class _Open:
         reserved_at: datetime,
         expires_at: datetime,
         result: Reservation,
+        takes: list[Take],
     ) -> None:
         self.attributes = attributes
         self.estimate = estimate
@@ -111,6 +115,7 @@ class _Open:
         self.reserved_at = reserved_at
         self.expires_at = expires_at
         self.result = result
+        self.takes = takes  # what the request took from rate limits
 
 
 # A request log entry: (started_at, finished_at, request_id, attributes, cost nanos, status, record).
@@ -145,19 +150,27 @@ class MemoryLedger(Ledger):
         self._max_finished = max_finished
         self._log: deque[_Entry] = deque(maxlen=max_log)
         self._settles = 0
+        self._limits = MemoryLimits()
+        self._probes = 0  # check_writable calls (its write)
         for budget in budgets:
             self.put_budget(budget)
 
     # -- reservations -------------------------------------------------------------------
     def reserve(
-        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
-    ) -> Reservation | Refusal:
+        self,
+        request_id: str,
+        attributes: Attributes,
+        estimate: Money,
+        lease: timedelta | float,
+        demand: Demand | None = None,
+    ) -> Reservation | Refusal | LimitRefusal:
         if type(estimate) is not Money or estimate.nanos < 0:
             self._amount(estimate, "estimate")
         est = estimate.nanos
         delta = lease if type(lease) is timedelta and lease > _ZERO else self._lease(lease)
         events: list[Event] = []
         result: Reservation | Refusal | None = None
+        takes: list[Take] = []
         try:
             with self._lock:
                 now = self.clock.now()
@@ -174,11 +187,12 @@ class MemoryLedger(Ledger):
                     window = state.budget.window.bounds(now)
                     current = state.lines_at(window[0])
                     limit = state.limit
+                    cap = limit if state.budget.pace is None else state.budget.allowance(now, *window)
                     for key in keys:
                         line = current.get(key)
                         if line is None:
                             line = current[key] = _Line(state, key, window[0], window[1])
-                        if line.spent + line.reserved + est > limit:
+                        if line.spent + line.reserved + est > cap:
                             return self._refusal(
                                 request_id,
                                 state.budget,
@@ -191,11 +205,17 @@ class MemoryLedger(Ledger):
                                 now,
                             )
                         lines.append(line)
+                if self._limits:
+                    checked = self._limits.check(request_id, attributes, demand or Demand(cost=est), now)
+                    if isinstance(checked, LimitRefusal):
+                        return checked
+                    takes = checked
+                    self._limits.take(takes)
                 for line in lines:
                     line.reserved += est
                 expires = now + delta
                 result = Reservation(request_id, estimate, now, expires, tuple(line.public for line in lines))
-                self._open[request_id] = _Open(attributes, est, lines, now, expires, result)
+                self._open[request_id] = _Open(attributes, est, lines, now, expires, result, takes)
                 heapq.heappush(heap, (expires, request_id))
                 if len(heap) > 2 * len(self._open) + 4096:
                     self._compact_heap()
@@ -218,7 +238,9 @@ class MemoryLedger(Ledger):
             f"request id {request_id!r} was already {status}; use a new id per request"
         )
 
-    def settle(self, request_id: str, actual: Money, record: RequestRecord | None = None) -> SettleOutcome:
+    def settle(
+        self, request_id: str, actual: Money, record: RequestRecord | None = None, used: Demand | None = None
+    ) -> SettleOutcome:
         if type(actual) is not Money or actual.nanos < 0:
             self._amount(actual, "actual")
         if record is not None:
@@ -239,6 +261,8 @@ class MemoryLedger(Ledger):
                     events = self._alerts_locked(line, request_id, events)
                 room = line.state.limit - spent - line.reserved
                 remaining = room if remaining is None else min(remaining, room)
+            if held.takes:
+                MemoryLimits.end(held.takes, "settled", used, act)
             self._end_locked(request_id, "settled", act, est)
             self._log.append((held.reserved_at, now, request_id, held.attributes, act, "ok", record))
             self._settles += 1
@@ -277,8 +301,15 @@ class MemoryLedger(Ledger):
             est = held.estimate
             for line in held.lines:
                 line.reserved -= est
+            if held.takes:
+                MemoryLimits.end(held.takes, "released")
             self._end_locked(request_id, "released", 0, est)
         return ReleaseOutcome(request_id, "released")
+
+    def check_writable(self) -> None:
+        """Always writable (memory); the lock is taken, so a wedged ledger would show here."""
+        with self._lock:
+            self._probes += 1
 
     def expire_leases(self) -> int:
         events: list[Event] = []
@@ -304,6 +335,8 @@ class MemoryLedger(Ledger):
                 spent = line.spent = line.spent + est
                 if est and spent * 100 >= line.next_t * line.state.limit:
                     self._alerts_locked(line, request_id, events)
+            if held.takes:
+                MemoryLimits.end(held.takes, "expired")
             self._end_locked(request_id, "expired", est, est)
             self._log.append((held.reserved_at, now, request_id, held.attributes, est, "expired", None))
             log.warning(
@@ -370,6 +403,32 @@ class MemoryLedger(Ledger):
                     if state.cur_start == start:
                         state.cur_start, state.cur = None, {}
 
+    # -- rate limits ----------------------------------------------------------------------
+    def put_limit(self, limit: Limit) -> None:
+        with self._lock:
+            self._limits.put(limit)
+
+    def remove_limit(self, limit_id: str) -> bool:
+        with self._lock:
+            return self._limits.remove(limit_id)
+
+    def get_limit(self, limit_id: str) -> Limit:
+        with self._lock:
+            return self._limits.get(limit_id)
+
+    def limits(self) -> list[Limit]:
+        with self._lock:
+            return self._limits.all()
+
+    def limit_usage(self, limit_id: str, instance: Mapping[str, str] | str | None = None) -> LimitUsage:
+        with self._lock:
+            key = self._limits.get(limit_id).instance_key(instance)
+            return self._limits.usage(limit_id, key, self.clock.now())
+
+    def list_limits(self) -> list[LimitUsage]:
+        with self._lock:
+            return self._limits.usages(self.clock.now())
+
     # -- budgets --------------------------------------------------------------------------
     def put_budget(self, budget: Budget) -> None:
         with self._lock:
@@ -390,16 +449,19 @@ class MemoryLedger(Ledger):
             self._order = tuple(sorted(self._states.values(), key=_by_id))  # same order as SQLite
         self._deliver([BudgetChanged(budget.id, "put", budget.limit, previous)])
 
-    def remove_budget(self, budget_id: str) -> bool:
+    def delete_budget(self, budget_id: str) -> BudgetDeleted:
         with self._lock:
-            state = self._states.pop(budget_id, None)
-            if state is None:
-                return False
+            state = self._state(budget_id)
+            del self._states[budget_id]
+            # Kept, lines and all: open reservations still end on these lines, and re-adding the
+            # id in the same window continues from this spend.
             state.live = False
             self._retired[budget_id] = state
             self._order = tuple(sorted(self._states.values(), key=_by_id))  # same order as SQLite
+            in_flight = sum(1 for held in self._open.values() if any(ln.state is state for ln in held.lines))
+            reserved = sum(line.reserved for lines in state.windows.values() for line in lines.values())
         self._deliver([BudgetChanged(budget_id, "remove", None, Money(state.limit))])
-        return True
+        return BudgetDeleted(budget_id, in_flight, Money(reserved))
 
     def get_budget(self, budget_id: str) -> Budget:
         return self._state(budget_id).budget
@@ -559,9 +621,9 @@ def _values(attrs: Attributes, dimension: str) -> Sequence[str]:
 
 
 def memory_factory(
-    url: str, *, budgets: Sequence[Budget], clock: Clock | None, **options: Any
+    url: str, *, budgets: Sequence[Budget], clock: Clock | None, create: bool = True, **options: Any
 ) -> MemoryLedger:
-    """``memory://`` (nothing after the scheme)."""
+    """``memory://`` (nothing after the scheme). ``create`` is ignored: a memory ledger is always new."""
     return MemoryLedger(budgets, clock=clock, **options)
 
 
@@ -625,6 +687,7 @@ class MemoryKeyStorage:
         """Nothing to release."""
 
 
-def memory_keys_factory(url: str, *, clock: Clock) -> MemoryKeyStorage:
-    """``memory://``: a fresh, empty store per call (the clock is unused: nothing is timestamped)."""
+def memory_keys_factory(url: str, *, clock: Clock, create: bool = True) -> MemoryKeyStorage:
+    """``memory://``: a fresh, empty store per call (the clock is unused: nothing is timestamped;
+    ``create`` too: there is nothing to find)."""
     return MemoryKeyStorage()

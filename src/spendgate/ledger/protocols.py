@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # base.py composes these protocols, so its types are only nam
     from spendgate.gateway.settings import VirtualKey
     from spendgate.ledger.base import (
         BudgetChanged,
+        BudgetDeleted,
         BudgetUsage,
         Refusal,
         ReleaseOutcome,
@@ -31,9 +32,10 @@ if TYPE_CHECKING:  # base.py composes these protocols, so its types are only nam
         SettleOutcome,
         ThresholdCrossed,
     )
+    from spendgate.limits import Demand, Limit, LimitRefusal, LimitUsage
     from spendgate.money import Money
 
-__all__ = ["BudgetAdmin", "KeyStorage", "RequestLog", "Reservations"]
+__all__ = ["BudgetAdmin", "KeyStorage", "LimitAdmin", "RequestLog", "Reservations"]
 
 
 @runtime_checkable
@@ -42,19 +44,31 @@ class Reservations(Protocol):
 
     @abstractmethod
     def reserve(
-        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
-    ) -> Reservation | Refusal:
-        """Hold ``estimate`` in every budget instance the request matches, all or nothing.
+        self,
+        request_id: str,
+        attributes: Attributes,
+        estimate: Money,
+        lease: timedelta | float,
+        demand: Demand | None = None,
+    ) -> Reservation | Refusal | LimitRefusal:
+        """Hold ``estimate`` in every budget instance the request matches, and ``demand`` in
+        every rate limit instance it matches: all of them or none.
 
-        Admits only if ``spent + reserved + estimate <= limit`` for each, in its
-        current window. Reserving an id again returns the same open reservation
-        when attributes and estimate are the same (a retried call); any other
-        reuse raises RequestIdReusedError.
+        Admits only if ``spent + reserved + estimate <= limit`` for each budget (a paced
+        budget: its allowance by now) in its current window, and each limit's window (or
+        count in flight) has room for the demand. ``demand`` None is one request of
+        ``estimate`` and no tokens. Reserving an id again returns the same open reservation
+        when attributes and estimate are the same (a retried call); any other reuse raises
+        RequestIdReusedError.
         """
 
     @abstractmethod
-    def settle(self, request_id: str, actual: Money, record: RequestRecord | None = None) -> SettleOutcome:
-        """Replace the reservation by ``actual`` in the window it was made in; idempotent."""
+    def settle(
+        self, request_id: str, actual: Money, record: RequestRecord | None = None, used: Demand | None = None
+    ) -> SettleOutcome:
+        """Replace the reservation by ``actual`` in the window it was made in; idempotent.
+        Limits get back what the request did not use of its demand (``used`` None: its
+        tokens stay counted at the worst case, its cost becomes ``actual``)."""
 
     @abstractmethod
     def release(self, request_id: str) -> ReleaseOutcome:
@@ -62,13 +76,18 @@ class Reservations(Protocol):
 
     @abstractmethod
     async def areserve(
-        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
-    ) -> Reservation | Refusal:
+        self,
+        request_id: str,
+        attributes: Attributes,
+        estimate: Money,
+        lease: timedelta | float,
+        demand: Demand | None = None,
+    ) -> Reservation | Refusal | LimitRefusal:
         """``reserve`` for asyncio callers; the event loop never waits for a lock."""
 
     @abstractmethod
     async def asettle(
-        self, request_id: str, actual: Money, record: RequestRecord | None = None
+        self, request_id: str, actual: Money, record: RequestRecord | None = None, used: Demand | None = None
     ) -> SettleOutcome:
         """``settle`` for asyncio callers. The write is queued before the first suspension:
         a caller cancelled while awaiting it does not skip it (the guard counts on this)."""
@@ -80,6 +99,19 @@ class Reservations(Protocol):
     @abstractmethod
     def expire_leases(self) -> int:
         """Charge every reservation whose lease has run out at its reserved amount; how many."""
+
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Prove the write path now: commit a tiny write the way reservations are written.
+
+        LedgerUnavailableError (whatever ``fail_open`` says) when it cannot: a read-only or
+        full disk, a file deleted or replaced under the ledger, a lock held too long. Each
+        call writes: a caller polling it (a readiness check) spaces the calls itself.
+        """
+
+    @abstractmethod
+    async def acheck_writable(self) -> None:
+        """``check_writable`` for asyncio callers, through the same writer as ``areserve``."""
 
 
 @runtime_checkable
@@ -96,8 +128,17 @@ class BudgetAdmin(Protocol):
         """Add a budget or replace the one with its id (spend so far in the window is kept)."""
 
     @abstractmethod
+    def delete_budget(self, budget_id: str) -> BudgetDeleted:
+        """Stop enforcing a budget now (SQLite: for every process); KeyError if there is none.
+
+        Reservations open against it stay held and end as usual: their cost is charged to the
+        budget's spend, which is kept (re-adding the id in the same window continues from it:
+        deleting is not resetting), and logged. What was in flight is in the result.
+        """
+
+    @abstractmethod
     def remove_budget(self, budget_id: str) -> bool:
-        """Stop enforcing a budget; False if there was none."""
+        """``delete_budget``, answering False if there was none."""
 
     @abstractmethod
     def get_budget(self, budget_id: str) -> Budget:
@@ -136,6 +177,36 @@ class BudgetAdmin(Protocol):
     @abstractmethod
     def on_change(self, callback: Callable[[BudgetChanged], None]) -> Callable[[], None]:
         """Hear budget changes (a raised limit, a reset...); returns a function that unsubscribes."""
+
+
+@runtime_checkable
+class LimitAdmin(Protocol):
+    """Rate limits at run time and what their windows hold (``spendgate.limits``)."""
+
+    @abstractmethod
+    def put_limit(self, limit: Limit) -> None:
+        """Add a limit or replace the one with its id (its window's counts are kept when it
+        still counts the same kind over the same ``per``)."""
+
+    @abstractmethod
+    def remove_limit(self, limit_id: str) -> bool:
+        """Stop enforcing a limit; False if there was none."""
+
+    @abstractmethod
+    def get_limit(self, limit_id: str) -> Limit:
+        """The limit; KeyError if unknown."""
+
+    @abstractmethod
+    def limits(self) -> list[Limit]:
+        """Every limit."""
+
+    @abstractmethod
+    def limit_usage(self, limit_id: str, instance: Mapping[str, str] | str | None = None) -> LimitUsage:
+        """What one limit instance holds now: its window's sum, or its requests in flight."""
+
+    @abstractmethod
+    def list_limits(self) -> list[LimitUsage]:
+        """Every limit without wildcards, and every wildcard instance that counted something."""
 
 
 @runtime_checkable

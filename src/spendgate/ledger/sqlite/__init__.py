@@ -7,12 +7,14 @@ the last commits, never corrupt the file), one connection per thread opened
 lazily per process id, so a forked child never touches its parent's handle.
 
 Amounts are INTEGER nano-USD, instants INTEGER microseconds since the Unix
-epoch (UTC). The file holds the budgets too (definitions and limits), so every
-process enforces the same set, and the gateway's virtual keys: see docs/ledger.md.
+epoch (UTC). The file holds the budgets too (definitions and limits) and the rate
+limits, so every process enforces the same set, and the gateway's virtual keys: see
+docs/ledger.md.
 
 Modules by job: ``connection`` (connections, busy handling, transactions),
 ``schema`` (``schema.sql`` and ``keys.sql``, migrations), ``core`` (state, the
-budgets catalog, write ops), ``reservations``, ``budgets``, ``request_log``,
+budgets and limits catalog, write ops), ``reservations``, ``budgets``, ``limits`` (rate
+limits: their rows, and what a reservation takes and gives back), ``request_log``,
 ``group_commit`` (asyncio callers' batches), ``keys`` (virtual key storage),
 ``ledger`` (``SQLiteLedger``, composed of the job mixins).
 """

@@ -9,13 +9,19 @@ from datetime import datetime
 from typing import Any
 
 from spendgate.budgets import Budget, parse_instance_key
-from spendgate.ledger.base import BudgetUsage, Event
+from spendgate.ledger.base import BudgetDeleted, BudgetUsage, Event
 from spendgate.ledger.sqlite.codec import us
 from spendgate.ledger.sqlite.core import LedgerCore
 from spendgate.ledger.sqlite.reservations import SQL_LINE
 from spendgate.money import Money
 
 __all__ = ["BudgetAdminMixin"]
+
+# Open requests with a line in the budget (``lines`` is [[budget_id, instance, start, end], ...]).
+_SQL_IN_FLIGHT = """
+    SELECT count(*) FROM requests
+    WHERE state = 'open'
+      AND EXISTS (SELECT 1 FROM json_each(requests.lines) WHERE json_extract(json_each.value, '$[0]') = ?)"""
 
 
 class BudgetAdminMixin(LedgerCore):
@@ -27,22 +33,30 @@ class BudgetAdminMixin(LedgerCore):
         self._write(lambda conn: self._put_in(conn, budget, events))
         self._deliver(events)
 
-    def remove_budget(self, budget_id: str) -> bool:
+    def delete_budget(self, budget_id: str) -> BudgetDeleted:
         events: list[Event] = []
 
-        def body(conn: sqlite3.Connection) -> bool:
+        def body(conn: sqlite3.Connection) -> BudgetDeleted:
             catalog = self._sync(conn, events)
             old = catalog.budgets.get(budget_id)
             if old is None:
-                return False
+                raise KeyError(f"no budget {budget_id!r}")
+            # The spend rows stay: open reservations still end on them (settle, release and
+            # expiry name their lines), and re-adding the id in the same window continues there.
             conn.execute("DELETE FROM budgets WHERE id = ?", (budget_id,))
+            in_flight = conn.execute(_SQL_IN_FLIGHT, (budget_id,)).fetchone()[0]
+            reserved = conn.execute(
+                "SELECT coalesce(sum(reserved), 0) FROM spend WHERE budget_id = ?", (budget_id,)
+            ).fetchone()[0]
             budgets = {k: v for k, v in catalog.budgets.items() if k != budget_id}
-            self._record_change(conn, budget_id, "remove", None, old.limit.nanos, None, budgets, events)
-            return True
+            self._record_change(
+                conn, catalog, budget_id, "remove", None, old.limit.nanos, None, budgets, events
+            )
+            return BudgetDeleted(budget_id, in_flight, Money(reserved))
 
-        removed = self._write(body)
+        deleted = self._write(body)
         self._deliver(events)
-        return removed
+        return deleted
 
     def get_budget(self, budget_id: str) -> Budget:
         budget = self._current().budgets.get(budget_id)
@@ -68,7 +82,9 @@ class BudgetAdminMixin(LedgerCore):
             )
             budgets = dict(catalog.budgets)
             budgets[budget_id] = replace(old, limit=limit)
-            self._record_change(conn, budget_id, "limit", nanos, old.limit.nanos, None, budgets, events)
+            self._record_change(
+                conn, catalog, budget_id, "limit", nanos, old.limit.nanos, None, budgets, events
+            )
 
         self._write(body)
         self._deliver(events)
@@ -89,6 +105,7 @@ class BudgetAdminMixin(LedgerCore):
             conn.execute(f"DELETE FROM alerts WHERE {where}", params)
             self._record_change(
                 conn,
+                catalog,
                 budget_id,
                 "reset",
                 budget.limit.nanos,

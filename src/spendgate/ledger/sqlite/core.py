@@ -1,10 +1,10 @@
 """What every job of the SQLite ledger shares: its state, the budgets catalog, and write ops.
 
-The file holds the budgets (definitions and limits), so every process
-enforces the same set. Each process caches them as a ``Catalog`` keyed by the
-``budgets_version`` in ``meta``; a transaction that sees a newer version
-reloads them and reports the changes in between to this process's
-subscribers. A write is an ``Op``: run alone on the caller's thread
+The file holds the budgets (definitions and limits) and the rate limits, so every
+process enforces the same set. Each process caches them as a ``Catalog`` keyed by the
+``budgets_version`` and ``limits_version`` in ``meta``; a transaction that sees a newer
+version reloads what changed and reports the budget changes in between to this process's
+subscribers (limits have no events, as in memory). A write is an ``Op``: run alone on the caller's thread
 (``_run``), or queued for the event loop's group commit (``_arun``).
 """
 
@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from spendgate.budgets import EPOCH, Budget
 from spendgate.clock import Clock
@@ -30,6 +30,7 @@ from spendgate.ledger.base import (
     ChangeKind,
     Event,
     Ledger,
+    LedgerMissingError,
     LedgerUnavailableError,
     ThresholdCrossed,
 )
@@ -37,20 +38,50 @@ from spendgate.ledger.sqlite.codec import us
 from spendgate.ledger.sqlite.connection import ConnLocal, SQLiteFile
 from spendgate.ledger.sqlite.group_commit import GroupCommit, Job, future_job
 from spendgate.ledger.sqlite.schema import migrate
+from spendgate.limits import Limit
 from spendgate.money import Money
 
-__all__ = ["Catalog", "LedgerCore", "Op", "fresh"]
+__all__ = ["EMPTY_CATALOG", "Catalog", "LedgerCore", "LimitEntry", "Op", "fresh"]
 
 log = logging.getLogger("spendgate.ledger")
 
 T = TypeVar("T")
-_SQL_VERSION = "SELECT value FROM meta WHERE key = 'budgets_version'"
+# Both versions in one statement: the only read a transaction makes before its own work.
+_SQL_VERSIONS = (
+    "SELECT (SELECT value FROM meta WHERE key = 'budgets_version'), "
+    "(SELECT value FROM meta WHERE key = 'limits_version')"
+)
+# A counter, so a probe is a real change to commit (and a test can count the probes).
+_SQL_PROBE = (
+    "INSERT INTO meta (key, value) VALUES ('probes', 1) ON CONFLICT (key) DO UPDATE SET value = value + 1"
+)
+
+
+class LimitEntry(NamedTuple):
+    """A rate limit and the generation of its counts (``limits.generation`` in the file)."""
+
+    limit: Limit
+    generation: int
 
 
 class Catalog(NamedTuple):
     version: int
     budgets: dict[str, Budget]  # with their effective limits
     order: tuple[Budget, ...]
+    limits_version: int
+    limits: dict[str, LimitEntry]
+    limit_order: tuple[LimitEntry, ...]  # as added (the file's rowid order), like memory
+
+    def newer_than(self, other: Catalog) -> bool:
+        """Whether this snapshot is later than ``other`` (both counters only ever grow, and
+        snapshots of one file are ordered, so one never has a higher budgets version and a
+        lower limits version than another)."""
+        if (self.version, self.limits_version) == (other.version, other.limits_version):
+            return False
+        return self.version >= other.version and self.limits_version >= other.limits_version
+
+
+EMPTY_CATALOG: Final = Catalog(-1, {}, (), -1, {}, ())
 
 
 class LedgerLocal(ConnLocal):
@@ -102,6 +133,8 @@ class LedgerCore(SQLiteFile, Ledger):
 
     scheme = "sqlite"
     _local: LedgerLocal
+    _FILE_ID = "SELECT value FROM meta WHERE key = 'ledger_id'"
+    _WHAT = "spendgate ledger file"
 
     def __init__(
         self,
@@ -116,14 +149,17 @@ class LedgerCore(SQLiteFile, Ledger):
         wal_autocheckpoint: int = 4000,
         expiry_interval: timedelta = timedelta(seconds=1),
         purge_interval: timedelta = timedelta(minutes=1),
+        create: bool = True,
     ) -> None:
         Ledger.__init__(self, clock=clock, retention=retention, fail_open=fail_open)
-        SQLiteFile.__init__(self, path, busy_timeout=busy_timeout, wal_autocheckpoint=wal_autocheckpoint)
+        SQLiteFile.__init__(
+            self, path, busy_timeout=busy_timeout, wal_autocheckpoint=wal_autocheckpoint, create=create
+        )
         self._local = LedgerLocal()
         self.page_size = page_size
         self.expiry_interval = expiry_interval
         self.purge_interval = purge_interval
-        self._catalog = Catalog(-1, {}, ())
+        self._catalog = EMPTY_CATALOG
         self._next_expiry = EPOCH
         self._next_purge = EPOCH
         self._unrecorded: deque[str] = deque(maxlen=10_000)  # fail-open admissions
@@ -131,6 +167,9 @@ class LedgerCore(SQLiteFile, Ledger):
         self._pending = list(budgets)  # applied once the file is reachable
         try:
             self._setup()
+        except LedgerMissingError:
+            self.close()
+            raise  # asked to open an existing ledger: fail-open has nothing to admit into
         except LedgerUnavailableError:
             if not fail_open:
                 raise
@@ -147,7 +186,7 @@ class LedgerCore(SQLiteFile, Ledger):
 
     # -- connections --------------------------------------------------------------------
     def _forked(self) -> None:
-        self._catalog = Catalog(-1, {}, ())
+        self._catalog = EMPTY_CATALOG
 
     def close(self) -> None:
         """Close this process's connections (call it when no thread uses the ledger any more).
@@ -169,6 +208,10 @@ class LedgerCore(SQLiteFile, Ledger):
     def _setup(self) -> None:
         conn = self._conn(writer=False)
         try:
+            if not self.create and conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                raise LedgerMissingError(
+                    f"ledger {self.path} holds no spendgate ledger (the gateway creates it on first start)"
+                )
             conn.execute(f"PRAGMA page_size = {int(self.page_size)}")  # only takes effect on a new file
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -181,6 +224,7 @@ class LedgerCore(SQLiteFile, Ledger):
                 self._rollback(conn)
         except sqlite3.Error as exc:
             raise self._unavailable(exc) from exc
+        self._remember(conn)
         self._ready = True
         events: list[Event] = []
         budgets, self._pending = self._pending, []
@@ -199,31 +243,35 @@ class LedgerCore(SQLiteFile, Ledger):
 
     # -- the budgets catalog --------------------------------------------------------------
     def _sync(self, conn: sqlite3.Connection, events: list[Event]) -> Catalog:
-        """The budgets as of this transaction; reloads when another process changed them.
+        """The budgets and limits as of this transaction; reloads what another process changed.
 
-        The thread that installs a newer catalog reports the changes in between
-        (to this process's subscribers), so each is heard once per process.
+        The thread that installs a newer catalog reports the budget changes in
+        between (to this process's subscribers), so each is heard once per process.
         """
-        version = conn.execute(_SQL_VERSION).fetchone()[0]
+        version, limits_version = conn.execute(_SQL_VERSIONS).fetchone()
         pending = self._local.pending
-        if pending is not None and pending.version == version:
+        if pending is not None and pending.version == version and pending.limits_version == limits_version:
             return pending  # this transaction's own change
         catalog = self._catalog
-        if version == catalog.version:
+        if version == catalog.version and limits_version == catalog.limits_version:
             return catalog
-        rows = conn.execute("SELECT id, definition, config_limit, limit_override FROM budgets ORDER BY id")
-        budgets: dict[str, Budget] = {}
-        for budget_id, definition, config_limit, override in rows:
-            config = json.loads(definition)
-            config["limit"] = str(Money(override if override is not None else config_limit).to_decimal())
-            budgets[budget_id] = Budget.from_config(config, where=f"budgets[{budget_id!r}]")
-        loaded = Catalog(version, budgets, tuple(budgets.values()))
+        if version == catalog.version:
+            budgets, order = catalog.budgets, catalog.order
+        else:
+            budgets = self._load_budgets(conn)
+            order = tuple(budgets.values())
+        if limits_version == catalog.limits_version:
+            limits, limit_order = catalog.limits, catalog.limit_order
+        else:
+            limits = self._load_limits(conn)
+            limit_order = tuple(limits.values())
+        loaded = Catalog(version, budgets, order, limits_version, limits, limit_order)
         with self._lock:
             since = self._catalog.version
-            if since >= version:
+            if not loaded.newer_than(self._catalog):
                 return loaded  # another thread got there first (or this snapshot is older)
             self._catalog = loaded
-        if since >= 0:
+        if since >= 0 and version > since:
             changes = conn.execute(
                 "SELECT budget_id, kind, new_limit, previous_limit, instance FROM changes "
                 "WHERE seq > ? AND seq <= ? ORDER BY seq",
@@ -232,9 +280,29 @@ class LedgerCore(SQLiteFile, Ledger):
             events.extend(_change(*row) for row in changes)
         return loaded
 
+    @staticmethod
+    def _load_budgets(conn: sqlite3.Connection) -> dict[str, Budget]:
+        rows = conn.execute("SELECT id, definition, config_limit, limit_override FROM budgets ORDER BY id")
+        budgets: dict[str, Budget] = {}
+        for budget_id, definition, config_limit, override in rows:
+            config = json.loads(definition)
+            config["limit"] = str(Money(override if override is not None else config_limit).to_decimal())
+            budgets[budget_id] = Budget.from_config(config, where=f"budgets[{budget_id!r}]")
+        return budgets
+
+    @staticmethod
+    def _load_limits(conn: sqlite3.Connection) -> dict[str, LimitEntry]:
+        rows = conn.execute("SELECT id, definition, generation FROM limits ORDER BY rowid")
+        return {
+            limit_id: LimitEntry(
+                Limit.from_config(json.loads(definition), f"limits[{limit_id!r}]"), generation
+            )
+            for limit_id, definition, generation in rows
+        }
+
     def _install(self, pending: Catalog) -> None:
         with self._lock:
-            if pending.version > self._catalog.version:  # never go back to an older snapshot
+            if pending.newer_than(self._catalog):  # never go back to an older snapshot
                 self._catalog = pending
 
     def _current(self) -> Catalog:
@@ -249,6 +317,7 @@ class LedgerCore(SQLiteFile, Ledger):
     def _record_change(
         self,
         conn: sqlite3.Connection,
+        catalog: Catalog,
         budget_id: str,
         kind: ChangeKind,
         new_limit: int | None,
@@ -257,7 +326,8 @@ class LedgerCore(SQLiteFile, Ledger):
         budgets: dict[str, Budget],
         events: list[Event],
     ) -> None:
-        """Log a change, bump the version, and update this process's catalog (no reload, no echo)."""
+        """Log a change, bump the version, and update this process's catalog (no reload, no echo).
+        ``catalog`` is this transaction's (``_sync``); ``budgets`` its budgets after the change."""
         cur = conn.execute(
             "INSERT INTO changes (budget_id, kind, new_limit, previous_limit, instance, at) VALUES (?, ?, ?, ?, ?, ?)",
             (budget_id, kind, new_limit, previous_limit, instance, us(self.clock.now())),
@@ -265,7 +335,8 @@ class LedgerCore(SQLiteFile, Ledger):
         seq = cur.lastrowid
         assert seq is not None
         conn.execute("UPDATE meta SET value = ? WHERE key = 'budgets_version'", (seq,))
-        self._local.pending = Catalog(seq, budgets, tuple(budgets[b] for b in sorted(budgets)))
+        order = tuple(budgets[b] for b in sorted(budgets))
+        self._local.pending = catalog._replace(version=seq, budgets=budgets, order=order)
         events.append(_change(budget_id, kind, new_limit, previous_limit, instance))
 
     def _put_in(self, conn: sqlite3.Connection, budget: Budget, events: list[Event]) -> None:
@@ -300,7 +371,39 @@ class LedgerCore(SQLiteFile, Ledger):
         effective = budget if override is None else replace(budget, limit=Money(override))
         budgets = dict(catalog.budgets)
         budgets[budget.id] = effective
-        self._record_change(conn, budget.id, "put", effective.limit.nanos, previous, None, budgets, events)
+        self._record_change(
+            conn, catalog, budget.id, "put", effective.limit.nanos, previous, None, budgets, events
+        )
+
+    # -- the write path, proven -------------------------------------------------------------
+    def _probe_op(self) -> Op:
+        """One committed write of its own (a counter in ``meta``), checking the stored id too."""
+        self._verify()  # a lost file says so, not that it cannot be written
+        unwritable = self._unwritable()
+        if unwritable is not None:
+            # The open connections may still write (modes are checked at open, and a read-only
+            # main file still takes WAL appends), but a restart or a new worker could not.
+            raise LedgerUnavailableError(
+                f"spendgate ledger {self.path!r} is not writable ({unwritable} cannot be written): "
+                "a new connection, another worker or a restart would fail. Check its modes, "
+                "attributes (lsattr) and the mount."
+            )
+
+        def body(conn: sqlite3.Connection) -> None:
+            self._verify_id(conn)  # a file overwritten in place keeps its inode
+            conn.execute(_SQL_PROBE)
+
+        def failed(exc: LedgerUnavailableError) -> None:
+            raise exc  # fail_open admits requests; it does not make the ledger writable
+
+        return Op(body, lambda _: None, failed)
+
+    def check_writable(self) -> None:
+        self._run(self._probe_op())
+
+    async def acheck_writable(self) -> None:
+        """Through this loop's group commit: the writer the gateway's requests use."""
+        await self._arun([self._probe_op()])
 
     # -- write ops ------------------------------------------------------------------------
     def _run(self, op: Op) -> Any:

@@ -9,13 +9,14 @@ from spendgate.budgets import Budget
 from spendgate.clock import Clock
 from spendgate.ledger.sqlite.budgets import BudgetAdminMixin
 from spendgate.ledger.sqlite.connection import sqlite_path
+from spendgate.ledger.sqlite.limits import LimitAdminMixin
 from spendgate.ledger.sqlite.request_log import RequestLogMixin
 from spendgate.ledger.sqlite.reservations import ReservationsMixin
 
 __all__ = ["SQLiteLedger", "sqlite_factory"]
 
 
-class SQLiteLedger(ReservationsMixin, BudgetAdminMixin, RequestLogMixin):
+class SQLiteLedger(ReservationsMixin, BudgetAdminMixin, LimitAdminMixin, RequestLogMixin):
     """A ledger in one SQLite file; safe for many threads and processes on one machine.
 
     ``busy_timeout`` (seconds) bounds the wait for the write lock before the
@@ -29,7 +30,8 @@ class SQLiteLedger(ReservationsMixin, BudgetAdminMixin, RequestLogMixin):
 
     The jobs live in their own modules: connections and transactions
     (``connection.py``), state, catalog and write ops (``core.py``),
-    reservations, budget administration and the request log (one mixin each).
+    reservations, budget administration, rate limits (``limits.py``: their administration,
+    and what a reservation takes from them) and the request log (one mixin each).
     """
 
     def open_reservations(self) -> int:

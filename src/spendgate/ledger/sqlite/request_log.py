@@ -1,4 +1,5 @@
-"""The request log: settled and expired requests, their queries, and the retention purge."""
+"""The request log: settled and expired requests, their queries, and the retention purge
+(which also prunes rate limit buckets that left their window)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from spendgate.ledger.base import LedgerUnavailableError, RequestRecord, UnknownReservationError
 from spendgate.ledger.sqlite.codec import DIM_COLUMNS, attrs_of, dt, us
 from spendgate.ledger.sqlite.core import LedgerCore
+from spendgate.ledger.sqlite.limits import prune_limits
 from spendgate.money import Money
 
 __all__ = ["RequestLogMixin"]
@@ -130,6 +132,7 @@ class RequestLogMixin(LedgerCore):
                 (cutoff,),
             )
             conn.execute("DELETE FROM alerts WHERE sent_at < ?", (cutoff,))
+            prune_limits(conn, now_us)  # buckets out of their window: the table stays ~21 rows an instance
             conn.execute(
                 "DELETE FROM changes WHERE at < ? AND seq < (SELECT max(seq) FROM changes)", (cutoff,)
             )

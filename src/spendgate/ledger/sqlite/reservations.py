@@ -1,11 +1,14 @@
 """Reservations, the hot path: reserve, settle, release, and the expiry of leases.
 
-A reserve checks the budgets' version, inserts the request's row, and runs one
-conditional upsert per budget line (a line that cannot take the estimate undoes
-the request's own writes and refuses); a settle is one ``UPDATE ... RETURNING``
-of the request plus one per line. Statements are constant text, so sqlite3's
-statement cache prepares each once. Everything that can be worked out before
-the write lock (matching, encoding) is, in ``_plan``.
+A reserve checks the budgets' and limits' versions, inserts the request's row, and
+runs one conditional upsert per budget line, then one per rate limit instance (a
+line or limit that cannot take the request undoes the request's own writes and
+refuses); a settle is one ``UPDATE ... RETURNING`` of the request plus one per
+line (and per limit instance with something to give back). Statements are constant
+text, so sqlite3's statement cache prepares each once. Everything that can be worked
+out before the write lock (matching, encoding, pacing, buckets) is, in ``_plan``.
+A request that matches no limit pays for limits only the version read it shares
+with the budgets and a NULL column.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from spendgate.ledger.base import (
 from spendgate.ledger.sqlite.codec import attrs_of, dt, public_lines, tags_json, us
 from spendgate.ledger.sqlite.connection import Rollback
 from spendgate.ledger.sqlite.core import Catalog, LedgerCore, Op, fresh
+from spendgate.ledger.sqlite.limits import NO_LIMITS, LimitPlan, give_back, plan_limits, take_limits
+from spendgate.limits import Demand, LimitRefusal
 from spendgate.money import Money
 
 __all__ = ["ReservationsMixin"]
@@ -44,10 +49,11 @@ log = logging.getLogger("spendgate.ledger")
 
 _SQL_OPEN = """
     INSERT INTO requests (request_id, state, estimate, started_at, expires_at, lines,
-                          dim_key, dim_user, dim_team, dim_project, dim_customer, dim_model, tags)
-    VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                          dim_key, dim_user, dim_team, dim_project, dim_customer, dim_model, tags, takes)
+    VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (request_id) DO NOTHING"""
-# Admit into one line: insert the row or add to it, only while spent + reserved + estimate <= limit.
+# Admit into one line: insert the row or add to it, only while spent + reserved + estimate <= limit
+# (a paced budget's :limit is its allowance by now).
 _SQL_HOLD = """
     INSERT INTO spend (budget_id, window_start, instance, window_end, reserved)
     SELECT :budget, :start, :instance, :end, :estimate WHERE :estimate <= :limit
@@ -59,15 +65,15 @@ _SQL_SETTLE = """
     UPDATE requests SET state = 'settled', cost = ?, finished_at = ?, status = ?, model = ?, usage = ?,
                         breakdown = ?
     WHERE request_id = ? AND state = 'open'
-    RETURNING estimate, lines"""
+    RETURNING estimate, lines, takes"""
 _SQL_RELEASE = """
     UPDATE requests SET state = 'released', cost = 0, finished_at = ?
     WHERE request_id = ? AND state = 'open'
-    RETURNING estimate, lines"""
+    RETURNING estimate, lines, takes"""
 _SQL_EXPIRE = """
     UPDATE requests SET state = 'expired', cost = estimate, finished_at = ?, status = 'expired'
     WHERE request_id = ? AND state = 'open'
-    RETURNING estimate, lines"""
+    RETURNING estimate, lines, takes"""
 _SQL_ENDED = "SELECT state, estimate, cost FROM requests WHERE request_id = ?"
 _SQL_FORGET = "DELETE FROM requests WHERE request_id = ? AND state = 'open'"
 _SQL_CHARGE = """
@@ -98,6 +104,8 @@ class _Plan(NamedTuple):
     matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]]
     row: tuple[Any, ...]
     holds: list[dict[str, Any]]
+    demand: Demand | None
+    limits: LimitPlan
 
 
 class ReservationsMixin(LedgerCore):
@@ -105,24 +113,36 @@ class ReservationsMixin(LedgerCore):
     join the event loop's group commit."""
 
     def reserve(
-        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
-    ) -> Reservation | Refusal:
+        self,
+        request_id: str,
+        attributes: Attributes,
+        estimate: Money,
+        lease: timedelta | float,
+        demand: Demand | None = None,
+    ) -> Reservation | Refusal | LimitRefusal:
         now = self.clock.now()
-        op = self._reserve_op(request_id, attributes, estimate, lease, now)
+        op = self._reserve_op(request_id, attributes, estimate, lease, now, demand)
         expiry = self._expiry_op(now)
         if expiry is not None:
             self._run(expiry)
-        result: Reservation | Refusal = self._run(op)
+        result: Reservation | Refusal | LimitRefusal = self._run(op)
         return result
 
     async def areserve(
-        self, request_id: str, attributes: Attributes, estimate: Money, lease: timedelta | float
-    ) -> Reservation | Refusal:
+        self,
+        request_id: str,
+        attributes: Attributes,
+        estimate: Money,
+        lease: timedelta | float,
+        demand: Demand | None = None,
+    ) -> Reservation | Refusal | LimitRefusal:
         """``reserve`` through the group commit: the event loop never waits for the lock."""
         now = self.clock.now()
-        op = self._reserve_op(request_id, attributes, estimate, lease, now)
+        op = self._reserve_op(request_id, attributes, estimate, lease, now, demand)
         expiry = self._expiry_op(now)
-        result: Reservation | Refusal = await self._arun([op] if expiry is None else [expiry, op])
+        result: Reservation | Refusal | LimitRefusal = await self._arun(
+            [op] if expiry is None else [expiry, op]
+        )
         return result
 
     def _reserve_op(
@@ -132,14 +152,17 @@ class ReservationsMixin(LedgerCore):
         estimate: Money,
         lease: timedelta | float,
         now: datetime,
+        demand: Demand | None,
     ) -> Op:
         est = self._amount(estimate, "estimate")
         delta = self._lease(lease)
+        if demand is not None and not isinstance(demand, Demand):
+            raise TypeError(f"demand must be a Demand, got {type(demand).__name__}")
         events: list[Event] = []
-        # Match and encode before taking the write lock; redone inside only if budgets changed.
-        plan = self._plan(self._catalog, request_id, attributes, est, now, now + delta)
+        # Match and encode before taking the write lock; redone inside only if the catalog changed.
+        plan = self._plan(self._catalog, request_id, attributes, est, now, now + delta, demand)
 
-        def done(result: Reservation | Refusal) -> Reservation | Refusal:
+        def done(result: Reservation | Refusal | LimitRefusal) -> Reservation | Refusal | LimitRefusal:
             self._deliver(events)
             return result
 
@@ -159,14 +182,14 @@ class ReservationsMixin(LedgerCore):
 
         created = False  # by this op (not a retry that found the id's reservation already open)
 
-        def body(conn: sqlite3.Connection) -> Reservation | Refusal:
+        def body(conn: sqlite3.Connection) -> Reservation | Refusal | LimitRefusal:
             nonlocal created
             created = False
             result = self._reserve_in(conn, plan, events)  # reuse and refusal leave by Rollback
             created = True
             return result
 
-        def orphan(result: Reservation | Refusal) -> None:
+        def orphan(result: Reservation | Refusal | LimitRefusal) -> None:
             if created:
                 self._release_orphan(result)
 
@@ -189,7 +212,7 @@ class ReservationsMixin(LedgerCore):
 
         return Op(fresh(events, lambda conn: self._expire_in(conn, now, events, 64)), done, failed)
 
-    def _release_orphan(self, result: Reservation | Refusal) -> None:
+    def _release_orphan(self, result: Reservation | Refusal | LimitRefusal) -> None:
         """A reservation this call made, whose caller was cancelled meanwhile: release it."""
         if not isinstance(result, Reservation) or result.unrecorded:
             return
@@ -204,6 +227,7 @@ class ReservationsMixin(LedgerCore):
         est: int,
         now: datetime,
         expires: datetime,
+        demand: Demand | None,
     ) -> _Plan:
         matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]] = []
         for budget in catalog.order:
@@ -212,23 +236,26 @@ class ReservationsMixin(LedgerCore):
                 window = budget.window.bounds(now)
                 matched.extend((budget, key, window) for key in keys)
         lines = [(b.id, key, us(w[0]), None if w[1] is None else us(w[1])) for b, key, w in matched]
+        limits = NO_LIMITS
+        if catalog.limit_order:
+            limits = plan_limits(catalog, request_id, attributes, demand or Demand(cost=est), now)
         a = attributes
         row = (request_id, est, us(now), us(expires), json.dumps(lines, separators=(",", ":")), a.key,
-               a.user, a.team, a.project, a.customer, a.model, tags_json(a.tags))  # fmt: skip
+               a.user, a.team, a.project, a.customer, a.model, tags_json(a.tags), limits.takes)  # fmt: skip
         holds = [
             {"budget": line[0], "start": line[2], "instance": line[1], "end": line[3], "estimate": est,
-             "limit": budget.limit.nanos}
-            for line, (budget, _, _) in zip(lines, matched, strict=True)
+             "limit": budget.limit.nanos if budget.pace is None else budget.allowance(now, *window)}
+            for line, (budget, _, window) in zip(lines, matched, strict=True)
         ]  # fmt: skip
-        return _Plan(catalog, request_id, attributes, est, now, expires, matched, row, holds)
+        return _Plan(catalog, request_id, attributes, est, now, expires, matched, row, holds, demand, limits)
 
     def _reserve_in(
         self, conn: sqlite3.Connection, plan: _Plan, events: list[Event]
-    ) -> Reservation | Refusal:
+    ) -> Reservation | Refusal | LimitRefusal:
         catalog = self._sync(conn, events)
-        if catalog is not plan.catalog:  # budgets changed since the plan: match again
+        if catalog is not plan.catalog:  # budgets or limits changed since the plan: match again
             plan = self._plan(
-                catalog, plan.request_id, plan.attributes, plan.estimate, plan.now, plan.expires
+                catalog, plan.request_id, plan.attributes, plan.estimate, plan.now, plan.expires, plan.demand
             )
         if conn.execute(_SQL_OPEN, plan.row).rowcount == 0:
             raise Rollback(self._reuse(conn, plan.request_id, plan.attributes, plan.estimate))
@@ -236,13 +263,7 @@ class ReservationsMixin(LedgerCore):
             if conn.execute(_SQL_HOLD, hold).rowcount == 0:
                 row = conn.execute(SQL_LINE, (hold["budget"], hold["start"], key)).fetchone()
                 spent, reserved = row if row is not None else (0, 0)
-                # Undo this request's writes here (not by rolling the transaction back): in a
-                # group commit the transaction holds other requests' writes too.
-                conn.execute(_SQL_FORGET, (plan.request_id,))
-                for done in plan.holds[:i]:
-                    conn.execute(
-                        _SQL_RELEASE_LINE, (plan.estimate, done["budget"], done["start"], done["instance"])
-                    )
+                self._forget(conn, plan, i)
                 raise Rollback(
                     self._refusal(
                         plan.request_id,
@@ -250,12 +271,17 @@ class ReservationsMixin(LedgerCore):
                         key,
                         spent,
                         reserved,
-                        hold["limit"],
+                        budget.limit.nanos,  # a paced refusal says what its allowance is by now
                         plan.estimate,
                         window,
                         plan.now,
                     )
                 )
+        if plan.limits.checks:  # after the budgets, so a budget's refusal comes first (as in memory)
+            refused = take_limits(conn, plan.limits, plan.request_id, plan.now)
+            if refused is not None:
+                self._forget(conn, plan, len(plan.holds))
+                raise Rollback(refused)
         return Reservation(
             plan.request_id,
             Money(plan.estimate),
@@ -263,6 +289,15 @@ class ReservationsMixin(LedgerCore):
             plan.expires,
             tuple(BudgetLine(b.id, key, w[0], w[1]) for b, key, w in plan.matched),
         )
+
+    @staticmethod
+    def _forget(conn: sqlite3.Connection, plan: _Plan, held: int) -> None:
+        """Undo a refused reserve's own writes: its row and its first ``held`` budget holds
+        (here, not by rolling the transaction back: in a group commit the transaction holds
+        other requests' writes too)."""
+        conn.execute(_SQL_FORGET, (plan.request_id,))
+        for done in plan.holds[:held]:
+            conn.execute(_SQL_RELEASE_LINE, (plan.estimate, done["budget"], done["start"], done["instance"]))
 
     def _reuse(
         self, conn: sqlite3.Connection, request_id: str, attributes: Attributes, est: int
@@ -284,20 +319,26 @@ class ReservationsMixin(LedgerCore):
             )
         return Reservation(request_id, Money(estimate), dt(started), dt(expires), public_lines(lines))
 
-    def settle(self, request_id: str, actual: Money, record: RequestRecord | None = None) -> SettleOutcome:
-        outcome: SettleOutcome = self._run(self._settle_op(request_id, actual, record))
+    def settle(
+        self, request_id: str, actual: Money, record: RequestRecord | None = None, used: Demand | None = None
+    ) -> SettleOutcome:
+        outcome: SettleOutcome = self._run(self._settle_op(request_id, actual, record, used))
         self._maybe_purge()
         return outcome
 
     async def asettle(
-        self, request_id: str, actual: Money, record: RequestRecord | None = None
+        self, request_id: str, actual: Money, record: RequestRecord | None = None, used: Demand | None = None
     ) -> SettleOutcome:
         """``settle`` through the group commit (which also schedules the retention purge)."""
-        outcome: SettleOutcome = await self._arun([self._settle_op(request_id, actual, record)])
+        outcome: SettleOutcome = await self._arun([self._settle_op(request_id, actual, record, used)])
         return outcome
 
-    def _settle_op(self, request_id: str, actual: Money, record: RequestRecord | None) -> Op:
+    def _settle_op(
+        self, request_id: str, actual: Money, record: RequestRecord | None, used: Demand | None
+    ) -> Op:
         act = self._amount(actual, "actual")
+        if used is not None and not isinstance(used, Demand):
+            raise TypeError(f"used must be a Demand, got {type(used).__name__}")
         now = self.clock.now()
         if record is None:
             values: tuple[Any, ...] = (act, us(now), "ok", None, None, None, request_id)
@@ -333,7 +374,7 @@ class ReservationsMixin(LedgerCore):
                       self.path, request_id, actual, exc_info=exc)  # fmt: skip
             return SettleOutcome(request_id, "unrecorded", actual, actual, actual)
 
-        body = fresh(events, lambda conn: self._settle_in(conn, request_id, act, values, now, events))
+        body = fresh(events, lambda conn: self._settle_in(conn, request_id, act, values, now, events, used))
         return Op(body, done, failed)
 
     def _settle_in(
@@ -344,13 +385,16 @@ class ReservationsMixin(LedgerCore):
         values: tuple[Any, ...],
         now: datetime,
         events: list[Event],
+        used: Demand | None,
     ) -> SettleOutcome:
         catalog = self._sync(conn, events)
         row = conn.execute(_SQL_SETTLE, values).fetchall()
         if not row:
             raise Rollback(self._ended_settle(conn, request_id, act))
-        est, lines = row[0]
+        est, lines, takes = row[0]
         remaining = self._charge(conn, catalog, request_id, json.loads(lines), est, act, now, events)
+        if takes is not None:
+            give_back(conn, catalog, takes, "settled", used, act)
         left = None if remaining is None else Money(max(remaining, 0))
         return SettleOutcome(request_id, "settled", Money(act), Money(est), Money(act), left)
 
@@ -436,9 +480,15 @@ class ReservationsMixin(LedgerCore):
                       self.path, request_id, exc_info=exc)  # fmt: skip
             return ReleaseOutcome(request_id, "unrecorded")
 
-        return Op(lambda conn: self._release_in(conn, request_id), lambda outcome: outcome, failed)
+        events: list[Event] = []
 
-    def _release_in(self, conn: sqlite3.Connection, request_id: str) -> ReleaseOutcome:
+        def done(outcome: ReleaseOutcome) -> ReleaseOutcome:
+            self._deliver(events)  # budget changes heard while giving limits back
+            return outcome
+
+        return Op(lambda conn: self._release_in(conn, request_id, events), done, failed)
+
+    def _release_in(self, conn: sqlite3.Connection, request_id: str, events: list[Event]) -> ReleaseOutcome:
         row = conn.execute(_SQL_RELEASE, (us(self.clock.now()), request_id)).fetchall()
         if not row:
             ended = conn.execute(_SQL_ENDED, (request_id,)).fetchone()
@@ -448,9 +498,11 @@ class ReservationsMixin(LedgerCore):
                 raise UnknownReservationError(f"no reservation for request id {request_id!r}")
             status: ReleaseStatus = "already_released" if ended[0] == "released" else ended[0]
             return ReleaseOutcome(request_id, status)
-        est, lines = row[0][0], json.loads(row[0][1])
-        for budget_id, key, start, _end in lines:
+        est, lines, takes = row[0]
+        for budget_id, key, start, _end in json.loads(lines):
             conn.execute(_SQL_RELEASE_LINE, (est, budget_id, start, key))
+        if takes is not None:  # only then is the catalog needed: a release without limits reads no version
+            give_back(conn, self._sync(conn, events), takes, "released")
         return ReleaseOutcome(request_id, "released")
 
     # -- leases -------------------------------------------------------------------------
@@ -476,8 +528,10 @@ class ReservationsMixin(LedgerCore):
             return 0
         catalog = self._sync(conn, events)
         for request_id in due:
-            est, lines = conn.execute(_SQL_EXPIRE, (now_us, request_id)).fetchall()[0]
+            est, lines, takes = conn.execute(_SQL_EXPIRE, (now_us, request_id)).fetchall()[0]
             self._charge(conn, catalog, request_id, json.loads(lines), est, est, now, events)
+            if takes is not None:
+                give_back(conn, catalog, takes, "expired")
             log.warning(
                 "spendgate: lease of request %s expired unsettled; charged its reserved %s",
                 request_id,

@@ -85,3 +85,42 @@ CREATE INDEX requests_by_team ON requests (dim_team, started_at) WHERE dim_team 
 CREATE INDEX requests_by_project ON requests (dim_project, started_at) WHERE dim_project IS NOT NULL;
 CREATE INDEX requests_by_customer ON requests (dim_customer, started_at) WHERE dim_customer IS NOT NULL;
 CREATE INDEX requests_by_model ON requests (dim_model, started_at) WHERE dim_model IS NOT NULL;
+
+-- migration 2
+-- The file's own id, remembered at open: a connection that finds another id is on another
+-- file (connection.py refuses it rather than start over). 'probes' counts check_writable().
+INSERT INTO meta (key, value) VALUES ('ledger_id', random()), ('probes', 0);
+
+-- migration 3
+-- Rate limits (spendgate.limits), shared like the budgets: every process enforces the same
+-- set, reloaded when 'limits_version' moves. The rowid keeps the order they were added in
+-- (the order a refusal is looked for in, as memory does). 'generation' is the limits_version
+-- at which the limit's counts began: a change of kind or window starts them over, and an
+-- ending whose take names an older generation gives nothing back to the new counts.
+CREATE TABLE limits (
+        id          TEXT NOT NULL UNIQUE,
+        definition  TEXT NOT NULL,     -- Limit.to_config() as JSON
+        width_us    INTEGER NOT NULL,  -- one bucket of the window, µs (0: no window); for the purge
+        generation  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+-- A windowed limit instance's buckets: bucket = µs since epoch // width_us. A window is
+-- the rows from bucket - 20 on: one indexed range of at most 21 rows.
+CREATE TABLE limit_buckets (
+        limit_id TEXT NOT NULL,
+        instance TEXT NOT NULL,     -- '' or 'key=k1'
+        bucket   INTEGER NOT NULL,
+        amount   INTEGER NOT NULL,  -- requests, tokens or nano-USD taken in this bucket
+        PRIMARY KEY (limit_id, instance, bucket)
+    ) WITHOUT ROWID;
+-- A concurrency limit instance's requests in flight.
+CREATE TABLE limit_flight (
+        limit_id  TEXT NOT NULL,
+        instance  TEXT NOT NULL,
+        in_flight INTEGER NOT NULL,
+        PRIMARY KEY (limit_id, instance)
+    ) WITHOUT ROWID;
+-- What a reservation took from each limit instance, to give back at its ending:
+-- JSON [[limit_id, generation, instance, bucket, amount], ...]; NULL when it matched no limit.
+ALTER TABLE requests ADD COLUMN takes TEXT;
+INSERT INTO meta (key, value) VALUES ('limits_version', 0);
