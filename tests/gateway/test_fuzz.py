@@ -366,7 +366,14 @@ def test_admin_api_keeps_its_contract(tmp_path: Path) -> None:
     with running(tmp_path) as driver:
         # Alice's key is left alone (deleting or rotating it would only stop the /v1 traffic).
         gw = driver.gw
-        ids = ["global", *(gw.key(name).id for name in ("mini", "tiny", "off")), "key:" + gw.key("tiny").id]
+        # A rate limit for /limits/{id} to find; its id holds "/" as default ids do, and its
+        # selector matches no /v1 request.
+        limit = {"id": "fuzz/limit", "selector": {"user": "nobody"}, "requests": 5, "per": "1m"}
+        r = driver.send("POST", "/admin/limits", {"authorization": f"Bearer {ADMIN_TOKEN}"},
+                        json.dumps(limit).encode())  # fmt: skip
+        assert r.status_code == 201, r.text
+        ids = ["global", *(gw.key(name).id for name in ("mini", "tiny", "off")), "key:" + gw.key("tiny").id,
+               "fuzz/limit"]  # fmt: skip
 
         @FUZZ
         @given(admin_requests(ids))
@@ -389,6 +396,9 @@ def test_admin_api_keeps_its_contract(tmp_path: Path) -> None:
             assert not problems, (method, path, r.status_code, problems, answer)
 
         check()
+        # Rate limits the examples made may refuse every request (a prompt_tokens limit: 400) or
+        # hold it (on_exceed: wait); what is checked next is that the gateway serves at all.
+        driver.portal.call(lambda: [gw.ledger.remove_limit(made.id) for made in gw.ledger.limits()])
         # The gateway still serves after all that: nothing the admin API took broke it.
         r = driver.send("POST", "/v1/chat/completions", {"authorization": f"Bearer {gw.secret('alice')}"},
                         json.dumps(BASES["/v1/chat/completions"]).encode())  # fmt: skip

@@ -1,4 +1,4 @@
-"""``spendgate keys|budgets|usage``: manage virtual keys and budgets in the ledger file.
+"""``spendgate keys|budgets|limits|usage``: manage virtual keys, budgets and rate limits in the ledger.
 
 Registered on the main group by spendgate.cli (``main.add_command(...)`` for
 each of ``COMMANDS``). The ledger is ``--ledger URL``, else the ``ledger:`` of
@@ -6,8 +6,8 @@ each of ``COMMANDS``). The ledger is ``--ledger URL``, else the ``ledger:`` of
 ``$SPENDGATE_LEDGER``, else ``sqlite:///spendgate.db``. These commands open an
 existing ledger only: they never create one (``spendgate serve`` does), so a
 wrong path is an error, not a new empty file. Exit codes follow spendgate.cli:
-4 bad input (including an unknown key or budget id, or one that may not be
-deleted), 1 the ledger cannot be reached or does not exist.
+4 bad input (including an unknown key, budget or limit id, or one that may not be
+changed or deleted), 1 the ledger cannot be reached or does not exist.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ from spendgate.gateway.views import (
     parse_time,
 )
 from spendgate.ledger import Ledger, LedgerUnavailableError, open_keystore, open_ledger, resolve_url
+from spendgate.limits import KINDS, Limit
 from spendgate.money import Money, MoneyError
 
-__all__ = ["COMMANDS", "budgets_group", "keys_group", "resolve_ledger_url", "usage_cmd"]
+__all__ = ["COMMANDS", "budgets_group", "keys_group", "limits_group", "resolve_ledger_url", "usage_cmd"]
 
 # The same numbers as spendgate.cli (not imported from there: it imports this module).
 EXIT_UNAVAILABLE = 1
@@ -373,20 +374,25 @@ def budgets_reset_cmd(
     click.echo(f"{budget_id}: reset" + (f" ({', '.join(instance)})" if instance else ""))
 
 
-def _config_budget_ids(config_path: str) -> frozenset[str]:
-    """The ids of the budgets a gateway config defines (only its ``budgets:``: an admin's machine
-    need not hold the upstreams' API keys that loading the whole config asks for)."""
+def _config_ids(config_path: str, section: str, read: Callable[[Any, str], str]) -> frozenset[str]:
+    """The ids of what a gateway config's ``section`` (``budgets:``, ``limits:``) defines, each
+    read by ``read(item, where)``: only that section (an admin's machine need not hold the
+    upstreams' API keys that loading the whole config asks for)."""
     try:
         data = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        _fail(f"{config_path}: cannot read its budgets: {exc}")
-    raw = data.get("budgets") if isinstance(data, dict) else None
+        _fail(f"{config_path}: cannot read its {section}: {exc}")
+    raw = data.get(section) if isinstance(data, dict) else None
     if not isinstance(raw, list):
         return frozenset()
     try:
-        return frozenset(Budget.from_config(item, where=f"budgets[{i}]").id for i, item in enumerate(raw))
+        return frozenset(read(item, f"{section}[{i}]") for i, item in enumerate(raw))
     except ConfigError as exc:
         _fail(f"{config_path}: {exc}")
+
+
+def _config_budget_ids(config_path: str) -> frozenset[str]:
+    return _config_ids(config_path, "budgets", lambda item, where: Budget.from_config(item, where=where).id)
 
 
 @budgets_group.command("delete")
@@ -435,6 +441,290 @@ def budgets_delete_cmd(budget_id: str, yes: bool, ledger_url: str | None, config
         )
 
 
+# -- limits ------------------------------------------------------------------------------------------
+
+#: The option each field of a limit comes from, for messages (the API's name the body's fields).
+_LIMIT_OPTIONS = {
+    "per": "--per",
+    "on_exceed": "--on-exceed",
+    "selector": "--selector",
+    "id": "--id",
+    "name": "--name",
+}
+
+
+def _limit_input(read: Callable[[], Limit], amount_option: str) -> Limit:
+    """``read()``: a limit through the API's own checks; a 400 of theirs as a CLI error that
+    names the option (``amount_option``: where the amount came from)."""
+    from spendgate.gateway.admin.errors import ApiError
+
+    options = {**_LIMIT_OPTIONS, "amount": amount_option, **dict.fromkeys(KINDS, amount_option)}
+    try:
+        return read()
+    except ApiError as exc:
+        field, sep, rest = exc.message.partition(":")
+        top, _, sub = field.partition(".")
+        if sep and top in options:
+            _fail(f"{options[top]}{' ' + sub if sub else ''}:{rest}")
+        _fail(exc.message)
+
+
+def _config_limit_ids(config_path: str) -> frozenset[str]:
+    return _config_ids(config_path, "limits", lambda item, where: Limit.from_config(item, where=where).id)
+
+
+def _refuse_config_limit(limit_id: str, config_path: str | None) -> None:
+    from spendgate.gateway.admin.handlers.limits import why_not_change  # the API's rule (and Starlette)
+
+    configured = _config_limit_ids(config_path) if config_path else frozenset()
+    refused = why_not_change(limit_id, configured=configured)
+    if refused is not None:
+        _fail(refused)
+
+
+def _no_limit(limit_id: str) -> NoReturn:
+    _fail(f"no limit {limit_id!r}; see `spendgate limits list`")
+
+
+def _limit_view(ledger: Ledger, limit_id: str) -> dict[str, Any]:
+    from spendgate.gateway.admin.handlers.limits import limit_views
+
+    try:
+        return limit_views(ledger, limit_id)[0]
+    except KeyError:
+        _no_limit(limit_id)
+
+
+def _instance_text(instance: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in instance.items())
+
+
+def _echo_limit(view: dict[str, Any]) -> None:
+    """One limit for people: its definition, then what each instance holds now."""
+    click.echo(f"id:         {view['id']}")
+    click.echo(f"limit:      {view['label']}")
+    click.echo(f"on_exceed:  {view['on_exceed']}")
+    unit = " USD" if view["kind"] == "usd" else ""
+    if not view["instances"]:
+        wild = ", ".join(dim for dim, value in view["selector"].items() if value == "*")
+        click.echo(f"use:        nothing counted in the window yet (one instance per {wild})")
+    for use in view["instances"]:
+        scope = f" {_instance_text(use['instance'])}" if use["instance"] else ""
+        click.echo(
+            f"use{scope}: {use['used']}{unit} of {use['amount']}{unit} ({use['percent']}%), "
+            f"{use['remaining']}{unit} left"
+        )
+
+
+@click.group("limits")
+def limits_group() -> None:
+    """Rate limits in the ledger: list with current use, show, create, change, delete."""
+
+
+@limits_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@ledger_options
+def limits_list_cmd(as_json: bool, ledger_url: str | None, config_path: str | None) -> None:
+    """Every limit, with what each instance holds now (a wildcard limit: each instance that counted
+    something in its window)."""
+    from spendgate.gateway.admin.handlers.limits import limit_views
+
+    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+        views = limit_views(ledger)
+    if as_json:
+        _echo_json(views)
+        return
+    if not views:
+        click.echo("no limits; add them to the config's limits: or with `spendgate limits create`")
+        return
+    rows: list[tuple[str, ...]] = []
+    for v in views:
+        uses = v["instances"] or [None]
+        for use in uses:
+            ident = v["id"] + (f"[{_instance_text(use['instance'])}]" if use and use["instance"] else "")
+            used, percent = (use["used"], f"{use['percent']}%") if use else ("-", "-")
+            rows.append(
+                (ident, v["kind"], used, v["amount"], percent, v["per"] or "-", v["on_exceed"], v["label"])
+            )
+    header = ("ID", "KIND", "USED", "AMOUNT", "%", "PER", "ON_EXCEED", "LABEL")
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
+    right = {2, 3, 4}  # numbers
+    for row in (header, *rows):
+        cells = [
+            f"{cell:>{widths[i]}}" if i in right else f"{cell:<{widths[i]}}"
+            for i, cell in enumerate(row[:-1])
+        ]
+        click.echo("  ".join([*cells, row[-1]]))
+
+
+@limits_group.command("show")
+@click.argument("limit_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@ledger_options
+def limits_show_cmd(limit_id: str, as_json: bool, ledger_url: str | None, config_path: str | None) -> None:
+    """One limit and what each of its instances holds now."""
+    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+        view = _limit_view(ledger, limit_id)
+    if as_json:
+        _echo_json(view)
+    else:
+        _echo_limit(view)
+
+
+@limits_group.command("create")
+@click.argument("kind", type=click.Choice(KINDS))
+@click.argument("amount")
+@click.option(
+    "--per",
+    default=None,
+    metavar="WINDOW",
+    help="The window: 10s, 1m, 1h, 1d (not for concurrency or prompt_tokens).",
+)
+@click.option(
+    "--selector",
+    "selector",
+    multiple=True,
+    metavar="DIM=VALUE",
+    help="Which requests, e.g. key=* (one limit per key) or team=research; repeat (default: all).",
+)
+@click.option(
+    "--on-exceed",
+    type=click.Choice(["raise", "wait"]),
+    default=None,
+    help="raise (default): refuse over the limit; wait: delay until it fits.",
+)
+@click.option("--id", "limit_id", default=None, help="Default: <selector>/<kind>[/<per>].")
+@click.option("--name", default=None, help="A label for people.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@ledger_options
+def limits_create_cmd(
+    kind: str,
+    amount: str,
+    per: str | None,
+    selector: tuple[str, ...],
+    on_exceed: str | None,
+    limit_id: str | None,
+    name: str | None,
+    as_json: bool,
+    ledger_url: str | None,
+    config_path: str | None,
+) -> None:
+    """Add a limit of KIND: AMOUNT per --per (requests, input_tokens, output_tokens, tokens; USD
+    for usd), AMOUNT at once (concurrency) or per request (prompt_tokens). Now, for every process.
+
+    \b
+    spendgate limits create requests 10 --per 10s --selector key=*
+    spendgate limits create usd 5 --per 1h --selector team=research --on-exceed wait
+    """
+    from spendgate.gateway.admin.handlers.limits import read_limit
+
+    try:
+        values = parse_instance(selector)
+    except ConfigError as exc:
+        _fail(
+            "--selector: " + exc.problem.replace("an instance", "a selector").replace("user=alice", "key=*")
+        )
+    config: dict[str, Any] = {"selector": values}
+    options = {"id": limit_id, "name": name, "per": per, "on_exceed": on_exceed}
+    config |= {field: value for field, value in options.items() if value is not None}
+    config[kind] = amount if kind == "usd" else _limit_amount(amount)
+    limit = _limit_input(lambda: read_limit(config), "AMOUNT")
+    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+        try:
+            ledger.get_limit(limit.id)
+        except KeyError:
+            ledger.put_limit(limit)
+        else:
+            _fail(f"limit {limit.id!r} exists; change it with `spendgate limits set`")
+        view = _limit_view(ledger, limit.id)
+    if as_json:
+        _echo_json(view)
+    else:
+        click.echo(f"{limit.id}: {limit.label()}")
+
+
+def _limit_amount(text: str) -> int:
+    from spendgate.gateway.admin.handlers.limits import MAX_COUNT
+
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_COUNT:
+        _fail(f"AMOUNT: a whole number from 0 to {MAX_COUNT}, got {text!r}")
+    return int(text)
+
+
+@limits_group.command("set")
+@click.argument("limit_id")
+@click.option("--amount", default=None, help="The new amount (USD for a usd limit).")
+@click.option("--per", default=None, metavar="WINDOW", help="A new window (its counts then start over).")
+@click.option("--on-exceed", type=click.Choice(["raise", "wait"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@ledger_options
+def limits_set_cmd(
+    limit_id: str,
+    amount: str | None,
+    per: str | None,
+    on_exceed: str | None,
+    as_json: bool,
+    ledger_url: str | None,
+    config_path: str | None,
+) -> None:
+    """Change LIMIT_ID's amount, window or on_exceed, now, for every process. What it counted so
+    far is kept unless --per changes. A limit of the gateway's config (pass --config to check)
+    is refused: change it there."""
+    from spendgate.gateway.admin.handlers.limits import change_limit
+
+    changes = {"amount": amount, "per": per, "on_exceed": on_exceed}
+    changes = {field: value for field, value in changes.items() if value is not None}
+    if not changes:
+        _fail("give at least one of --amount, --per, --on-exceed")
+    _refuse_config_limit(limit_id, config_path)
+    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+        try:
+            old = ledger.get_limit(limit_id)
+        except KeyError:
+            _no_limit(limit_id)
+        new = _limit_input(lambda: change_limit(old, changes), "--amount")
+        ledger.put_limit(new)
+        view = _limit_view(ledger, limit_id)
+    if as_json:
+        _echo_json(view)
+        return
+    click.echo(f"{limit_id}: {new.label()}")
+    if not config_path:
+        click.echo(
+            "If a gateway config or an app defines this limit, its own definition comes back when "
+            "that starts: change it there too (--config FILE checks a gateway config)."
+        )
+
+
+@limits_group.command("delete")
+@click.argument("limit_id")
+@click.option("--yes", is_flag=True, help="Delete without asking.")
+@ledger_options
+def limits_delete_cmd(limit_id: str, yes: bool, ledger_url: str | None, config_path: str | None) -> None:
+    """Stop enforcing LIMIT_ID, now, for every process; what it counted goes (created again, it
+    counts from zero). A limit of the gateway's config (pass --config to check) is refused."""
+    _refuse_config_limit(limit_id, config_path)
+    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+        try:
+            limit = ledger.get_limit(limit_id)
+        except KeyError:
+            _no_limit(limit_id)
+        if not yes:
+            click.confirm(
+                f"Delete limit {limit_id!r} ({limit.label()})? Requests stop being checked against it",
+                abort=True,
+                err=True,
+            )
+        if not ledger.remove_limit(limit_id):
+            _no_limit(limit_id)
+    click.echo(f"{limit_id}: deleted")
+    if not config_path:
+        click.echo(
+            "If a gateway config or an app defines this limit, it comes back when that starts: "
+            "remove it there too (--config FILE checks a gateway config)."
+        )
+
+
 # -- usage -------------------------------------------------------------------------------------------
 
 
@@ -478,4 +768,4 @@ def usage_cmd(
     click.echo(f"{'total':<{width}}  {money(sum((c for _, c in rows), Money(0)))}")
 
 
-COMMANDS: tuple[click.Command, ...] = (keys_group, budgets_group, usage_cmd)
+COMMANDS: tuple[click.Command, ...] = (keys_group, budgets_group, limits_group, usage_cmd)

@@ -23,6 +23,9 @@ class AdminContext:
     #: Ids of the budgets the gateway's config defines: they come back at every start and
     #: reload, so the API refuses to delete them.
     config_budgets: Callable[[], frozenset[str]] = field(default=frozenset)
+    #: Ids of the rate limits the gateway's config defines (``limits:``): put back as written
+    #: there at every start and reload, so the API refuses to change or delete them.
+    config_limits: Callable[[], frozenset[str]] = field(default=frozenset)
 
     @staticmethod
     def now() -> datetime:

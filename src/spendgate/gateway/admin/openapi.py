@@ -11,8 +11,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from spendgate.budgets import DIMENSIONS
+from spendgate.gateway.admin.handlers.limits import MAX_COUNT
 from spendgate.gateway.admin.handlers.usage import MAX_REQUESTS
 from spendgate.gateway.views import KEY_FIELDS
+from spendgate.limits import KINDS, WINDOWED
 
 __all__ = ["OPENAPI", "openapi"]
 
@@ -35,8 +37,15 @@ _ERRORS: Final = {
     "403": _json(_ref("Error"), "Admin API disabled: no admin token configured"),
     "503": _json(_ref("Error"), "The ledger cannot be reached"),
 }
-_NOT_FOUND: Final = {"404": _json(_ref("Error"), "No such key or budget")}
+_NOT_FOUND: Final = {"404": _json(_ref("Error"), "No such key, budget or limit")}
 _ID: Final = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_LIMIT_ID: Final = [
+    {
+        **_ID[0],
+        "description": "the limit's id; it may hold '/' (key=*/requests/1m): "
+        "send it as it is, or with '/' as %2F",
+    }
+]
 _TIME_RANGE: Final = [
     {
         "name": "since",
@@ -60,6 +69,44 @@ _NOT_DELETABLE: Final = {
         _ref("Error"), "Defined in the gateway's config (it would come back), or a live key's own budget"
     )
 }
+_LIMIT_EXISTS: Final = {"409": _json(_ref("Error"), "A limit with this id exists: PATCH or PUT it")}
+_LIMIT_FROM_CONFIG: Final = {
+    "409": _json(
+        _ref("Error"), "Defined in the gateway's config (limits:): it would come back as written there"
+    )
+}
+_COUNT: Final = {"type": "integer", "minimum": 0, "maximum": MAX_COUNT}
+_PER: Final = {
+    "oneOf": [{"type": "string", "pattern": r"^[0-9]+(s|m|h|d)$"}, {"type": "integer", "minimum": 1}],
+    "description": "the window, 1 s to 31 days: '10s', '1m', '2h', '1d', or seconds",
+}
+_LIMIT_ON_EXCEED: Final = {"enum": ["raise", "wait"], "description": "wait: delay the request until it fits"}
+_LIMIT_COMMON: Final[dict[str, Any]] = {
+    "id": {"type": "string", "description": "default: <selector>/<kind>[/<per>], e.g. key=*/requests/1m"},
+    "name": {"type": "string"},
+    "selector": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+
+
+def _limit_config(kind: str) -> dict[str, Any]:
+    """A config ``limits:`` entry of one kind: its amount under the kind's name, ``per`` for a
+    windowed kind."""
+    amount = {**_USD, "description": "USD per window as a decimal string"} if kind == "usd" else _COUNT
+    properties: dict[str, Any] = {**_LIMIT_COMMON, kind: amount}
+    if kind in WINDOWED:
+        properties["per"] = _PER
+    properties["on_exceed"] = {"enum": ["raise"]} if kind == "prompt_tokens" else _LIMIT_ON_EXCEED
+    required = [kind, "per"] if kind in WINDOWED else [kind]
+    return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
+
+
+#: A count, or USD for a usd limit, as a decimal string.
+_AMOUNT: Final = {
+    "type": "string",
+    "pattern": r"^[0-9]+(\.[0-9]+)?$",
+    "description": "a count, or USD for a usd limit, as a decimal string",
+}
+
 #: A budget's fields, as ``POST /budgets`` takes them and as every budget answer gives them back.
 _BUDGET_FIELDS: Final[dict[str, Any]] = {
     "id": {"type": "string"},
@@ -117,7 +164,7 @@ OPENAPI: Final[dict[str, Any]] = {
     "info": {
         "title": "spendgate admin API",
         "version": "1",
-        "description": "Virtual keys, budgets and usage of a spendgate gateway. Money is a decimal string "
+        "description": "Virtual keys, budgets, rate limits and usage of a spendgate gateway. Money is a decimal string "
         "in USD. Every route needs `Authorization: Bearer <admin token>`.",
     },
     "servers": [{"url": "/admin"}],
@@ -157,6 +204,23 @@ OPENAPI: Final[dict[str, Any]] = {
                         found=True, parameters=_ID,
                         body={"type": "object", "properties": {"instance": {"type": "object",
                               "additionalProperties": {"type": "string"}}}, "additionalProperties": False}),
+        },
+        "/limits": {
+            "get": _op("Rate limits with what each instance holds now", _json(_list("Limit"))),
+            "post": _op("Create a rate limit (a config limits: entry)", _json(_ref("Limit"), "Created"),
+                        body=_ref("LimitConfig"), status="201", more=_LIMIT_EXISTS),
+        },
+        "/limits/{id}": {
+            "get": _op("One rate limit with its instances' use", _json(_ref("Limit")), found=True,
+                       parameters=_LIMIT_ID),
+            "patch": _op("Change a limit's amount, window or on_exceed now (its counts are kept unless per "
+                         "changes)", _json(_ref("Limit")), found=True, parameters=_LIMIT_ID,
+                         body=_ref("LimitChange"), more=_LIMIT_FROM_CONFIG),
+            "put": _op("Replace a limit by a whole config entry, its selector unchanged (its counts are kept "
+                       "while kind and per stay)", _json(_ref("Limit")), found=True, parameters=_LIMIT_ID,
+                       body=_ref("LimitConfig"), more=_LIMIT_FROM_CONFIG),
+            "delete": _op("Stop enforcing a limit now; its counts go", _json(_ref("LimitDeleted")), found=True,
+                          parameters=_LIMIT_ID, more=_LIMIT_FROM_CONFIG),
         },
         "/usage": {
             "get": _op("Cost per value of a dimension, from the request log", _json(_ref("UsageReport")),
@@ -218,6 +282,39 @@ OPENAPI: Final[dict[str, Any]] = {
                 "spent": _USD, "reserved": _USD, "limit": _USD, "available": _USD, "percent": {"type": "integer"},
                 "window_start": {"type": "string", "format": "date-time"},
                 "resets_at": {"type": ["string", "null"], "format": "date-time"}}},
+            "LimitConfig": {"oneOf": [_limit_config(kind) for kind in KINDS],
+                            "description": "a config limits: entry: exactly one of " + ", ".join(KINDS) +
+                            " with its amount; per for the windowed kinds (all but concurrency and prompt_tokens)"},
+            "LimitChange": {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": {
+                "amount": {"oneOf": [_COUNT, _AMOUNT], "description": "a count, or USD (a decimal string) "
+                           "for a usd limit"},
+                "per": _PER, "on_exceed": _LIMIT_ON_EXCEED}},
+            "Limit": {"type": "object", "additionalProperties": False,
+                      "required": ["id", "name", "selector", "kind", "amount", "per", "on_exceed", "label",
+                                   "instances"],
+                      "properties": {
+                          "id": {"type": "string"}, "name": {"type": ["string", "null"]},
+                          "selector": {"type": "object", "additionalProperties": {"type": "string"}},
+                          "kind": {"enum": list(KINDS)}, "amount": _AMOUNT, "per": {"type": ["string", "null"]},
+                          "on_exceed": _LIMIT_ON_EXCEED, "label": {"type": "string"},
+                          "instances": {"type": "array", "items": _ref("LimitUse"), "description":
+                                        "one for a limit without wildcards; for a wildcard limit, each "
+                                        "instance that counted something in its window"}}},
+            "LimitUse": {"type": "object", "additionalProperties": False,
+                         "required": ["id", "instance", "selector", "label", "kind", "amount", "used", "remaining",
+                                      "percent", "per"],
+                         "properties": {
+                             "id": {"type": "string"},
+                             "instance": {"type": "object", "additionalProperties": {"type": "string"}},
+                             "selector": {"type": "object", "additionalProperties": {"type": "string"}},
+                             "label": {"type": "string"}, "kind": {"enum": list(KINDS)},
+                             "amount": _AMOUNT,
+                             "used": {**_AMOUNT, "description": "what the window holds now (in flight, for "
+                                      "concurrency); may pass amount after the amount was lowered"},
+                             "remaining": _AMOUNT, "percent": {"type": "integer"},
+                             "per": {"type": ["string", "null"]}}},
+            "LimitDeleted": {"type": "object", "required": ["id", "deleted"], "properties": {
+                "id": {"type": "string"}, "deleted": {"const": True}}},
             "UsageReport": {"type": "object", "properties": {
                 "by": {"type": "string"}, "since": {"type": ["string", "null"]}, "until": {"type": ["string", "null"]},
                 "data": {"type": "array", "items": {"type": "object", "properties": {
