@@ -283,3 +283,112 @@ def test_a_relative_ledger_is_the_file_next_to_the_config(
         want = f"sqlite:///{folder / file}"
         assert load_settings(config.relative_to(tmp_path), environ=ENV).ledger == want
         assert read_ledger_url(config.relative_to(tmp_path)) == want
+
+
+# -- rate limits and pacing ---------------------------------------------------------------------
+
+LIMITS_BASE = "upstreams:\n  o: {kind: openai, base_url: 'http://localhost:1'}\nroutes: []\n"
+
+
+def test_limits_and_paced_budgets_load(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from spendgate.budgets import Pace
+
+    s = load_settings(
+        write(
+            tmp_path,
+            LIMITS_BASE
+            + textwrap.dedent(
+                """\
+            budgets:
+              - {id: even, limit: 300, window: month, pace: even}
+              - {id: stepped, limit: 50, window: week, pace: {step: 6h, burst: 10%}}
+            limits:
+              - {id: key-rpm, selector: {key: "*"}, requests: 60, per: 1m}
+              - {selector: {team: research}, tokens: 200000, per: 1h, on_exceed: wait}
+              - {selector: {user: "*"}, usd: "0.50", per: 1h, name: hourly spend rate}
+              - {id: in-flight, concurrency: 20}
+              - {id: prompt-size, selector: {model: gpt-4o}, prompt_tokens: 30000}
+            """
+            ),
+        ),
+        environ=ENV,
+    )
+    assert [b.pace for b in s.budgets] == [Pace.parse("even"), Pace.parse({"step": "6h", "burst": "10%"})]
+    ids = [limit.id for limit in s.limits]
+    assert ids == ["key-rpm", "team=research/tokens/1h", "user=*/usd/1h", "in-flight", "prompt-size"]
+    rpm, tokens, usd, flight, prompt = s.limits
+    assert (rpm.kind, rpm.amount, rpm.per, rpm.wildcards) == ("requests", 60, timedelta(minutes=1), ("key",))
+    assert (tokens.kind, tokens.on_exceed, tokens.per) == ("tokens", "wait", timedelta(hours=1))
+    assert (usd.kind, usd.amount, usd.name) == ("usd", 500_000_000, "hourly spend rate")
+    assert (flight.kind, flight.amount, flight.per) == ("concurrency", 20, None)
+    assert (prompt.kind, dict(prompt.selector)) == ("prompt_tokens", {"model": "gpt-4o"})
+    assert parse_settings({**_minimal(), "limits": None}).limits == ()
+
+
+def _minimal() -> dict[str, object]:
+    return {"upstreams": {"o": {"kind": "openai", "base_url": "http://localhost:1"}}, "routes": []}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "words"),
+    [
+        ("limits: {requests: 1}\n", "limits", 4, "must be a list of limits, got a mapping"),
+        ("limits:\n  - 5\n", "limits[0]", 5, "a limit is a mapping"),
+        ("limits:\n  - {requests: 10}\n", "limits[0].per", 5, "missing: a requests limit counts per window"),
+        (
+            "limits:\n  - {requests: 1, per: 1s}\n  - {requets: 10, per: 10s}\n",
+            "limits[1].requets",
+            6,
+            "did you mean 'requests'",
+        ),
+        ("limits:\n  - {requests: 10, per: 10s, tokens: 5}\n", "limits[0]", 5, "exactly one of requests"),
+        ("limits:\n  - {per: 10s}\n", "limits[0]", 5, "exactly one of requests"),
+        ("limits:\n  - {requests: 1.5, per: 1s}\n", "limits[0].requests", 5, "whole number >= 0, got 1.5"),
+        ("limits:\n  - {tokens: -1, per: 1s}\n", "limits[0].tokens", 5, "whole number >= 0"),
+        ("limits:\n  - usd: lots\n    per: 1m\n", "limits[0].usd", 5, "cannot read 'lots'"),
+        ("limits:\n  - {requests: 1, per: 40d}\n", "limits[0].per", 5, "at most 31 days"),
+        ("limits:\n  - {requests: 1, per: soon}\n", "limits[0].per", 5, "a window like '10s'"),
+        ("limits:\n  - {concurrency: 2, per: 1s}\n", "limits[0].per", 5, "has no window"),
+        ("limits:\n  - {prompt_tokens: 2, on_exceed: wait}\n", "limits[0].on_exceed", 5, "cannot wait"),
+        ("limits:\n  - {requests: 1, per: 1s, on_exceed: clamp}\n", "limits[0].on_exceed", 5, "raise, wait"),
+        (
+            "limits:\n  - {selector: {colour: x}, requests: 1, per: 1s}\n",
+            "limits[0].selector.colour",
+            5,
+            "unknown dimension",
+        ),
+        (
+            "limits:\n  - {selector: {key: ''}, requests: 1, per: 1s}\n",
+            "limits[0].selector.key",
+            5,
+            "non-empty",
+        ),
+        ("limits:\n  - {id: '', requests: 1, per: 1s}\n", "limits[0].id", 5, "non-empty string"),
+        (
+            "limits:\n  - {id: a, requests: 1, per: 1s}\n  - {id: a, tokens: 1, per: 1s}\n",
+            "limits[1].id",
+            6,
+            "also used by limits[0]",
+        ),
+        (
+            "limits:\n  - {requests: 1, per: 1s}\n  - {requests: 2, per: 1s}\n",
+            "limits[1].id",
+            6,
+            "'global/requests/1s' is also used by limits[0]",
+        ),
+        (
+            "budgets:\n  - {limit: 1, window: month, pace: fast}\n",
+            "budgets[0].pace",
+            5,
+            "'even' or a mapping",
+        ),
+        ("budgets:\n  - {limit: 1, pace: even}\n", "budgets[0].pace", 5, "a window that resets"),
+    ],
+)
+def test_limit_errors_name_key_and_line(tmp_path: Path, text: str, key: str, line: int, words: str) -> None:
+    exc = error_of(tmp_path, LIMITS_BASE + text)
+    assert (exc.key, exc.line) == (key, line), str(exc)
+    assert str(exc).startswith(f"{tmp_path / 'spendgate.yaml'}:{line}: {key}: "), str(exc)
+    assert words in str(exc), str(exc)

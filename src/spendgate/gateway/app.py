@@ -163,6 +163,7 @@ class GatewayState:
         guard = Guard(
             ledger,
             budgets=settings.budgets,
+            limits=settings.limits,  # put into the ledger (a limit's window counts are kept)
             catalog=catalog,
             on_exceed=settings.on_exceed,
             max_wait=settings.max_wait,
@@ -187,7 +188,11 @@ class GatewayState:
 
     def successor(self, settings: GatewaySettings, *, keys: KeyLookup | None = None) -> GatewayState:
         """The state for reloaded ``settings``: the same client, metrics and, when its URL is
-        unchanged, the same ledger and keys (ownership moves to the successor)."""
+        unchanged, the same ledger and keys (ownership moves to the successor).
+
+        A rate limit the old config defined and the new one does not is removed from the
+        ledger (the config is its source: a limit left behind would keep refusing requests
+        nobody configured it for); limits made through the admin API are not touched."""
         same_ledger = settings.ledger == self.settings.ledger
         new = GatewayState.build(
             settings,
@@ -199,6 +204,15 @@ class GatewayState:
         new.owns_client, self.owns_client = self.owns_client, False
         if same_ledger:
             new.owns_ledger, self.owns_ledger = self.owns_ledger, False
+            kept = {limit.id for limit in settings.limits}
+            for limit in self.settings.limits:
+                if limit.id in kept:
+                    continue
+                try:
+                    if new.ledger.remove_limit(limit.id):
+                        log.warning("reload: removed limit %r (no longer in the config)", limit.id)
+                except Exception:  # the reload stands; the limit stays until removed by hand
+                    log.exception("reload: could not remove limit %r from the ledger", limit.id)
         return new
 
     @property
@@ -238,13 +252,15 @@ class GatewayState:
             else:
                 token = self.settings.admin_token
                 # Deleting one of these through the API would not last: every start and reload
-                # of the gateway puts the config's budgets back.
+                # of the gateway puts the config's budgets (and limits) back.
                 configured = frozenset(budget.id for budget in self.settings.budgets)
+                configured_limits = frozenset(limit.id for limit in self.settings.limits)
                 self._admin = create_admin_app(
                     keys=self.keys,
                     ledger=self.ledger,
                     admin_token=lambda: token,
                     config_budgets=lambda: configured,
+                    config_limits=lambda: configured_limits,
                 )
         return self._admin
 

@@ -42,6 +42,8 @@ from spendgate.gateway.settings import (
     UpstreamKind,
 )
 from spendgate.ledger import resolve_url
+from spendgate.limits import KINDS as LIMIT_KINDS
+from spendgate.limits import Limit
 
 __all__ = [
     "DEFAULT_ADMIN_TOKEN_ENV",
@@ -64,6 +66,7 @@ _TOP_KEYS: Final = (
     "upstreams",
     "routes",
     "budgets",
+    "limits",
     "prices",
     "defaults",
 )
@@ -91,6 +94,8 @@ _DEFAULT_KEYS: Final = (
     "lease",
     "max_output_tokens",
 )
+_LIMIT_KEYS: Final = ("id", "name", "selector", "per", "on_exceed", *LIMIT_KINDS)
+_COUNT_KINDS: Final = tuple(kind for kind in LIMIT_KINDS if kind != "usd")
 _KINDS: Final = ("openai", "anthropic")
 _ON_EXCEED: Final = ("raise", "wait", "clamp")
 _UNKNOWN_MODEL: Final = ("refuse", "default_price", "free")
@@ -339,6 +344,7 @@ def _parse(
     upstreams = _upstreams(r, top.get("upstreams"), env, pool)
     routes = _routes(r, top.get("routes"), upstreams)
     budgets = _budgets(r, top.get("budgets"))
+    limits = _limits(r, top.get("limits"))
     prices = _prices(r, top.get("prices"))
 
     defaults: Mapping[str, Any] = {}
@@ -373,6 +379,7 @@ def _parse(
         upstreams=upstreams,
         routes=routes,
         budgets=budgets,
+        limits=limits,
         prices=prices,
         default_price=default_price,
         unknown_model=cast(Any, unknown_model),
@@ -619,6 +626,34 @@ def _budgets(r: _Reader, value: object) -> tuple[Budget, ...]:
             )
         seen[budget.id] = index
         out.append(budget)
+    return tuple(out)
+
+
+def _limits(r: _Reader, value: object) -> tuple[Limit, ...]:
+    """``limits:``: rate limits (``spendgate.limits.Limit.from_config``), ids unique."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise r.error("limits", f"must be a list of limits, got {_kind(value)}")
+    out: list[Limit] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(value):
+        where = f"limits[{index}]"
+        if isinstance(raw, Mapping):
+            r.known(raw, _LIMIT_KEYS, where)  # with a did-you-mean for a misspelt kind
+            for kind in _COUNT_KINDS:
+                if isinstance(raw.get(kind), Decimal):
+                    raise r.error(f"{where}.{kind}", f"must be a whole number >= 0, got {raw[kind]}")
+        try:
+            limit = Limit.from_config(raw, where=where)
+        except ConfigError as exc:
+            raise r.rewrap(exc) from None
+        except ValueError as exc:  # the Limit's own checks (a selector's values, an amount)
+            raise r.error(where, str(exc)) from None
+        if limit.id in seen:
+            raise r.error(f"{where}.id", f"limit id {limit.id!r} is also used by limits[{seen[limit.id]}]")
+        seen[limit.id] = index
+        out.append(limit)
     return tuple(out)
 
 

@@ -13,7 +13,11 @@ read from the ledger at scrape time, which every worker shares.
 Label values are bounded, whatever clients send: a model label is a name the
 config routes exactly or the catalog lists (its catalog name), else ``other``;
 a budget label is a budget's id, never an instance's value (a user or an end
-user's id), the ratio being its most used instance's.
+user's id), the ratio being its most used instance's. A limit label is a rate limit's id
+(from the config or the admin API, never from a request): its refusals are counted per id
+and kind, and its use now is read at scrape time for limits without wildcards only (one
+ledger read each: the scrape costs the number of limits, never the number of keys or users
+a ``key: "*"`` limit has seen).
 
 The upstream connection pools' waits (``PoolMetrics``) belong to the process,
 as the pools do: the upstream client reports them to ``pool_metrics()``, and
@@ -31,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from spendgate.money import NANO_PER_USD
 
 if TYPE_CHECKING:
     from spendgate.ledger import Ledger
@@ -106,6 +112,12 @@ class Metrics:
             registry=r,
         )
         self.refusals = Counter("spendgate_refusals", "Requests refused", ("reason",), registry=r)
+        self.limit_refusals = Counter(
+            "spendgate_limit_refusals",
+            "Requests a rate limit refused (429, or 400 for prompt size), per limit id and kind",
+            ("limit", "kind"),
+            registry=r,
+        )
         self.request_duration = Histogram(
             "spendgate_request_duration_seconds",
             "Time from request to the end of the response, as the gateway sees it",
@@ -155,6 +167,10 @@ class Metrics:
     def upstream_answered(self, upstream: str, seconds: float) -> None:
         self._child(self.upstream_duration, upstream).observe(seconds)
 
+    def limit_refused(self, limit_id: str, kind: str) -> None:
+        """A rate limit refused a request (``limit_id``: the limit's id, never its instance)."""
+        self._child(self.limit_refusals, limit_id, kind).inc()
+
     def settled(self, model: str, key: str | None, usage: Usage | None, cost_usd: float) -> None:
         model = self.model_label(model)
         if usage is not None:
@@ -180,6 +196,7 @@ class Metrics:
             registry.register(_Registered(pool_metrics().registry))
         if ledger is not None:
             registry.register(_BudgetRatios(ledger))
+            registry.register(_LimitUse(ledger))
         return generate_latest(registry)
 
 
@@ -220,3 +237,57 @@ class _BudgetRatios(Collector):
         for budget_id, ratio in ratios.items():
             family.add_metric((budget_id,), ratio)
         yield family
+
+
+#: At most this many limits are read per scrape (each one ledger read); beyond, the rest are
+#: left out and a warning logged: a scrape never costs more than this.
+MAX_SCRAPED_LIMITS = 500
+
+
+class _LimitUse(Collector):
+    """What each rate limit without wildcards holds now (its window's sum, or its requests
+    in flight) and that over its amount. A ``key: "*"`` limit has one instance per key (or
+    user...): reading them all would make a scrape cost grow with the users, so they are left
+    out (their refusals are counted; the admin API lists their instances)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def collect(self) -> Iterator[Metric]:
+        used_family = GaugeMetricFamily(
+            "spendgate_limit_used",
+            "What a rate limit holds now: requests or tokens in its window, USD for usd limits, "
+            "requests in flight for concurrency (limits without wildcards, at scrape time)",
+            labels=("limit", "kind"),
+        )
+        ratio_family = GaugeMetricFamily(
+            "spendgate_limit_usage_ratio",
+            "What a rate limit holds now over its amount (limits without wildcards, at scrape time)",
+            labels=("limit", "kind"),
+        )
+        try:
+            # A prompt_tokens limit holds nothing between requests: it has no use to show.
+            limits = [
+                each for each in self._ledger.limits() if not each.wildcards and each.kind != "prompt_tokens"
+            ]
+        except Exception:
+            log.warning("metrics: the ledger did not answer limits()", exc_info=True)
+            limits = []
+        if len(limits) > MAX_SCRAPED_LIMITS:
+            log.warning("metrics: %d limits; only the first %d are scraped", len(limits), MAX_SCRAPED_LIMITS)
+            limits = limits[:MAX_SCRAPED_LIMITS]
+        for limit in limits:
+            try:
+                usage = self._ledger.limit_usage(limit.id)
+            except KeyError:
+                continue  # removed since limits() answered
+            except Exception:
+                log.warning("metrics: the ledger did not answer limit_usage(%r)", limit.id, exc_info=True)
+                break
+            used = usage.used
+            shown = used / NANO_PER_USD if limit.kind == "usd" else float(used)
+            ratio = used / limit.amount if limit.amount > 0 else (1.0 if used else 0.0)
+            used_family.add_metric((limit.id, limit.kind), shown)
+            ratio_family.add_metric((limit.id, limit.kind), ratio)
+        yield used_family
+        yield ratio_family

@@ -20,11 +20,18 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from spendgate.budgets import Attributes
-from spendgate.errors import BudgetExceededError, ConfigError, UnknownModelPriceError
+from spendgate.errors import (
+    BudgetExceededError,
+    ConfigError,
+    CostCapExceededError,
+    PromptTooLargeError,
+    RateLimitExceededError,
+    UnknownModelPriceError,
+)
 from spendgate.estimate import ContextLengthExceededError, Endpoint, EstimateError
 from spendgate.gateway.settings import Upstream, UpstreamKind, VirtualKey
 from spendgate.gateway.upstream_client import UpstreamError, UpstreamResponse, UpstreamTimeoutError
@@ -32,7 +39,8 @@ from spendgate.ledger import LedgerUnavailableError, SettleOutcome
 from spendgate.lifecycle import Action, Happened, Report, Show, StreamReader
 from spendgate.lifecycle.reading import answer_report, may_carry_usage
 from spendgate.logs import REQUESTS, held_line, write_line
-from spendgate.money import Money
+from spendgate.money import Money, MoneyError
+from spendgate.pricing.regions import NOWHERE, Where, where_of
 
 if TYPE_CHECKING:
     from spendgate.gateway.app import GatewayState
@@ -83,6 +91,27 @@ _FORWARD_EXACT: Final = frozenset(
     }
 )
 _FORWARD_PREFIXES: Final = (b"x-stainless-", b"x-fake-")
+#: The client's cap on what this one request may cost, in USD (read here, never forwarded).
+MAX_COST_HEADER: Final = "x-spendgate-max-cost"
+_MAX_COST: Final = MAX_COST_HEADER.encode()
+#: Where each kind of rate limit shows in OpenAI's headers (``x-ratelimit-limit-<name>``) and
+#: Anthropic's (``anthropic-ratelimit-<name>-limit``); ``usd`` has neither (the body says it).
+_OPENAI_LIMIT_HEADER: Final = {
+    "requests": "requests",
+    "concurrency": "requests",
+    "input_tokens": "tokens",
+    "output_tokens": "tokens",
+    "tokens": "tokens",
+}
+_ANTHROPIC_LIMIT_HEADER: Final = {
+    "requests": "requests",
+    "concurrency": "requests",
+    "input_tokens": "input-tokens",
+    "output_tokens": "output-tokens",
+    "tokens": "tokens",
+}
+#: The request field a prompt-size refusal names, per endpoint (OpenAI's ``param``).
+_PROMPT_PARAM: Final = {"chat": "messages", "messages": "messages", "completions": "prompt"}
 _ANTHROPIC_TYPES: Final = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -284,6 +313,7 @@ async def _handle(
     settings = state.settings
     secret: str | None = None
     content_length: int | None = None
+    max_cost_raw: bytes | None = None
     forwarded: list[tuple[str, str]] = []
     hop: set[str] = set()  # names `Connection:` lists are for this hop only (RFC 9110 7.6.1)
     for name, value in scope["headers"]:
@@ -299,6 +329,15 @@ async def _handle(
                 raise GatewayError(400, "Content-Length is not a number") from None
         elif name == b"connection":
             hop.update(t.strip().lower() for t in value.decode("latin-1").split(","))
+        elif name == _MAX_COST:  # spendgate's own: never forwarded (not in the allowlist)
+            if max_cost_raw is not None and value.strip() != max_cost_raw.strip():
+                raise GatewayError(
+                    400,
+                    f"Send {MAX_COST_HEADER} once (it came twice, with different values).",
+                    code="invalid_max_cost",
+                    param=MAX_COST_HEADER,
+                )
+            max_cost_raw = value
         elif name in _FORWARD_EXACT or name.startswith(_FORWARD_PREFIXES):
             forwarded.append((name.decode("latin-1"), value.decode("latin-1")))
     if hop and forwarded:
@@ -309,6 +348,7 @@ async def _handle(
         raise _too_large(limit)
     key = _authenticate(state, secret)
     ctx.key = key.id if key is not None else None
+    max_cost = _max_cost(max_cost_raw) if max_cost_raw is not None else None
     raw = await _read_body(receive, limit)
 
     try:
@@ -376,7 +416,7 @@ async def _handle(
             customer=user,
             tags=attrs.tags,
         )
-    admission = await _admit(state, spec.endpoint, body, attrs)
+    admission = await _admit(state, spec.endpoint, body, attrs, max_cost, where_of(upstream.base_url))
     await _call(state, spec, admission, upstream, forwarded, receive, send, ctx)
 
 
@@ -407,6 +447,30 @@ def _authenticate(state: GatewayState, secret: str | None) -> VirtualKey | None:
         why = "disabled" if key.disabled else "expired"
         raise GatewayError(401, f"This API key is {why}.", code=f"{why}_api_key", reason="auth")
     return key
+
+
+def _max_cost(raw: bytes) -> Money:
+    """The ``x-spendgate-max-cost`` header: a USD amount like ``0.25`` (0 or more)."""
+    text = raw.decode("latin-1").strip()
+    problem = None
+    if not text:
+        problem = "it is empty"
+    elif len(text) > 64:
+        problem = "it is too long"
+    else:
+        try:
+            cap = Money.parse(text, what=MAX_COST_HEADER)
+        except MoneyError as exc:
+            problem = str(exc).removeprefix(f"{MAX_COST_HEADER}: ")
+        else:
+            return cap
+    raise GatewayError(
+        400,
+        f"{MAX_COST_HEADER} is the most this request may cost, in USD (e.g. 0.25); {problem}.",
+        code="invalid_max_cost",
+        param=MAX_COST_HEADER,
+        reason="invalid_request",
+    )
 
 
 def _is_text(value: str) -> bool:
@@ -447,10 +511,65 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 
 async def _admit(
-    state: GatewayState, endpoint: Endpoint, body: dict[str, Any], attrs: Attributes
+    state: GatewayState,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    attrs: Attributes,
+    max_cost: Money | None = None,
+    where: Where = NOWHERE,
 ) -> Admission:
     try:
-        return await state.guard.admit_async(endpoint, body, attributes=attrs)
+        return await state.guard.admit_async(endpoint, body, attributes=attrs, max_cost=max_cost, where=where)
+    except PromptTooLargeError as err:  # before RateLimitExceededError: a subclass of it
+        state.metrics.limit_refused(err.limit_id, err.kind)
+        param = _PROMPT_PARAM.get(endpoint, "input")
+        raise GatewayError(
+            400,
+            str(err),
+            reason="prompt_too_large",
+            body={
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "prompt_too_large",
+                    "param": param,
+                    "message": str(err),
+                    "prompt_tokens": err.requested,
+                    "limit": err.to_dict(),
+                }
+            },
+        ) from None
+    except RateLimitExceededError as err:
+        state.metrics.limit_refused(err.limit_id, err.kind)
+        raise GatewayError(
+            429,
+            str(err),
+            reason="rate_limit",
+            headers=rate_limit_headers(err, anthropic=endpoint == "messages"),
+            body={
+                "error": {
+                    "type": "rate_limit_exceeded",
+                    "code": "rate_limit_exceeded",
+                    "message": str(err),
+                    "limit": err.to_dict(),
+                }
+            },
+        ) from None
+    except CostCapExceededError as err:
+        err.named(MAX_COST_HEADER)
+        raise GatewayError(
+            400,
+            str(err),
+            reason="cost_cap",
+            body={
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "cost_cap_exceeded",
+                    "param": MAX_COST_HEADER,
+                    "message": str(err),
+                    "cost_cap": err.to_dict(),
+                }
+            },
+        ) from None
     except BudgetExceededError as err:
         headers: list[tuple[bytes, bytes]] = []
         if err.retry_after is not None:
@@ -486,6 +605,59 @@ async def _admit(
         raise GatewayError(
             503, "The budget ledger is unavailable; try again later.", etype="server_error", reason="ledger"
         ) from None
+
+
+def rate_limit_headers(err: RateLimitExceededError, *, anthropic: bool = False) -> list[tuple[bytes, bytes]]:
+    """A 429's headers: ``Retry-After`` (whole seconds, rounded up, at least 1) and
+    ``retry-after-ms`` (the SDKs' precise wait) when waiting can help, else the SDKs'
+    ``x-should-retry: false``; OpenAI's ``x-ratelimit-*`` for the limit's kind (``reset`` as
+    OpenAI writes durations: ``250ms``, ``1s``, ``6m0s``); on /v1/messages Anthropic's
+    ``anthropic-ratelimit-*`` too (``reset``: an RFC 3339 instant)."""
+    headers: list[tuple[bytes, bytes]] = []
+    wait = err.retry_after
+    if wait is not None:
+        wait = max(wait, 0.0)
+        # At least 1 s: a concurrency limit frees when a request in flight ends (wait 0), and
+        # a 429 that says "retry now" invites a busy loop.
+        headers.append((b"retry-after", str(max(math.ceil(wait), 1)).encode()))
+        if wait > 0:
+            headers.append((b"retry-after-ms", str(math.ceil(wait * 1000)).encode()))
+    else:
+        headers.append((b"x-should-retry", b"false"))  # the SDKs' own: retrying cannot help
+    name = _OPENAI_LIMIT_HEADER.get(err.kind)
+    if name is not None:
+        headers.append((f"x-ratelimit-limit-{name}".encode(), str(err.amount).encode()))
+        headers.append((f"x-ratelimit-remaining-{name}".encode(), str(err.remaining).encode()))
+        if wait is not None:
+            headers.append((f"x-ratelimit-reset-{name}".encode(), go_duration(wait).encode()))
+    if anthropic and err.kind in _ANTHROPIC_LIMIT_HEADER:
+        name = _ANTHROPIC_LIMIT_HEADER[err.kind]
+        headers.append((f"anthropic-ratelimit-{name}-limit".encode(), str(err.amount).encode()))
+        headers.append((f"anthropic-ratelimit-{name}-remaining".encode(), str(err.remaining).encode()))
+        if wait is not None:
+            at = datetime.now(UTC) + timedelta(seconds=math.ceil(wait))
+            stamp = at.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+            headers.append((f"anthropic-ratelimit-{name}-reset".encode(), stamp.encode()))
+    return headers
+
+
+def go_duration(seconds: float) -> str:
+    """A wait as OpenAI's rate-limit headers write it (Go's duration format, to the
+    millisecond, rounded up): ``250ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h0m0s``."""
+    ms = math.ceil(max(seconds, 0.0) * 1000)
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole, frac = divmod(rest, 1000)
+    secs = f"{whole}.{frac:03d}".rstrip("0") if frac else str(whole)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
 
 
 async def _call(

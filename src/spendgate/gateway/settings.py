@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from spendgate.budgets import Attributes, Budget
+from spendgate.limits import Limit
 
 UpstreamKind = Literal["openai", "anthropic"]
 
@@ -73,6 +74,7 @@ class GatewaySettings:
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     budgets: tuple[Budget, ...] = ()
+    limits: tuple[Limit, ...] = ()  # rate limits (spendgate.limits), put into the ledger at start and reload
     prices: Mapping[str, Any] = field(default_factory=dict)  # price overrides, Catalog.set_price shape
     default_price: Mapping[str, Any] | None = None  # set_price shape, for unknown_model "default_price"
     unknown_model: Literal["refuse", "default_price", "free"] = "refuse"

@@ -61,6 +61,9 @@ and per model what a provider would bill: ``prompt_tokens`` (including cached), 
 distinct containers of each answer, summed over answers). A cut stream bills the whole prompt, the
 reasoning tokens, the content tokens actually sent and every tool use (they run before the text).
 ``billed_usage`` turns a stats delta of one model into a :class:`~spendgate.usage.Usage` to price.
+``GET /_fake/arrivals`` (also reset by ``/_fake/reset``): each billed answer as ``[arrived, model,
+prompt_tokens, output_tokens]``, ``arrived`` the Unix time its request reached the fake, oldest first
+(the last ``MAX_ARRIVALS`` only): a rate limit's own record to check spans of time against.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ import json
 import re
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -255,6 +259,10 @@ class _ModelStats:
     code_interpreter_sessions: int = 0
 
 
+#: Billed answers ``/_fake/arrivals`` keeps (the newest): bounded memory on long benchmarks.
+MAX_ARRIVALS = 100_000
+
+
 @dataclass
 class Stats:
     """Counters served by ``/_fake/stats``; mutated only on the event loop."""
@@ -263,6 +271,8 @@ class Stats:
     errors: dict[str, int] = field(default_factory=dict)
     models: dict[str, _ModelStats] = field(default_factory=dict)
     streams_cut: int = 0
+    #: ``(arrived, model, prompt_tokens, output_tokens)`` per billed answer (``/_fake/arrivals``).
+    arrivals: deque[tuple[float, str, int, int]] = field(default_factory=lambda: deque(maxlen=MAX_ARRIVALS))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -478,6 +488,8 @@ class FakeApp:
     def _control(self, req: Request) -> Plan:
         if req.path == "/_fake/stats" and req.method == "GET":
             return _json_plan(200, {**self.stats.to_json(), "held": dict(self.held)})
+        if req.path == "/_fake/arrivals" and req.method == "GET":
+            return _json_plan(200, {"arrivals": list(self.stats.arrivals)})
         if req.path == "/_fake/reset" and req.method == "POST":
             self.stats = Stats()
             # Released gates close again; unreleased ones keep their waiting requests.
@@ -689,6 +701,8 @@ class FakeApp:
         return items
 
     def _biller(self, gen: _Gen) -> Callable[[int, bool], None]:
+        arrived = time.time()  # made when the request is dispatched: as it reaches the fake
+
         def on_sent(content_tokens: int, cut: bool) -> None:
             if cut:
                 self.stats.streams_cut += 1
@@ -697,6 +711,7 @@ class FakeApp:
                 output = gen.output
             # Hosted tools run before the text: a cut stream has used them all.
             self.stats.bill(gen.model, gen.prompt, gen.cached, output, gen.reasoning, gen.tools)
+            self.stats.arrivals.append((arrived, gen.model, gen.prompt, output))
 
         return on_sent
 
