@@ -1,6 +1,6 @@
 """spendgate: exact, concurrency-safe cost tracking and budgets for LLM API calls."""
 
-from spendgate.attribution import attribute
+from spendgate.attribution import attribute, max_cost
 from spendgate.budgets import Attributes, Budget, Window
 from spendgate.client import AsyncClient, BudgetTooSmallWarning, Client
 from spendgate.clock import ManualClock, SystemClock
@@ -8,7 +8,9 @@ from spendgate.cost import Cost, cost_of
 from spendgate.errors import (
     BudgetExceededError,
     ConfigError,
+    CostCapExceededError,
     CostTrackingBudgetExceededError,
+    RateLimitExceededError,
     SpendgateError,
     UnknownModelPriceError,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "Client",
     "ConfigError",
     "Cost",
+    "CostCapExceededError",
     "CostTrackingBudgetExceededError",
     "Estimate",
     "EstimateError",
@@ -42,6 +45,7 @@ __all__ = [
     "ManualClock",
     "ModelPrice",
     "Money",
+    "RateLimitExceededError",
     "SpendgateError",
     "SystemClock",
     "TokenCount",
@@ -52,6 +56,7 @@ __all__ = [
     "attribute",
     "cost_of",
     "estimate_request",
+    "max_cost",
     "open_ledger",
     "wrap",
 ]

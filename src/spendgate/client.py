@@ -8,19 +8,29 @@ It is an ``openai.OpenAI`` (``client.openai``) guarded by ``spendgate.wrap``
 with one global budget ``{"id": "client", "limit": cost_tracking_budget,
 "window": budget_window}``; every other attribute falls through to it.
 ``openai`` is imported when a Client is made, not when spendgate is.
+
+Rate limits: ``rpm=`` (requests per minute) and ``tpm=`` (input plus output
+tokens per minute) are global limits ``"client/rpm"`` and ``"client/tpm"``
+(``budget_id`` is their prefix), and ``limits=`` takes any other
+``spendgate.limits.Limit`` or config mapping (docs/limits.md).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from spendgate.budgets import Budget, Window
+from spendgate.clock import Clock
 from spendgate.errors import ConfigError, SpendgateError
 from spendgate.estimate import estimate_request
 from spendgate.guard import ON_EXCEED, Guard, OnExceed
 from spendgate.ledger import BudgetUsage, Ledger, open_ledger
+from spendgate.limits import Limit, LimitKind, LimitOnExceed, LimitUsage
 from spendgate.money import Money, MoneyError
 
 if TYPE_CHECKING:
@@ -73,6 +83,74 @@ def _check_shared(ledger: Ledger, budget: Budget) -> None:
     )
 
 
+def _check_shared_limit(ledger: Ledger, limit: Limit, key: str) -> None:
+    """A limit id shared by two Clients on one ledger must mean the same limit (what it counts,
+    how much, over what window and for whom), as for budgets: an error naming both."""
+    try:
+        existing = ledger.get_limit(limit.id)
+    except KeyError:
+        return
+    if _definition(existing) == _definition(limit):
+        return
+    raise ConfigError(
+        key,
+        f"this ledger already holds a limit {limit.id!r} ({existing.label()}); this Client asks "
+        f"for {limit.label()}. Pass budget_id='...' (or an id) to keep them apart, or the same "
+        "limit to share it",
+    )
+
+
+def _definition(limit: Limit) -> tuple[object, ...]:
+    return (dict(limit.selector), limit.kind, limit.amount, limit.per)
+
+
+def _per_minute(value: object, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, f"must be a whole number >= 1 (or None), got {value!r}")
+    return value
+
+
+def _client_limits(
+    rpm: object,
+    tpm: object,
+    limits: Iterable[Limit | Mapping[str, Any]] | None,
+    budget_id: str,
+    on_exceed: OnExceed,
+) -> list[tuple[str, Limit]]:
+    """(where it came from, the limit) of every limit the Client asks for. rpm and tpm are global
+    like the Client's budget, with ids under its ``budget_id``; a mapping in ``limits`` without
+    an id gets one there too, and the Client's ``on_exceed`` when it gives none."""
+    waits: LimitOnExceed = "wait" if on_exceed == "wait" else "raise"  # clamping cannot fit a window
+    minute = timedelta(minutes=1)
+    out: list[tuple[str, Limit]] = []
+    simple: tuple[tuple[str, LimitKind, object], ...] = (("rpm", "requests", rpm), ("tpm", "tokens", tpm))
+    for key, kind, amount in simple:
+        count = _per_minute(amount, key)
+        if count is not None:
+            out.append((key, Limit(f"{budget_id}/{key}", {}, kind, count, per=minute, on_exceed=waits)))
+    if limits is None:
+        return out
+    if isinstance(limits, Limit | Mapping | str):
+        raise ConfigError("limits", "must be a list of limits (Limit objects or mappings)")
+    for i, each in enumerate(limits):
+        where = f"limits[{i}]"
+        if isinstance(each, Limit):
+            out.append((where, each))
+            continue
+        if not isinstance(each, Mapping):
+            raise ConfigError(where, f"a limit is a Limit or a mapping, got {type(each).__name__}")
+        config = dict(each)
+        if "on_exceed" not in config and "prompt_tokens" not in config:
+            config["on_exceed"] = waits
+        limit = Limit.from_config(config, where=where)
+        if "id" not in config:  # "client/global/concurrency": under the Client's budget_id
+            limit = replace(limit, id=f"{budget_id}/{limit.id}")
+        out.append((where, limit))
+    return out
+
+
 def _plain(amount: Money) -> str:
     text = amount.format().lstrip("$").replace(",", "")
     return text[:-3] if text.endswith(".00") else text
@@ -96,12 +174,26 @@ class _Base:
         on_exceed: OnExceed = "raise",
         budget_id: str = BUDGET_ID,
         max_wait: float = 60.0,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        limits: Iterable[Limit | Mapping[str, Any]] | None = None,
+        clock: Clock | None = None,
         **openai_kwargs: Any,
     ) -> None:
         from spendgate.integrations.openai import guard_in_place
 
         self._setup(
-            cost_tracking_budget, budget_window, default_model, ledger, on_exceed, budget_id, max_wait
+            cost_tracking_budget,
+            budget_window,
+            default_model,
+            ledger,
+            on_exceed,
+            budget_id,
+            max_wait,
+            rpm=rpm,
+            tpm=tpm,
+            limits=limits,
+            clock=clock,
         )
         import openai
 
@@ -131,6 +223,11 @@ class _Base:
         on_exceed: OnExceed,
         budget_id: str,
         max_wait: float = 60.0,
+        *,
+        rpm: object = None,
+        tpm: object = None,
+        limits: Iterable[Limit | Mapping[str, Any]] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         limit = _parse_budget(cost_tracking_budget)
         if not isinstance(budget_id, str) or not budget_id:
@@ -156,16 +253,30 @@ class _Base:
                     where="cost_tracking_budget",
                 )
             )
+        rate_limits = _client_limits(rpm, tpm, limits, budget_id, on_exceed)
+        if clock is not None and not isinstance(ledger, str) and clock is not ledger.clock:
+            raise ConfigError("clock", "is for a ledger opened from a URL; give your Ledger the clock")
         self.default_model = default_model
         self._limit = limit
         self.budget_id = budget_id
-        opened = open_ledger(ledger) if isinstance(ledger, str) else None
+        #: The ids of the Client's rate limits (rpm, tpm, then ``limits``), in that order.
+        self.limit_ids = tuple(each.id for _, each in rate_limits)
+        opened = open_ledger(ledger, clock=clock) if isinstance(ledger, str) else None
         shared = opened if opened is not None else ledger
         assert not isinstance(shared, str)
         try:
             for budget in budgets:
                 _check_shared(shared, budget)
-            self.guard = Guard(shared, budgets=budgets, on_exceed=on_exceed, max_wait=max_wait)
+            for where, each in rate_limits:
+                _check_shared_limit(shared, each, where)
+            self.guard = Guard(
+                shared,
+                budgets=budgets,
+                limits=[each for _, each in rate_limits],
+                on_exceed=on_exceed,
+                max_wait=max_wait,
+                clock=clock,
+            )
         except BaseException:
             if opened is not None:
                 opened.close()
@@ -206,6 +317,12 @@ class _Base:
             return None
         return self.guard.ledger.usage(self.budget_id)
 
+    def limits_usage(self) -> list[LimitUsage]:
+        """What each of the Client's rate limits holds now (``used``, ``remaining``, the limit);
+        a limit with a ``"*"`` selector: each instance that has counted something."""
+        ids = set(self.limit_ids)
+        return [usage for usage in self.guard.ledger.list_limits() if usage.limit.id in ids]
+
     @property
     def spent(self) -> Money:
         """Settled spend: in the budget's current window, or everything logged without a budget."""
@@ -239,6 +356,11 @@ class Client(_Base):
     arguments go to ``openai.OpenAI`` (``max_retries``, ``timeout``, ...). With
     ``on_exceed="wait"``, a request the budget cannot admit now waits up to
     ``max_wait`` seconds (a budget of 0 is paused: it waits for a raise).
+
+    ``rpm``/``tpm``: requests and tokens (input plus output, reserved at the worst case and
+    given back at settle) per sliding minute; ``limits``: any other rate limit. A rate limit
+    waits with ``on_exceed="wait"`` and raises ``RateLimitExceededError`` otherwise.
+    ``clock``: the clock of a ledger opened here from a URL (tests: a ``ManualClock``).
     """
 
     openai: openai.OpenAI

@@ -194,9 +194,10 @@ class RateLimitExceededError(SpendgateError):
                 f"Rate limit exceeded: {self.used:,} of {self.amount_text} already "
                 f'(limit "{self.label}"); {when}'
             )
+        needs = "" if self.kind == "requests" else f"; this request needs up to {self.requested_text}"
         return (
             f"Rate limit exceeded: {self.used_text} of {self.amount_text} used "
-            f'(limit "{self.label}"); this request needs up to {self.requested_text}; {when}'
+            f'(limit "{self.label}"){needs}; {when}'
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -225,6 +226,59 @@ class PromptTooLargeError(RateLimitExceededError):
             f"Prompt too large: this request's prompt is {self.requested_text}, over the limit of "
             f'{self.amount_text} (limit "{self.label}"); shorten the input'
         )
+
+
+class CostCapExceededError(SpendgateError):
+    """The request's worst case is above the caller's own cap on what this one request may
+    cost (``max_cost=``, ``spendgate_max_cost=``, ``spendgate.max_cost()``, the gateway's
+    ``x-spendgate-max-cost``). Raised before anything is reserved or sent; waiting cannot help
+    (the gateway answers 400 ``cost_cap_exceeded``). ``fit_output_tokens``, when set, is the
+    largest output cap whose worst case fits the cap.
+
+    ``Cost cap exceeded: this request may cost up to 0.32 USD, above its cap of 0.10 USD
+    (max_cost); set max_tokens <= 812 to fit``
+    """
+
+    def __init__(
+        self,
+        *,
+        max_cost: Money,
+        requested: Money,
+        fit_output_tokens: int | None = None,
+        fit_field: str = "max_tokens",
+        cap_name: str = "max_cost",
+    ) -> None:
+        self.max_cost = max_cost
+        self.requested = requested
+        self.fit_output_tokens = fit_output_tokens
+        self.fit_field = fit_field
+        #: Where the cap came from, as the message names it (the gateway: its header).
+        self.cap_name = cap_name
+        super().__init__(self._message())
+
+    def named(self, cap_name: str) -> CostCapExceededError:
+        """Name the cap as the caller set it (``x-spendgate-max-cost``); returns self."""
+        self.cap_name = cap_name
+        self.args = (self._message(),)
+        return self
+
+    def _message(self) -> str:
+        fit = ""
+        if self.fit_output_tokens is not None:
+            fit = f"; set {self.fit_field} <= {self.fit_output_tokens} to fit"
+        return (
+            f"Cost cap exceeded: this request may cost up to {_plain(self.requested, places=2)} USD, "
+            f"above its cap of {_plain(self.max_cost, places=2)} USD ({self.cap_name}){fit}"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``cost_cap`` object of the gateway's 400 body."""
+        return {
+            "max_cost_usd": self.max_cost.decimal_str(),
+            "requested_usd": self.requested.decimal_str(),
+            "max_output_tokens_affordable": self.fit_output_tokens,
+            "fit_field": self.fit_field if self.fit_output_tokens is not None else None,
+        }
 
 
 #: The name users of other cost trackers already catch.

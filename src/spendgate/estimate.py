@@ -224,8 +224,14 @@ def estimate_request(
     model: str | None = None,
     unbounded_policy: UnboundedInputPolicy = "context_window",
     default_max_tool_calls: int | None = DEFAULT_MAX_TOOL_CALLS,
+    data_residency: str | None = None,
+    endpoint_location: str | None = None,
 ) -> Estimate:
     """Bound the cost of ``request`` (the body sent to ``endpoint``).
+
+    ``data_residency`` (``eu``/``us``/``fedramp``: the OpenAI host called) and
+    ``endpoint_location`` (a Vertex location) are where the call goes: not in the body, so the
+    caller says them, and their uplift is reserved.
 
     ``unbounded_policy``: for a request whose input is not all in its body (see
     ``unbounded_input``): bound the prompt by the model's context window, or refuse.
@@ -267,9 +273,13 @@ def estimate_request(
     output_rate = max(
         rates.output_rate(), rates.reasoning_rate(), rates.audio_output_rate(), rates.image_output_rate()
     )
-    # An uplift the request asks for (Anthropic's inference_geo, speed: fast), rounded up.
+    # An uplift the request asks for (Anthropic's inference_geo, speed: fast), or where it is
+    # sent (a regional host or location), rounded up.
     num, den = price.multiplier(
-        inference_geo=_word(request.get("inference_geo")), speed=_word(request.get("speed"))
+        inference_geo=_word(request.get("inference_geo")),
+        speed=_word(request.get("speed")),
+        data_residency=data_residency,
+        endpoint_location=endpoint_location,
     )
     if (num, den) != (1, 1):
         prompt_rate, output_rate = -(-prompt_rate * num // den), -(-output_rate * num // den)

@@ -28,7 +28,12 @@ from spendgate import attribution
 from spendgate.budgets import Attributes, Budget, instance_key
 from spendgate.clock import Clock, SystemClock
 from spendgate.cost import Cost, cost_of
-from spendgate.errors import BudgetExceededError, ConfigError, RateLimitExceededError
+from spendgate.errors import (
+    BudgetExceededError,
+    ConfigError,
+    CostCapExceededError,
+    RateLimitExceededError,
+)
 from spendgate.estimate import (
     DEFAULT_MAX_TOOL_CALLS,
     UNBOUNDED_INPUT_POLICIES,
@@ -51,6 +56,7 @@ from spendgate.limits import Demand, Limit, LimitRefusal
 from spendgate.logs import REQUESTS, request_line
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog, UnknownModelPolicy
+from spendgate.pricing.regions import NOWHERE, Where
 from spendgate.tokens import TokenCounter, default_counter
 from spendgate.usage import Usage
 from spendgate.waiting import AsyncWaiter, SyncWaiter, WaitLines
@@ -92,6 +98,8 @@ class Admission:
     ended: str | None = None  # "settled" | "released" once ended
     #: What the ledger said when this request settled (``remaining``: what its budgets have left).
     outcome: SettleOutcome | None = None
+    #: Where the call goes (a regional host's uplift): priced at the ending as it was reserved.
+    where: Where = NOWHERE
 
     @property
     def reserved(self) -> Money:
@@ -204,6 +212,7 @@ class Guard:
         *,
         attributes: Mapping[str, Any] | Attributes | None = None,
         request_id: str | None = None,
+        where: Where = NOWHERE,
     ) -> tuple[str, Attributes, Estimate, dict[str, Any], bool]:
         """Attribute, price and estimate, without touching the ledger."""
         body = dict(request)
@@ -215,6 +224,8 @@ class Guard:
             counter=self.counter,
             unbounded_policy=self.unbounded_input,
             default_max_tool_calls=self.default_max_tool_calls,
+            data_residency=where.data_residency,
+            endpoint_location=where.endpoint_location,
         )
         # The tool-call caps reserved for, where the request set none: the provider cannot
         # bill more tool uses than reserved.
@@ -254,10 +265,19 @@ class Guard:
         attributes: Mapping[str, Any] | Attributes | None = None,
         request_id: str | None = None,
         on_exceed: OnExceed | None = None,
+        max_cost: Money | None = None,
+        where: Where = NOWHERE,
     ) -> Admission:
-        """Reserve the worst case of ``request`` in every matching budget, or raise/wait/clamp."""
+        """Reserve the worst case of ``request`` in every matching budget, or raise/wait/clamp.
+
+        ``max_cost``: the most this one request may cost (with any ``spendgate.max_cost()``
+        block around the call, the smaller applies); a worst case above it is clamped to fit
+        (``on_exceed="clamp"``) or refused with ``CostCapExceededError`` before the ledger is
+        touched (``raise`` and ``wait``: waiting cannot make it fit). ``where``: the pricing
+        conditions of the host the call goes to (``spendgate.pricing.regions.where_of``),
+        reserved and charged."""
         waiter = SyncWaiter()
-        steps = self._admitting(endpoint, request, attributes, request_id, on_exceed, waiter)
+        steps = self._admitting(endpoint, request, attributes, request_id, on_exceed, waiter, max_cost, where)
         with contextlib.closing(steps):
             step = _next(steps, None)
             while not isinstance(step, Admission):
@@ -277,11 +297,13 @@ class Guard:
         attributes: Mapping[str, Any] | Attributes | None = None,
         request_id: str | None = None,
         on_exceed: OnExceed | None = None,
+        max_cost: Money | None = None,
+        where: Where = NOWHERE,
     ) -> Admission:
         """``admit`` for asyncio: reserves through the ledger's ``areserve`` (SQLite: its group
         commit), and waiting suspends the task, never the loop."""
         waiter = AsyncWaiter()
-        steps = self._admitting(endpoint, request, attributes, request_id, on_exceed, waiter)
+        steps = self._admitting(endpoint, request, attributes, request_id, on_exceed, waiter, max_cost, where)
         with contextlib.closing(steps):  # a cancelled waiter leaves its line and holds nothing
             step = _next(steps, None)
             while not isinstance(step, Admission):
@@ -305,16 +327,29 @@ class Guard:
         request_id: str | None,
         on_exceed: OnExceed | None,
         waiter: SyncWaiter | AsyncWaiter,
+        max_cost: Money | None = None,
+        where: Where = NOWHERE,
     ) -> Generator[_Step, Any, Admission]:
         rid, attrs, estimate, body, added = self.prepare(
-            endpoint, request, attributes=attributes, request_id=request_id
+            endpoint, request, attributes=attributes, request_id=request_id, where=where
         )
         started = time.monotonic()
         chosen = on_exceed or self.on_exceed
+        clamped: int | None = None
+        cap = attribution.tightest(
+            None if max_cost is None else Money.parse(max_cost, what="max_cost"),
+            attribution.current_max_cost(),
+        )
+        if cap is not None and estimate.amount > cap:
+            try:  # the caller's own cap: clamped to fit or refused, before the ledger is touched
+                estimate, clamped = self._capped(endpoint, estimate, cap, chosen)
+            except CostCapExceededError as err:
+                if log.isEnabledFor(logging.INFO):
+                    self._log_cap_refusal(rid, endpoint, attrs, estimate, err, started)
+                raise
         result: Reservation | Refusal | LimitRefusal | None = self._queued(rid, attrs, estimate, chosen)
         if result is None:
             result = yield _reserve(rid, attrs, estimate)
-        clamped: int | None = None
         if isinstance(result, LimitRefusal):
             # A rate limit waits or refuses (clamping cannot make a request fit a window).
             waits = chosen == "wait" if chosen in ("raise", "wait") else result.limit.on_exceed == "wait"
@@ -360,6 +395,7 @@ class Guard:
             clamped_to=clamped,
             waited_seconds=time.monotonic() - started,
             started_at=self.clock.now(),
+            where=where,
         )
 
     def _queued(
@@ -386,6 +422,23 @@ class Guard:
                 raise result.to_error()
             refusal = result
         raise refusal.to_error()
+
+    def _capped(
+        self, endpoint: Endpoint, estimate: Estimate, cap: Money, policy: OnExceed | None
+    ) -> tuple[Estimate, int]:
+        """The estimate with the output cap whose worst case fits the per-request ``cap``
+        (clamp), or CostCapExceededError saying that cap where one exists."""
+        has_cap = endpoint in _MAX_OUTPUT_FIELDS and estimate.max_output_tokens > 0
+        affordable = estimate.max_output_affordable(cap) if has_cap else 0
+        if policy == "clamp" and affordable >= self.min_output_tokens:
+            return estimate.with_max_output(affordable), affordable
+        fits = 0 < affordable < estimate.max_output_tokens
+        raise CostCapExceededError(
+            max_cost=cap,
+            requested=estimate.amount,
+            fit_output_tokens=affordable if fits else None,
+            fit_field=_MAX_OUTPUT_FIELDS[endpoint][-1] if has_cap else "max_tokens",
+        )
 
     def _smaller(self, estimate: Estimate, refusal: Refusal) -> tuple[Estimate, int]:
         """The estimate with the output cap the refusing budget still affords, or raise."""
@@ -541,7 +594,13 @@ class Guard:
         asked = admission.request.get("service_tier")
         if ending.action is Action.SETTLE:
             assert usage is not None
-            cost = cost_of(usage, est.price, service_tier=tier or (asked if isinstance(asked, str) else None))
+            cost = cost_of(
+                usage,
+                est.price,
+                service_tier=tier or (asked if isinstance(asked, str) else None),
+                data_residency=admission.where.data_residency,
+                endpoint_location=admission.where.endpoint_location,
+            )
             charged = cost.total
         else:
             # An upper bound: the reserved output, and the prompt as the provider reported it
@@ -743,6 +802,31 @@ class Guard:
             err.limit_id,
             estimate.model,
             err.requested_text,
+        )
+
+    def _log_cap_refusal(
+        self,
+        rid: str,
+        endpoint: Endpoint,
+        attrs: Attributes,
+        estimate: Estimate,
+        err: CostCapExceededError,
+        started: float,
+    ) -> None:
+        """The request line of a request over its own cost cap (INFO, like a budget's refusal)."""
+        fields = _request_fields(rid, endpoint, attrs, estimate, started, waited=0.0)
+        fields["estimate_usd"] = estimate.amount.decimal_str()
+        fields["max_cost_usd"] = err.max_cost.decimal_str()
+        fields["decision"] = "refused"
+        fields["action"] = "refuse"
+        fields["reason"] = "cost_cap_exceeded"
+        request_line(
+            fields,
+            "spendgate request %s refused by its cost cap of %s: %s needs up to %s",
+            rid,
+            err.max_cost,
+            estimate.model,
+            estimate.amount,
         )
 
     def close(self) -> None:

@@ -21,7 +21,9 @@ reservation is ended as the exception says (refused: released; lost: charged).
 Per-call attribution: ``spendgate_attributes={"team": "research"}`` on
 ``messages.create``/``messages.stream`` (removed before the SDK sees it), on
 top of ``spendgate.attribute(...)`` blocks; ``metadata.user_id`` is the user
-when no ``attribute()`` block names one.
+when no ``attribute()`` block names one. Per-call cost cap:
+``spendgate_max_cost=0.10`` (USD) on the same methods, with any
+``spendgate.max_cost(...)`` block around the call: the smaller applies.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from spendgate.integrations import common
 from spendgate.integrations.common import StreamEnding
 from spendgate.lifecycle import Happened, Report
 from spendgate.lifecycle.reading import answer_report
+from spendgate.money import Money
+from spendgate.pricing.regions import where_of
 
 try:  # the SDK's own body preparation: the estimate sees exactly the data that is sent
     from anthropic._utils import _prepare as _sdk_prepare
@@ -58,6 +62,8 @@ _PATH: Final = "/v1/messages"
 #: Carries ``spendgate_attributes`` from ``create()``/``stream()`` to ``post()``, which removes it:
 #: ``stream()`` sends its request later, in ``__enter__``, so a context variable would miss it.
 _ATTRIBUTES_HEADER: Final = "x-spendgate-attributes"
+#: Carries ``spendgate_max_cost`` the same way (a private name: never sent, never the gateway's).
+_MAX_COST_HEADER: Final = "x-spendgate-call-max-cost"
 
 
 # -- the request body ----------------------------------------------------------------------
@@ -108,13 +114,23 @@ def _guarded_stream_cls(stream_cls: Any, guarded: type[Any]) -> Any:
     return stream_cls
 
 
-def _with_attributes(kwargs: dict[str, Any], attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    if attributes:
+def _with_attributes(
+    kwargs: dict[str, Any], attributes: Mapping[str, Any] | None, max_cost: object = None
+) -> dict[str, Any]:
+    if attributes or max_cost is not None:
         headers = dict(kwargs.get("extra_headers") or {})
-        # Tags may come as a set or tuple; the header is parsed back by post() and never sent.
-        headers[_ATTRIBUTES_HEADER] = json.dumps(dict(attributes), default=list)
+        if attributes:
+            # Tags may come as a set or tuple; the header is parsed back by post() and never sent.
+            headers[_ATTRIBUTES_HEADER] = json.dumps(dict(attributes), default=list)
+        if max_cost is not None:  # checked here, so a bad value fails at the call
+            headers[_MAX_COST_HEADER] = Money.parse(max_cost, what="spendgate_max_cost").decimal_str()
         kwargs["extra_headers"] = headers
     return kwargs
+
+
+def _max_cost(headers: dict[str, Any]) -> Money | None:
+    raw = headers.pop(_MAX_COST_HEADER, None)
+    return Money.parse(raw, what="spendgate_max_cost") if isinstance(raw, str) else None
 
 
 # -- ending ----------------------------------------------------------------------------------
@@ -180,23 +196,48 @@ def _unparsed(exc: BaseException) -> Report:
 
 
 class _GuardedMessages(Messages):
-    """``messages`` that takes ``spendgate_attributes=``; the guarding itself is in ``post()``."""
+    """``messages`` that takes ``spendgate_attributes=`` and ``spendgate_max_cost=``; the
+    guarding itself is in ``post()``."""
 
-    def create(self, *args: Any, spendgate_attributes: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-        return super().create(*args, **_with_attributes(kwargs, spendgate_attributes))
+    def create(
+        self,
+        *args: Any,
+        spendgate_attributes: Mapping[str, Any] | None = None,
+        spendgate_max_cost: object = None,
+        **kwargs: Any,
+    ) -> Any:
+        return super().create(*args, **_with_attributes(kwargs, spendgate_attributes, spendgate_max_cost))
 
-    def stream(self, *args: Any, spendgate_attributes: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-        return super().stream(*args, **_with_attributes(kwargs, spendgate_attributes))
+    def stream(
+        self,
+        *args: Any,
+        spendgate_attributes: Mapping[str, Any] | None = None,
+        spendgate_max_cost: object = None,
+        **kwargs: Any,
+    ) -> Any:
+        return super().stream(*args, **_with_attributes(kwargs, spendgate_attributes, spendgate_max_cost))
 
 
 class _GuardedAsyncMessages(AsyncMessages):
     async def create(
-        self, *args: Any, spendgate_attributes: Mapping[str, Any] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        spendgate_attributes: Mapping[str, Any] | None = None,
+        spendgate_max_cost: object = None,
+        **kwargs: Any,
     ) -> Any:
-        return await super().create(*args, **_with_attributes(kwargs, spendgate_attributes))
+        return await super().create(
+            *args, **_with_attributes(kwargs, spendgate_attributes, spendgate_max_cost)
+        )
 
-    def stream(self, *args: Any, spendgate_attributes: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-        return super().stream(*args, **_with_attributes(kwargs, spendgate_attributes))
+    def stream(
+        self,
+        *args: Any,
+        spendgate_attributes: Mapping[str, Any] | None = None,
+        spendgate_max_cost: object = None,
+        **kwargs: Any,
+    ) -> Any:
+        return super().stream(*args, **_with_attributes(kwargs, spendgate_attributes, spendgate_max_cost))
 
 
 def _copy_keeping_guard(cls: type[Any]) -> Any:
@@ -222,11 +263,14 @@ class _GuardedAnthropic(anthropic.Anthropic):
         guard = self._spendgate_guard
         body, options = _split(kwargs)
         attrs = _attributes(options["headers"], body)
+        cap = _max_cost(options["headers"])
         if _sdk_prepare is not None:  # one-shot iterators are read once, here; the SDK gets lists
             body = _sdk_prepare.prepare_request_data(body, location="body")
         else:
             body = _plain(body)
-        admission = guard.admit("messages", body, attributes=attrs)
+        admission = guard.admit(
+            "messages", body, attributes=attrs, max_cost=cap, where=where_of(self.base_url)
+        )
         kwargs.update(body=admission.request, options=options)
         if kwargs.get("stream"):
             kwargs["stream_cls"] = _guarded_stream_cls(kwargs.get("stream_cls"), GuardedStream)
@@ -265,11 +309,14 @@ class _GuardedAsyncAnthropic(anthropic.AsyncAnthropic):
         guard = self._spendgate_guard
         body, options = _split(kwargs)
         attrs = _attributes(options["headers"], body)
+        cap = _max_cost(options["headers"])
         if _sdk_prepare is not None:
             body = await _sdk_prepare.async_prepare_request_data(body, location="body")
         else:
             body = _plain(body)
-        admission = await guard.admit_async("messages", body, attributes=attrs)
+        admission = await guard.admit_async(
+            "messages", body, attributes=attrs, max_cost=cap, where=where_of(self.base_url)
+        )
         kwargs.update(body=admission.request, options=options)
         if kwargs.get("stream"):
             kwargs["stream_cls"] = _guarded_stream_cls(kwargs.get("stream_cls"), AsyncGuardedStream)

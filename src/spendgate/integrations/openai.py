@@ -22,7 +22,8 @@ subclasses of the SDK's ``Stream``/``AsyncStream``.
 
 Per-call attribution: ``spendgate_attributes={"team": "research"}`` (removed
 before the SDK sees the call), on top of ``spendgate.attribute(...)`` blocks
-and the request's ``user``.
+and the request's ``user``. Per-call cost cap: ``spendgate_max_cost=0.10`` (USD,
+removed too), with any ``spendgate.max_cost(...)`` block: the smaller applies.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from spendgate.integrations import common
 from spendgate.integrations.common import StreamEnding
 from spendgate.lifecycle import Happened, Report
 from spendgate.lifecycle.reading import answer_report
+from spendgate.money import Money
+from spendgate.pricing.regions import Where, where_of
 
 __all__ = [
     "AsyncGuardedStream",
@@ -118,6 +121,7 @@ def _install(
     # when they are first built, so they pick up the guarded one.
     object.__setattr__(client, _GUARD_ATTR, guard)
     watched = common.watch_attempts(client)
+    where = where_of(client.base_url)  # a regional host's uplift: reserved and charged
     for path, endpoint in _GUARDED:
         resource: Any = client
         for name in path:
@@ -127,9 +131,9 @@ def _install(
             if original is None:
                 continue
             if is_async:
-                guarded = _async_guarded(original, endpoint, guard, default_model, watched)
+                guarded = _async_guarded(original, endpoint, guard, default_model, watched, where)
             else:
-                guarded = _sync_guarded(original, endpoint, guard, default_model, watched)
+                guarded = _sync_guarded(original, endpoint, guard, default_model, watched, where)
             object.__setattr__(resource, method, guarded)
 
     class_copy: Callable[..., Any] = type(client).copy
@@ -160,7 +164,7 @@ def _params_of(func: Callable[..., Any]) -> frozenset[str] | None:
 class _Call:
     """A call's keyword arguments split into the body to estimate and the SDK options."""
 
-    __slots__ = ("attributes", "body", "extra_keys", "options", "params")
+    __slots__ = ("attributes", "body", "extra_keys", "max_cost", "options", "params")
 
     def __init__(
         self,
@@ -172,6 +176,7 @@ class _Call:
         if args:
             raise TypeError(f"{getattr(original, '__name__', 'create')}() takes keyword arguments only")
         self.attributes = kwargs.pop("spendgate_attributes", None)
+        self.max_cost = _money_or_none(kwargs.pop("spendgate_max_cost", None))
         func = getattr(original, "__func__", original)
         self.params = _params_of(func)
         body: dict[str, Any] = {}
@@ -211,17 +216,28 @@ class _Call:
         return call
 
 
+def _money_or_none(value: object) -> Money | None:
+    return None if value is None else Money.parse(value, what="spendgate_max_cost")
+
+
 def _is_lazy_iterable(value: object) -> bool:
     return isinstance(value, Iterable) and not isinstance(value, list | str | bytes | Mapping)
 
 
 def _sync_guarded(
-    original: Callable[..., Any], endpoint: Endpoint, guard: Guard, default_model: str | None, watched: bool
+    original: Callable[..., Any],
+    endpoint: Endpoint,
+    guard: Guard,
+    default_model: str | None,
+    watched: bool,
+    where: Where,
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         call = _Call(args, kwargs, original, default_model)
-        admission = guard.admit(endpoint, call.body, attributes=call.attributes)
+        admission = guard.admit(
+            endpoint, call.body, attributes=call.attributes, max_cost=call.max_cost, where=where
+        )
         with common.attempts() as counted:
             try:
                 result = original(**call.kwargs_for(admission.request))
@@ -239,12 +255,19 @@ def _sync_guarded(
 
 
 def _async_guarded(
-    original: Callable[..., Any], endpoint: Endpoint, guard: Guard, default_model: str | None, watched: bool
+    original: Callable[..., Any],
+    endpoint: Endpoint,
+    guard: Guard,
+    default_model: str | None,
+    watched: bool,
+    where: Where,
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
         call = _Call(args, kwargs, original, default_model)
-        admission = await guard.admit_async(endpoint, call.body, attributes=call.attributes)
+        admission = await guard.admit_async(
+            endpoint, call.body, attributes=call.attributes, max_cost=call.max_cost, where=where
+        )
         with common.attempts() as counted:
             try:
                 result = await original(**call.kwargs_for(admission.request))
