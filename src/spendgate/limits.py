@@ -118,6 +118,8 @@ def parse_per(value: object) -> timedelta:
         raise ValueError(f"per: a window like '10s', '1m', '1h' or '1d', got {value!r}")
     if seconds <= 0:
         raise ValueError(f"per must be positive, got {value!r}")
+    if seconds > _MAX_PER.total_seconds():  # also before timedelta, which overflows on huge counts
+        raise ValueError(f"per is at most 31 days (a budget caps longer periods), got {value!r}")
     per = timedelta(seconds=seconds)
     if per > _MAX_PER:
         raise ValueError(f"per is at most 31 days (a budget caps longer periods), got {value!r}")

@@ -48,6 +48,7 @@ def test_config_reads_each_kind_and_round_trips() -> None:
         ({"requests": True, "per": "1m"}, "limits[0].requests", "whole number"),
         ({"requests": 10, "per": "0s"}, "limits[0].per", "positive"),
         ({"requests": 10, "per": "40d"}, "limits[0].per", "31 days"),
+        ({"requests": 10, "per": "99999999999999999999d"}, "limits[0].per", "31 days"),
         ({"requests": 10, "per": "fortnight"}, "limits[0].per", "window like"),
         ({"concurrency": 3, "per": "1m"}, "limits[0].per", "no window"),
         ({"prompt_tokens": 3, "on_exceed": "wait"}, "limits[0].on_exceed", "cannot wait"),
