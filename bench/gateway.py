@@ -510,12 +510,33 @@ def write_yaml(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+#: ``--limits``: the baseline's two budgets, and the three limits the request also matches
+#: (set far above the load: the figure is the bookkeeping, not refusals).
+TWO_BUDGETS: list[dict[str, Any]] = [
+    {"id": "all", "limit": "1000000"},
+    {"id": "per-key", "selector": {"key": "*"}, "limit": "1000000", "window": "day"},
+]
+THREE_LIMITS: list[dict[str, Any]] = [
+    {"id": "rpm", "selector": {"key": "*"}, "requests": 10**9, "per": "1m"},
+    {"id": "tpm", "selector": {"key": "*"}, "tokens": 10**12, "per": "1m"},
+    {"id": "inflight", "selector": {"key": "*"}, "concurrency": 100000},
+]
+LIMITS_NAME = "spendgate (+3 limits)"
+
+
 def run_spendgate(
-    upstream: FakeUpstream, args: argparse.Namespace, tmp: Path, *, memory: bool = False
+    upstream: FakeUpstream,
+    args: argparse.Namespace,
+    tmp: Path,
+    *,
+    memory: bool = False,
+    limits: bool = False,
 ) -> Result:
     """``memory``: the same gateway on the ``memory://`` ledger, without virtual keys (a memory
-    key store cannot be filled from outside): what the gateway costs without a durable ledger."""
-    ledger = "memory://" if memory else f"sqlite:///{tmp / 'gateway.db'}"
+    key store cannot be filled from outside): what the gateway costs without a durable ledger.
+    ``limits`` (with ``--limits``): two budgets and three limits, against the run of two budgets."""
+    name = MEMORY_NAME if memory else LIMITS_NAME if limits else "spendgate"
+    ledger = "memory://" if memory else f"sqlite:///{tmp / (name.replace(' ', '_') + '.db')}"
     if not memory:
         from spendgate.ledger import open_ledger
 
@@ -529,8 +550,10 @@ def run_spendgate(
             "fake": {"kind": "openai", "base_url": upstream.base_url, "api_key_env": UPSTREAM_KEY_ENV}
         },
         "routes": [{"model": "*", "upstream": "fake"}],
-        "budgets": [{"id": "all", "limit": "1000000"}],
+        "budgets": TWO_BUDGETS if args.limits else [{"id": "all", "limit": "1000000"}],
     }
+    if limits:
+        config["limits"] = THREE_LIMITS
     if key is None:
         config["keys"] = {"required": False}  # demo mode, until virtual keys exist
     config_path = tmp / "spendgate.yaml"
@@ -565,7 +588,9 @@ def run_spendgate(
     note = "virtual key" if key else "no key (keys.required: false)"
     if args.workers > 1:
         note += f"; {args.workers} worker processes"
-    return Result(MEMORY_NAME if memory else "spendgate", figures, import_s, min(ready), rss, note)
+    if args.limits:
+        note += "; two budgets" + (" and three limits" if limits else "")
+    return Result(name, figures, import_s, min(ready), rss, note)
 
 
 MEMORY_NAME = "spendgate (memory)"
@@ -806,6 +831,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also spendgate on the memory:// ledger (no keys): the gateway's cost without SQLite",
     )
     parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="also spendgate with three rate limits, against two budgets only (both runs get two budgets)",
+    )
+    parser.add_argument(
         "--bare-loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
@@ -844,6 +874,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_spendgate(upstream, args, Path(tmp)))
             if args.memory_ledger:
                 results.append(run_spendgate(upstream, args, Path(tmp), memory=True))
+            if args.limits:
+                results.append(run_spendgate(upstream, args, Path(tmp), limits=True))
         if not args.skip_litellm:
             results.append(run_litellm(upstream, args, Path(tmp)))
     report(base, bare, bare_loop, results, args)
