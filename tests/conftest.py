@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -44,3 +45,14 @@ def no_unexpected_overshoot(request: pytest.FixtureRequest) -> Iterator[None]:
         logger.removeHandler(handler)
     if handler.messages and request.node.get_closest_marker("overshoot") is None:
         pytest.fail(f"a request settled above its reservation: {handler.messages[0]}", pytrace=False)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Any]]:
+    """Worker processes a test starts: killed if still alive at its end."""
+    started: list[Any] = []
+    yield started
+    for proc in started:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(10)

@@ -29,10 +29,10 @@ reaches at least ``BUCKETS / (BUCKETS + 1)`` (95%) of the amount.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Final, Literal, get_args
+from typing import Any, ClassVar, Final, Literal, TypeVar, get_args
 
 from spendgate.budgets import EPOCH, Attributes, Selector
 from spendgate.errors import ConfigError, PromptTooLargeError, RateLimitExceededError
@@ -48,8 +48,11 @@ __all__ = [
     "LimitUsage",
     "SlidingWindow",
     "bucket_of",
+    "takes_of",
     "window_sum",
 ]
+
+E = TypeVar("E")
 
 LimitKind = Literal[
     "requests", "input_tokens", "output_tokens", "tokens", "usd", "concurrency", "prompt_tokens"
@@ -396,6 +399,33 @@ class LimitRefusal:
             used_text=limit.amount_text(self.used),
             requested_text=limit.amount_text(self.requested),
         )
+
+
+def takes_of(
+    entries: Iterable[E],
+    limit_of: Callable[[E], Limit],
+    request_id: str,
+    attributes: Attributes,
+    demand: Demand,
+) -> list[tuple[E, str, int] | LimitRefusal]:
+    """What a request takes from limits, in the limits' order, for a backend to check and count:
+    ``(entry, instance key, amount)`` per matching limit instance. A ``prompt_tokens`` limit
+    holds no count: the request is over it or not, decided here, and the list stops at that
+    refusal (a backend reports the first refusal in this order)."""
+    out: list[tuple[E, str, int] | LimitRefusal] = []
+    for entry in entries:
+        limit = limit_of(entry)
+        keys = limit.matches(attributes)
+        if not keys:
+            continue
+        need = demand.of(limit.kind)
+        for key in keys:
+            if limit.kind != "prompt_tokens":
+                out.append((entry, key, need))
+            elif need > limit.amount:
+                out.append(LimitRefusal(request_id, limit, key, 0, need, None))
+                return out
+    return out
 
 
 @dataclass(frozen=True, slots=True)

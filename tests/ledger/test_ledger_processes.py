@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from spendgate.money import Money
 
 from . import workers
 from .conftest import MakeLedger
+from .workers import collect
 
 PROCESSES = 8
 THREADS = 50
@@ -39,21 +38,6 @@ def research_budget(limit_nanos: int) -> Budget:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'spend.db'}"
-
-
-def collect(out: Any, kind: str, count: int, deadline: float) -> dict[int, Any]:
-    got: dict[int, Any] = {}
-    while len(got) < count:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"only {len(got)}/{count} workers reported {kind!r} in time")
-        try:
-            message, proc, payload = out.get(timeout=min(left, 1.0))
-        except queue.Empty:
-            continue
-        assert message == kind, (message, proc)
-        got[proc] = payload
-    return got
 
 
 class Sampler:
@@ -82,16 +66,6 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Any]]:
-    started: list[Any] = []
-    yield started
-    for proc in started:
-        if proc.is_alive():
-            proc.kill()
-        proc.join(10)
 
 
 @pytest.mark.slow

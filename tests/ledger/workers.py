@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import sqlite3
 import threading
 import time
@@ -98,3 +99,20 @@ def hold_and_wait(
         conn.execute("UPDATE spend SET spent = spent + 1000000000000")
     out.put(ids)
     time.sleep(60)  # SIGKILL arrives long before this ends
+
+
+def collect(out: Any, kind: str, count: int, deadline: float) -> dict[int, Any]:
+    """What ``count`` worker processes put on ``out`` as ``(kind, proc, payload)``, by proc;
+    AssertionError when they have not all reported by ``deadline`` (monotonic)."""
+    got: dict[int, Any] = {}
+    while len(got) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"only {len(got)}/{count} workers reported {kind!r} in time")
+        try:
+            message, proc, payload = out.get(timeout=min(left, 1.0))
+        except queue.Empty:
+            continue
+        assert message == kind, (message, proc)
+        got[proc] = payload
+    return got

@@ -9,17 +9,16 @@ ledger's own ``reserved_at``, the instant its window was counted at).
 from __future__ import annotations
 
 import multiprocessing as mp
-import queue
 import random
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ledger.workers import collect
 from spendgate.budgets import EPOCH, Attributes
 from spendgate.ledger import Reservation, open_ledger
 from spendgate.limits import Demand, Limit
@@ -87,31 +86,6 @@ def hammer(url: str, proc: int, go: Any, out: Any) -> None:
         thread.join(SECONDS + 60)
     out.put(("done", proc, (admitted, refused, stop)))
     ledger.close()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Any]]:
-    started: list[Any] = []
-    yield started
-    for proc in started:
-        if proc.is_alive():
-            proc.kill()
-        proc.join(10)
-
-
-def collect(out: Any, kind: str, count: int, deadline: float) -> dict[int, Any]:
-    got: dict[int, Any] = {}
-    while len(got) < count:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"only {len(got)}/{count} workers reported {kind!r} in time")
-        try:
-            message, proc, payload = out.get(timeout=min(left, 1.0))
-        except queue.Empty:
-            continue
-        assert message == kind, (message, proc)
-        got[proc] = payload
-    return got
 
 
 def most_in_any_span(times_and_weights: list[tuple[int, int]], span_us: int) -> int:

@@ -468,25 +468,14 @@ class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
     ) -> Refusal:
         start, end = window
         pace = budget.pace
-        if pace is not None and end is not None and spent + reserved + needed <= limit:
+        paced = pace is not None and end is not None and spent + reserved + needed <= limit
+        retry = None if end is None else max((end - now).total_seconds(), 0.0)
+        if paced:
             # The whole limit would admit it: refused by the pace, until a later step allows it.
-            allowed = pace.allowance(limit, start, end, now)
+            assert pace is not None and end is not None
             wait = pace.seconds_until(spent + reserved + needed, limit, start, end, now)
-            return Refusal(
-                request_id=request_id,
-                budget_id=budget.id,
-                label=budget.label(instance),
-                selector=budget.concrete_selector(instance),
-                instance=parse_instance_key(instance),
-                spent=Money(spent),
-                reserved=Money(reserved),
-                limit=Money(allowed),
-                needed=Money(needed),
-                window_start=start,
-                resets_at=end,
-                retry_after=wait if wait is not None else max((end - now).total_seconds(), 0.0),
-                paced=True,
-            )
+            retry = wait if wait is not None else retry
+            limit = pace.allowance(limit, start, end, now)
         return Refusal(
             request_id=request_id,
             budget_id=budget.id,
@@ -499,7 +488,8 @@ class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
             needed=Money(needed),
             window_start=start,
             resets_at=end,
-            retry_after=None if end is None else max((end - now).total_seconds(), 0.0),
+            retry_after=retry,
+            paced=paced,
         )
 
     @staticmethod

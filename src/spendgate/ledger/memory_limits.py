@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Literal, NamedTuple
 
 from spendgate.budgets import Attributes
-from spendgate.limits import Demand, Limit, LimitRefusal, LimitUsage, SlidingWindow, bucket_of
+from spendgate.limits import Demand, Limit, LimitRefusal, LimitUsage, SlidingWindow, bucket_of, takes_of
 
 __all__ = ["MemoryLimits", "Take"]
 
@@ -35,6 +35,10 @@ class Take(NamedTuple):
     kind: str
     bucket: int
     amount: int
+
+
+def _limit_of(state: _State) -> Limit:
+    return state.limit
 
 
 class _State:
@@ -106,32 +110,26 @@ class MemoryLimits:
         """What the request would take from each matching limit, or the first that refuses.
         Changes no count (``take`` does, once every budget and limit has admitted)."""
         takes: list[Take] = []
-        for state in self._order:
+        for item in takes_of(self._order, _limit_of, request_id, attributes, demand):
+            if isinstance(item, LimitRefusal):
+                return item
+            state, key, need = item
             limit = state.limit
-            keys = limit.matches(attributes)
-            if not keys:
+            line = state.lines.get(key)
+            if line is None:
+                line = state.lines[key] = _Line(limit)
+            window = line.window
+            if window is None:  # concurrency
+                if line.in_flight + need > limit.amount:
+                    retry = None if need > limit.amount else 0.0  # frees when one ends
+                    return LimitRefusal(request_id, limit, key, line.in_flight, need, retry)
+                takes.append(Take(line, limit.kind, 0, need))
                 continue
-            kind = limit.kind
-            need = demand.of(kind)
-            for key in keys:
-                if kind == "prompt_tokens":
-                    if need > limit.amount:
-                        return LimitRefusal(request_id, limit, key, 0, need, None)
-                    continue
-                line = state.lines.get(key)
-                if line is None:
-                    line = state.lines[key] = _Line(limit)
-                window = line.window
-                if window is None:  # concurrency
-                    if line.in_flight + need > limit.amount:
-                        retry = None if need > limit.amount else 0.0  # frees when one ends
-                        return LimitRefusal(request_id, limit, key, line.in_flight, need, retry)
-                    takes.append(Take(line, kind, 0, need))
-                    continue
-                if window.used(now) + need > limit.amount:
-                    retry = window.seconds_until_fits(now, limit.amount, need)
-                    return LimitRefusal(request_id, limit, key, window.used(now), need, retry)
-                takes.append(Take(line, kind, bucket_of(now, limit.width_us), need))
+            used = window.used(now)
+            if used + need > limit.amount:
+                retry = window.seconds_until_fits(now, limit.amount, need)
+                return LimitRefusal(request_id, limit, key, used, need, retry)
+            takes.append(Take(line, limit.kind, bucket_of(now, limit.width_us), need))
         return takes
 
     @staticmethod

@@ -30,6 +30,7 @@ from spendgate.limits import (
     LimitUsage,
     bucket_of,
     seconds_until_fits,
+    takes_of,
     window_sum,
 )
 
@@ -106,33 +107,31 @@ class LimitPlan(NamedTuple):
 NO_LIMITS: Final = LimitPlan((), None)
 
 
+def _limit_of(entry: LimitEntry) -> Limit:
+    return entry.limit
+
+
 def plan_limits(
     catalog: Catalog, request_id: str, attributes: Attributes, demand: Demand, now: datetime
 ) -> LimitPlan:
     """Match the request against every limit and work out each take (no I/O)."""
     checks: list[LimitCheck | LimitRefusal] = []
     takes: list[tuple[str, int, str, int, int]] = []
-    for entry in catalog.limit_order:
+    for item in takes_of(catalog.limit_order, _limit_of, request_id, attributes, demand):
+        if isinstance(item, LimitRefusal):
+            checks.append(item)
+            break
+        entry, key, need = item
         limit = entry.limit
-        keys = limit.matches(attributes)
-        if not keys:
+        if limit.kind == "concurrency":
+            checks.append(LimitCheck(entry, _FLIGHT, (limit.id, key, need, limit.amount)))
+            takes.append((limit.id, entry.generation, key, 0, need))
             continue
-        kind = limit.kind
-        need = demand.of(kind)
-        for key in keys:
-            if kind == "prompt_tokens":
-                if need > limit.amount:
-                    checks.append(LimitRefusal(request_id, limit, key, 0, need, None))
-                continue
-            if kind == "concurrency":
-                checks.append(LimitCheck(entry, _FLIGHT, (limit.id, key, need, limit.amount)))
-                takes.append((limit.id, entry.generation, key, 0, need))
-                continue
-            bucket = bucket_of(now, limit.width_us)
-            checks.append(
-                LimitCheck(entry, _WINDOW, (limit.id, key, bucket, need, bucket - BUCKETS, limit.amount))
-            )
-            takes.append((limit.id, entry.generation, key, bucket, need))
+        bucket = bucket_of(now, limit.width_us)
+        checks.append(
+            LimitCheck(entry, _WINDOW, (limit.id, key, bucket, need, bucket - BUCKETS, limit.amount))
+        )
+        takes.append((limit.id, entry.generation, key, bucket, need))
     if not checks:
         return NO_LIMITS
     return LimitPlan(tuple(checks), json.dumps(takes, separators=(",", ":")) if takes else None)
