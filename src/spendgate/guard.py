@@ -400,14 +400,30 @@ class Guard:
 
     def _queued(
         self, rid: str, attrs: Attributes, estimate: Estimate, chosen: OnExceed | None
-    ) -> Refusal | None:
+    ) -> Refusal | LimitRefusal | None:
         """A refusal without trying when others already wait on one of this request's budgets
-        (and that budget waits): no overtaking."""
+        or rate limits (and it waits): no overtaking."""
         if self._lines and (key := self._lines.busy(self._keys(attrs))) is not None:
+            if key.startswith(_LIMIT_LINE):
+                return self._queued_limit_refusal(rid, key, estimate, chosen)
             budget_id = key.partition("|")[0]
             if (chosen or self._policy_of(budget_id)) == "wait":
                 return self._queued_refusal(rid, key, estimate)
         return None
+
+    def _queued_limit_refusal(
+        self, rid: str, key: str, estimate: Estimate, chosen: OnExceed | None
+    ) -> LimitRefusal | None:
+        limit_id, _, instance = key.removeprefix(_LIMIT_LINE).partition("|")
+        try:
+            limit = self.ledger.get_limit(limit_id)
+        except KeyError:  # removed meanwhile: nothing to wait behind
+            return None
+        waits = chosen == "wait" if chosen in ("raise", "wait") else limit.on_exceed == "wait"
+        if not waits:
+            return None
+        used = self.ledger.limit_usage(limit_id, instance or None).used
+        return LimitRefusal(rid, limit, instance, used, _demand(estimate).of(limit.kind), 0.0)
 
     # Clamping tries a smaller output cap until one fits: at most once per budget, plus one.
     def _clamping(
@@ -449,7 +465,12 @@ class Guard:
 
     # -- waiting ------------------------------------------------------------------
     def _keys(self, attrs: Attributes) -> list[str]:
-        return [f"{b.id}|{inst}" for b in self.ledger.budgets() for inst in b.matches(attrs)]
+        """The wait lines this request would join: its budgets' and rate limits' instances."""
+        keys = [f"{b.id}|{inst}" for b in self.ledger.budgets() for inst in b.matches(attrs)]
+        keys += [
+            f"{_LIMIT_LINE}{lim.id}|{inst}" for lim in self.ledger.limits() for inst in lim.matches(attrs)
+        ]
+        return keys
 
     def _policy_of(self, budget_id: str) -> OnExceed:
         try:
@@ -876,8 +897,13 @@ def _may_fit(refusal: Refusal | LimitRefusal) -> bool:
 def _line_key(refusal: Refusal | LimitRefusal) -> str:
     """The wait line of the budget or limit instance that refused."""
     if isinstance(refusal, LimitRefusal):
-        return f"limit:{refusal.limit.id}|{refusal.instance}"
+        return f"{_LIMIT_LINE}{refusal.limit.id}|{refusal.instance}"
     return f"{refusal.budget_id}|{instance_key(refusal.instance)}"
+
+
+#: The prefix of a rate limit's wait line (budget lines are ``<budget id>|<instance>``; an id
+#: never holds a control character, so no budget's line can look like a limit's).
+_LIMIT_LINE: Final = "\x1flimit:"
 
 
 def _demand(estimate: Estimate) -> Demand:

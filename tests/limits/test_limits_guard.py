@@ -185,3 +185,29 @@ def test_limits_and_budgets_together_from_the_guard() -> None:
     with pytest.raises(RateLimitExceededError):
         guard.admit("chat", BODY)
     assert guard.ledger.usage("b").reserved == Money(6_270_000)  # the refused one reserved nothing
+
+
+def test_a_newcomer_does_not_overtake_a_limit_waiter() -> None:
+    guard = make_guard({"id": "rpm", "requests": 1, "per": "10s", "on_exceed": "wait"}, max_wait=600)
+    guard.admit("chat", BODY)
+    order: list[str] = []
+
+    def caller(name: str) -> None:
+        guard.admit("chat", BODY, request_id=name)
+        order.append(name)
+
+    first = threading.Thread(target=caller, args=("first",), daemon=True)
+    first.start()
+    until(lambda: guard.waiting() == 1, "the first caller to wait")
+    guard.clock.advance(10.5)  # type: ignore[attr-defined]  # room now, but the first has not looked
+    second = threading.Thread(target=caller, args=("second",), daemon=True)
+    second.start()
+    until(lambda: guard.waiting() == 2, "the newcomer to queue behind the first")
+    assert order == []
+    guard.poke()
+    until(lambda: order == ["first"], "the first caller to be admitted first")
+    guard.clock.advance(10.5)  # type: ignore[attr-defined]
+    guard.poke()
+    until(lambda: order == ["first", "second"], "then the newcomer")
+    first.join(10)
+    second.join(10)
