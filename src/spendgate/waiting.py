@@ -1,12 +1,13 @@
-"""Fair waiting for budget (``on_exceed: wait``): first come, first served.
+"""Fair waiting for budgets and rate limits (``on_exceed: wait``): first come, first served.
 
-One line per budget instance. Only the head of a line tries to reserve, so a
-later request never overtakes an earlier one, and a newcomer whose budget has
-a line joins its back instead of trying first. Heads are woken when a limit
-changes or a budget is reset (ledger events), by ``poke()`` (tests, with a
-manual clock), and by a periodic tick that notices what other processes did
-and windows that rolled over. Deadlines are read from the guard's clock, so
-tests move time instead of sleeping.
+One line per budget instance and per rate-limit instance. Only the head of a
+line tries to reserve, so a later request never overtakes an earlier one, and a
+newcomer whose budget or limit has a line joins its back instead of trying
+first. Heads are woken when a limit changes or a budget is reset (ledger
+events), when a request of the same guard ends (a concurrency slot may be
+free), by ``poke()`` (tests, with a manual clock), and by a periodic tick that
+notices what other processes did and windows that rolled over. Deadlines are
+read from the guard's clock, so tests move time instead of sleeping.
 """
 
 from __future__ import annotations
