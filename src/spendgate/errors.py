@@ -201,17 +201,22 @@ class RateLimitExceededError(SpendgateError):
         )
 
     def to_dict(self) -> dict[str, object]:
-        """The ``limit`` object of the gateway's 429 body."""
+        """The ``limit`` object of the gateway's 429 body: amounts as decimal strings, counts or
+        (``usd``) USD, as the admin API writes them."""
+
+        def text(value: int) -> str:
+            return Money(value).decimal_str() if self.kind == "usd" else str(value)
+
         return {
             "id": self.limit_id,
             "name": self.label,
             "kind": self.kind,
             "selector": self.selector,
             "limit": self.amount_text,
-            "amount": str(self.amount),
-            "used": str(self.used),
-            "remaining": str(self.remaining),
-            "requested": str(self.requested),
+            "amount": text(self.amount),
+            "used": text(self.used),
+            "remaining": text(self.remaining),
+            "requested": text(self.requested),
             "per_seconds": self.per_seconds,
             "retry_after": self.retry_after,
         }

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,8 @@ async def test_usd_limit_that_fits_later_says_when(tmp_path: Path) -> None:
         assert response.status_code == 429, response.text
         assert response.headers["retry-after"] == str(math.ceil(window_retry(60))) == "63"
         limit = response.json()["error"]["limit"]
-        assert limit["kind"] == "usd" and int(limit["used"]) > 0
+        assert limit["kind"] == "usd" and limit["amount"] == "0.0008"  # USD, as the admin API says it
+        assert Decimal("0") < Decimal(limit["used"]) < Decimal("0.0008")
         clock.advance(window_retry(60))
         assert (await http.post("/chat/completions", json=big)).status_code == 200
 
