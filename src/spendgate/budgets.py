@@ -652,6 +652,22 @@ _BUDGET_KEYS: Final = (
 _ID = re.compile(r"^[^\s\x00-\x1f][^\x00-\x1f]{0,199}$")
 
 
+def config_id_and_name(config: Mapping[str, Any], where: str, default_id: str) -> tuple[str, str | None]:
+    """The ``id`` (``default_id`` when absent) and ``name`` of a budget's or a limit's config,
+    checked alike: an id holds no control character (wait lines and instance keys rely on it)."""
+    name = config.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ConfigError(f"{where}.name", f"must be a non-empty string, got {name!r}")
+    given = config.get("id")
+    if given is None:
+        return default_id, name
+    if not isinstance(given, str) or not _ID.match(given):
+        raise ConfigError(
+            f"{where}.id", f"must be a non-empty string without control characters, got {given!r}"
+        )
+    return given, name
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """A limit on what matching requests may spend per window.
@@ -742,9 +758,6 @@ class Budget:
             raise ConfigError(
                 f"{where}.on_exceed", f"must be one of {', '.join(_ON_EXCEED)}, got {on_exceed!r}"
             )
-        name = config.get("name")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise ConfigError(f"{where}.name", f"must be a non-empty string, got {name!r}")
         pace: Pace | None = None
         if config.get("pace") is not None:
             try:
@@ -753,13 +766,7 @@ class Budget:
                 raise ConfigError(f"{where}.pace", str(exc)) from None
             if not window.resets:
                 raise ConfigError(f"{where}.pace", "a paced budget needs a window that resets (e.g. month)")
-        budget_id = config.get("id")
-        if budget_id is None:
-            budget_id = default_id(selector, window)
-        elif not isinstance(budget_id, str) or not _ID.match(budget_id):
-            raise ConfigError(
-                f"{where}.id", f"must be a non-empty string without control characters, got {budget_id!r}"
-            )
+        budget_id, name = config_id_and_name(config, where, default_id(selector, window))
         return cls(
             id=budget_id,
             selector=selector,

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Final, Literal, TypeVar, get_args
 
-from spendgate.budgets import EPOCH, Attributes, Selector
+from spendgate.budgets import EPOCH, Attributes, Selector, config_id_and_name
 from spendgate.errors import ConfigError, PromptTooLargeError, RateLimitExceededError
 from spendgate.money import Money, MoneyError
 
@@ -43,12 +43,14 @@ __all__ = [
     "KINDS",
     "Demand",
     "Limit",
+    "LimitEnding",
     "LimitKind",
     "LimitRefusal",
     "LimitUsage",
     "SlidingWindow",
     "bucket_of",
     "takes_of",
+    "window_change",
     "window_sum",
 ]
 
@@ -73,7 +75,6 @@ _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _MIN_PER: Final = timedelta(seconds=1)
 _MAX_PER: Final = timedelta(days=31)
 _US: Final = timedelta(microseconds=1)
-_ID = re.compile(r"^[^\s\x00-\x1f][^\x00-\x1f]{0,199}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,17 +338,9 @@ class Limit:
             raise ConfigError(
                 f"{where}.on_exceed", "a prompt_tokens limit cannot wait: the prompt never fits"
             )
-        name = config.get("name")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise ConfigError(f"{where}.name", f"must be a non-empty string, got {name!r}")
-        limit_id = config.get("id")
-        if limit_id is None:
-            scope = Selector(selector).describe()
-            limit_id = f"{scope}/{kind}" + (f"/{format_per(per)}" if per is not None else "")
-        elif not isinstance(limit_id, str) or not _ID.match(limit_id):
-            raise ConfigError(
-                f"{where}.id", f"must be a non-empty string without control characters, got {limit_id!r}"
-            )
+        scope = Selector(selector).describe()
+        default = f"{scope}/{kind}" + (f"/{format_per(per)}" if per is not None else "")
+        limit_id, name = config_id_and_name(config, where, default)
         return cls(
             id=limit_id,
             selector=selector,
@@ -426,6 +419,28 @@ def takes_of(
                 out.append(LimitRefusal(request_id, limit, key, 0, need, None))
                 return out
     return out
+
+
+#: How a reservation ended, for what its limits get back.
+LimitEnding = Literal["settled", "released", "expired"]
+
+
+def window_change(kind: str, taken: int, how: LimitEnding, used: Demand | None, cost: int) -> int:
+    """What a windowed limit's bucket gets at a request's ending, as an amount to add (negative:
+    given back), for a take of ``taken``: settled, the use reported (``usd``: the settled
+    ``cost``) in place of the take, a use above it counted too; settled without a report of
+    use, nothing (the worst case stays); released, all but the request itself, which was made;
+    expired, nothing (the reservation is what it cost). Concurrency is given back whole at
+    every ending, by the backend."""
+    if how == "expired":
+        return 0
+    if how == "released":
+        return 0 if kind == "requests" else -taken
+    if kind == "usd":
+        return cost - taken
+    if used is None:
+        return 0
+    return used.of(kind) - taken
 
 
 @dataclass(frozen=True, slots=True)

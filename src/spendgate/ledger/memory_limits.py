@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from spendgate.budgets import Attributes
-from spendgate.limits import Demand, Limit, LimitRefusal, LimitUsage, SlidingWindow, bucket_of, takes_of
+from spendgate.limits import (
+    Demand,
+    Limit,
+    LimitEnding,
+    LimitRefusal,
+    LimitUsage,
+    SlidingWindow,
+    bucket_of,
+    takes_of,
+    window_change,
+)
 
 __all__ = ["MemoryLimits", "Take"]
-
-Ending = Literal["settled", "released", "expired"]
 
 
 class _Line:
@@ -141,29 +149,16 @@ class MemoryLimits:
                 line.window.add(bucket, amount)
 
     @staticmethod
-    def end(takes: Iterable[Take], how: Ending, used: Demand | None = None, cost: int = 0) -> None:
-        """Give back at a request's ending: concurrency always; of a window, what was not used
-        (settled: the reservation minus the use reported, and for ``usd`` minus the settled
-        ``cost``; released: all but the request itself, which was made; expired: nothing,
-        the reservation is what it cost)."""
+    def end(takes: Iterable[Take], how: LimitEnding, used: Demand | None = None, cost: int = 0) -> None:
+        """Give back at a request's ending: concurrency always; of a window, as
+        ``limits.window_change`` says."""
         for line, kind, bucket, amount in takes:
             window = line.window
             if window is None:
                 line.in_flight -= amount
                 continue
-            if how == "expired":
-                continue
-            if how == "released":
-                if kind != "requests":
-                    window.give_back(bucket, amount)
-                continue
-            if kind == "usd":
-                actual = cost
-            elif used is None:
-                continue  # no report of use: the worst case stays counted
-            else:
-                actual = used.of(kind)
-            if actual < amount:
-                window.give_back(bucket, amount - actual)
-            elif actual > amount:
-                window.add(bucket, actual - amount)  # the provider billed past the bound: count it
+            change = window_change(kind, amount, how, used, cost)
+            if change < 0:
+                window.give_back(bucket, -change)
+            elif change > 0:
+                window.add(bucket, change)  # the provider billed past the bound: count it

@@ -16,7 +16,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Final, Literal, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from spendgate.budgets import Attributes
 from spendgate.ledger.base import Event
@@ -26,11 +26,13 @@ from spendgate.limits import (
     BUCKETS,
     Demand,
     Limit,
+    LimitEnding,
     LimitRefusal,
     LimitUsage,
     bucket_of,
     seconds_until_fits,
     takes_of,
+    window_change,
     window_sum,
 )
 
@@ -44,7 +46,7 @@ __all__ = [
     "take_limits",
 ]
 
-Ending = Literal["settled", "released", "expired"]
+
 T = TypeVar("T")
 
 # -- statements (constant text, so sqlite3's statement cache prepares each once) -----------
@@ -193,14 +195,12 @@ def give_back(
     conn: sqlite3.Connection,
     catalog: Catalog,
     takes: str,
-    how: Ending,
+    how: LimitEnding,
     used: Demand | None = None,
     cost: int = 0,
 ) -> None:
-    """What ``MemoryLimits.end`` gives back: concurrency at every ending; of a window, what
-    was not used (settled: the take minus the use reported, for ``usd`` minus the settled
-    ``cost``, and a use above the take is added; released: all but the request itself;
-    expired: nothing, the reservation is what it cost)."""
+    """Give back at a request's ending: concurrency always; of a window, as
+    ``limits.window_change`` says."""
     for limit_id, generation, key, bucket, amount in json.loads(takes):
         entry = catalog.limits.get(limit_id)
         if entry is None or entry.generation != generation:
@@ -209,22 +209,11 @@ def give_back(
         if kind == "concurrency":
             conn.execute(_SQL_FLIGHT_GIVE, (amount, limit_id, key))
             continue
-        if how == "expired":
-            continue
-        if how == "released":
-            if kind != "requests":
-                conn.execute(_SQL_WINDOW_GIVE, (amount, limit_id, key, bucket))
-            continue
-        if kind == "usd":
-            actual = cost
-        elif used is None:
-            continue  # no report of use: the worst case stays counted
-        else:
-            actual = used.of(kind)
-        if actual < amount:
-            conn.execute(_SQL_WINDOW_GIVE, (amount - actual, limit_id, key, bucket))
-        elif actual > amount:  # the provider billed past the bound: count it
-            conn.execute(_SQL_WINDOW_ADD, (limit_id, key, bucket, actual - amount))
+        change = window_change(kind, amount, how, used, cost)
+        if change < 0:
+            conn.execute(_SQL_WINDOW_GIVE, (-change, limit_id, key, bucket))
+        elif change > 0:  # the provider billed past the bound: count it
+            conn.execute(_SQL_WINDOW_ADD, (limit_id, key, bucket, change))
 
 
 def prune_limits(conn: sqlite3.Connection, now_us: int) -> int:
