@@ -371,7 +371,11 @@ class Server:
                 self.ready_at = time.perf_counter()
                 self.ready_line = line.strip()
                 self.ready.set()
+            self.seen(line)
             self.lines.append(line.rstrip())
+
+    def seen(self, line: str) -> None:
+        """Every line of output, as it comes (for subclasses that count something in it)."""
 
     def tail(self, n: int = 30) -> str:
         return "\n".join(list(self.lines)[-n:])

@@ -321,16 +321,9 @@ class GatewayServer(Server):
 
     pool_warnings = 0
 
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if self._prefix is not None and not self.ready.is_set() and self._prefix in line:
-                self.ready_at = time.perf_counter()
-                self.ready_line = line.strip()
-                self.ready.set()
-            if "connections of its pool are in use" in line:
-                self.pool_warnings += 1
-            self.lines.append(line.rstrip())
+    def seen(self, line: str) -> None:
+        if "connections of its pool are in use" in line:
+            self.pool_warnings += 1
 
 
 def start_gateway(

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -26,21 +24,13 @@ from spendgate.money import Money, MoneyError, rate_to_nanos_per_million
 from spendgate.pricing.catalog import Catalog
 from spendgate.testing import FakeUpstream
 from spendgate.tokens import default_counter
+from test_guard import until
 
 BODY: dict[str, Any] = {
     "model": "gpt-4",
     "messages": [{"role": "user", "content": "hello world"}],
     "max_tokens": 100,
 }
-
-
-def until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    """Bounded poll for another thread's progress (never a fixed sleep)."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
 
 
 # -- 1. floats where a person types money ------------------------------------------------------

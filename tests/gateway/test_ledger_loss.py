@@ -9,15 +9,14 @@ attribute cannot be set), and for the admin API's refusal to delete a budget of 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sqlite3
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from ledger.test_ledger_file import immutable
 from spendgate.clock import ManualClock
 from spendgate.gateway.app import GatewayApp, GatewayState, create_app
 from spendgate.gateway.config import parse_settings
@@ -34,21 +33,6 @@ BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}], "
 def _probes(db: Path) -> int:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         return int(conn.execute("SELECT value FROM meta WHERE key = 'probes'").fetchone()[0])
-
-
-@contextlib.contextmanager
-def immutable(*paths: Path) -> Iterator[None]:
-    """``chattr +i`` for the block (never on -shm: SQLite maps it, and a write to an immutable
-    mapping is SIGBUS). Skips the test where the attribute cannot be set."""
-    if shutil.which("chattr") is None:
-        pytest.skip("no chattr")
-    done = subprocess.run(["chattr", "+i", *map(str, paths)], check=False, capture_output=True, text=True)
-    try:
-        if done.returncode != 0:
-            pytest.skip(f"chattr +i is not possible here: {done.stderr.strip()}")
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", *map(str, paths)], check=False, capture_output=True)
 
 
 def test_deleted_ledger_fails_closed_and_is_not_started_over(tmp_path: Path, up: FakeUpstream) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -22,6 +20,7 @@ from spendgate.guard import Guard
 from spendgate.ledger import open_ledger
 from spendgate.limits import Limit
 from spendgate.testing import FakeUpstream, prompt_tokens_for
+from test_guard import until
 
 from .conftest import requests_total
 
@@ -48,15 +47,6 @@ def advance(client: Client, seconds: float) -> None:
     assert isinstance(clock, ManualClock)
     clock.advance(seconds)
     client.guard.poke()
-
-
-def until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    """Bounded poll for another thread's progress (never a fixed sleep)."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
 
 
 def test_rpm_refuses_the_request_over_the_minute_before_sending(up: FakeUpstream) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from spendgate.guard import Guard
 from spendgate.lifecycle import Happened, Report
 from spendgate.money import Money
 from spendgate.usage import Usage
+from test_guard import until
 
 #: 9 prompt tokens (gpt-4, exact) and 100 output tokens at most.
 BODY: dict[str, Any] = {
@@ -31,15 +30,6 @@ def make_guard(*limits: dict[str, Any], ledger: str = "memory://", **options: An
     clock = ManualClock("2026-12-02T12:00:00Z")
     options.setdefault("poll_interval", 60.0)  # wake-ups come from endings and poke(), not time
     return Guard(ledger, limits=list(limits), clock=clock, **options)
-
-
-def until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    """Bounded poll for another thread's progress (never a fixed sleep)."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
