@@ -18,14 +18,34 @@ import pytest
 from spendgate.budgets import Budget
 from spendgate.clock import Clock, ManualClock
 from spendgate.ledger import Ledger, open_ledger
+from spendgate.testing.servers import (
+    drop_postgres_schema,
+    drop_redis_prefix,
+    postgres_test_url,
+    redis_test_url,
+)
 
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 BACKEND_URLS: dict[str, Callable[[Path], str]] = {
     "memory": lambda tmp: "memory://",
     "sqlite": lambda tmp: f"sqlite:///{tmp / 'spend.db'}",
+    # A schema of the test's own in the test database (scripts/services.sh brings the server up).
+    "postgresql": lambda tmp: postgres_test_url("ledger"),
+    # A key prefix of the test's own, its durable request log and keys in a SQLite file.
+    "redis": lambda tmp: redis_test_url(f"sqlite:///{tmp / 'durable.db'}", "ledger"),
 }
-SHARED = {"sqlite"}
+SHARED = {"sqlite", "postgresql", "redis"}
+#: Other spellings of a tested scheme (libpq takes both): tested once, under the main one.
+ALIASES = {"postgres": "postgresql"}
+
+
+def drop_test_data(url: str) -> None:
+    """Drop what a test's server-backed ledger left (its schema or its keys)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        drop_postgres_schema(url.replace("postgres://", "postgresql://", 1))
+    elif url.startswith("redis://"):
+        drop_redis_prefix(url)
 
 
 class MakeLedger(Protocol):
@@ -56,6 +76,7 @@ def make_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make
     yield maker
     for ledger in maker.opened:
         ledger.close()
+    drop_test_data(maker.url)
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def test_gateway_open_keystore_delegates(tmp_path: Path) -> None:
 def test_unknown_scheme_is_a_clear_error() -> None:
     for opener in (open_keystore, open_key_storage):
         with pytest.raises(ConfigError) as info:
-            opener("redis://user:secret@localhost:6379/0")
+            opener("mongodb://user:secret@localhost:27017/0")
         assert info.value.key == "ledger"
         message = str(info.value)
         assert "unknown ledger URL" in message and "memory://" in message and "sqlite://" in message
@@ -156,7 +156,7 @@ def test_resolve_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for url in (
         "sqlite:////var/lib/spend.db",
         "memory://",
-        "redis://localhost/0",
+        "mongodb://localhost/0",
         "spend.db",
         "sqlite://rel.db",
         "sqlite:///:memory:",

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ledger.conftest import BACKEND_URLS, drop_test_data
 from spendgate.budgets import Attributes, Budget
 from spendgate.clock import ManualClock
 from spendgate.errors import PromptTooLargeError, RateLimitExceededError
@@ -30,8 +31,7 @@ K2 = Attributes(key="k2")
 
 #: Backends whose ledgers keep rate limits (each registered scheme joins when it does).
 LIMIT_BACKENDS: dict[str, Callable[[Path], str]] = {
-    "memory": lambda tmp: "memory://",
-    "sqlite": lambda tmp: f"sqlite:///{tmp / 'spend.db'}",
+    name: BACKEND_URLS[name] for name in ("memory", "sqlite", "postgresql", "redis")
 }
 
 
@@ -40,9 +40,18 @@ def limit(**config: Any) -> Limit:
 
 
 class Maker:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, another: Callable[[str], str] | None = None) -> None:
         self.url = url
         self.opened: list[Ledger] = []
+        self._another = another
+        self.others: list[str] = []
+
+    def another(self, name: str) -> str:
+        """The URL of another ledger of the same backend (a file, schema or key prefix of its own)."""
+        assert self._another is not None
+        url = self._another(name)
+        self.others.append(url)
+        return url
 
     def __call__(
         self, limits: Iterable[Limit] = (), budgets: Iterable[Budget] = (), clock: ManualClock | None = None
@@ -56,10 +65,18 @@ class Maker:
 
 @pytest.fixture(params=sorted(LIMIT_BACKENDS))
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Maker]:
-    maker = Maker(LIMIT_BACKENDS[request.param](tmp_path))
+    build = LIMIT_BACKENDS[request.param]
+
+    def another(name: str) -> str:
+        (tmp_path / name).mkdir()
+        return build(tmp_path / name)
+
+    maker = Maker(build(tmp_path), another)
     yield maker
     for ledger in maker.opened:
         ledger.close()
+    for url in (maker.url, *maker.others):
+        drop_test_data(url)
 
 
 FREE = Money(0)
@@ -461,7 +478,7 @@ def test_blocking_and_asyncio_calls_agree_on_every_backend(make: Maker) -> None:
     limits = [limit(requests=3, per="1m"), limit(tokens=1500, per="1m"), limit(usd="1", per="1m")]
     said = []
     for calls in CALLS:
-        own = Maker(make.url.replace("spend.db", f"{calls}.db"))  # a file each (memory: a ledger each)
+        own = Maker(make.another(calls))  # a ledger each
         make.opened.append(ledger := own(limits))
         said.append(drive(tokens_usd_and_endings, Calls(ledger, calls)))
     assert said[0] == said[1]

@@ -22,6 +22,7 @@ from typing import Any
 from spendgate.budgets import Budget
 from spendgate.clock import Clock
 from spendgate.ledger.base import (
+    ArchivedRequest,
     BudgetChanged,
     BudgetDeleted,
     BudgetLine,
@@ -39,7 +40,7 @@ from spendgate.ledger.base import (
     ThresholdCrossed,
     UnknownReservationError,
 )
-from spendgate.ledger.protocols import BudgetAdmin, KeyStorage, RequestLog, Reservations
+from spendgate.ledger.protocols import BudgetAdmin, KeyStorage, RequestArchive, RequestLog, Reservations
 from spendgate.ledger.registry import (
     Backend,
     BackendFactory,
@@ -55,6 +56,7 @@ from spendgate.ledger.registry import (
 )
 
 __all__ = [
+    "ArchivedRequest",
     "Backend",
     "BackendFactory",
     "BudgetAdmin",
@@ -71,6 +73,7 @@ __all__ = [
     "LedgerUnavailableError",
     "Refusal",
     "ReleaseOutcome",
+    "RequestArchive",
     "RequestIdReusedError",
     "RequestLog",
     "RequestRecord",
@@ -120,5 +123,40 @@ def _sqlite_resolve(url: str, base_dir: str) -> str:
     return resolve_sqlite_url(url, base_dir)
 
 
+def _postgres(url: str, *, budgets: Sequence[Budget], clock: Clock | None, **options: Any) -> Ledger:
+    from spendgate.ledger.postgres import postgres_factory
+
+    return postgres_factory(url, budgets=budgets, clock=clock, **options)
+
+
+def _postgres_keys(url: str, *, clock: Clock, **options: Any) -> KeyStorage:
+    from spendgate.ledger.postgres import postgres_keys_factory
+
+    return postgres_keys_factory(url, clock=clock, **options)
+
+
+def _redis(url: str, *, budgets: Sequence[Budget], clock: Clock | None, **options: Any) -> Ledger:
+    from spendgate.ledger.redis import redis_factory
+
+    return redis_factory(url, budgets=budgets, clock=clock, **options)
+
+
+def _redis_keys(url: str, *, clock: Clock, **options: Any) -> KeyStorage:
+    from spendgate.ledger.redis import redis_keys_factory
+
+    return redis_keys_factory(url, clock=clock, **options)
+
+
+def _redis_resolve(url: str, base_dir: str) -> str:
+    from spendgate.ledger.redis import resolve_redis_url
+
+    return resolve_redis_url(url, base_dir)
+
+
 register_backend("memory", _memory, keys=_memory_keys, replace=True)
 register_backend("sqlite", _sqlite, keys=_sqlite_keys, resolve=_sqlite_resolve, replace=True)
+# postgres:// is libpq's other spelling of the same scheme.
+for _scheme in ("postgresql", "postgres"):
+    register_backend(_scheme, _postgres, keys=_postgres_keys, replace=True)
+# The durable store beside Redis may be a relative sqlite:/// file: resolved like one.
+register_backend("redis", _redis, keys=_redis_keys, resolve=_redis_resolve, replace=True)

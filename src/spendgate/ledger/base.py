@@ -26,6 +26,7 @@ from spendgate.limits import Demand, LimitRefusal
 from spendgate.money import Money
 
 __all__ = [
+    "ArchivedRequest",
     "BackendFactory",
     "BudgetAdmin",
     "BudgetChanged",
@@ -308,6 +309,20 @@ class RequestRecord:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class ArchivedRequest:
+    """A request that ended in a hot store (Redis), copied into a durable request log.
+
+    ``RequestArchive.archive`` writes it as the durable ledger's own ended requests are
+    written, so ``query_requests`` and ``usage_by`` answer the same for both.
+    """
+
+    record: RequestRecord  # cost, times, attributes, usage... as settled (or expired/released)
+    state: Literal["settled", "released", "expired"]
+    estimate: Money
+    lines: tuple[BudgetLine, ...]
+
+
 # -- the contract ---------------------------------------------------------------------
 
 ThresholdCallback = Callable[[ThresholdCrossed], None]
@@ -385,6 +400,11 @@ class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
 
     def close(self) -> None:
         """Release connections."""
+
+    async def aclose(self) -> None:
+        """``close`` from a running event loop: a backend with connections bound to the loop
+        (PostgreSQL's asyncio pool) closes them before the loop ends. Await it at shutdown."""
+        self.close()
 
     def __enter__(self) -> Ledger:
         return self

@@ -14,7 +14,7 @@ test then implements a handful of methods instead of the whole ledger.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # base.py composes these protocols, so its types are only nam
     from spendgate.budgets import Attributes, Budget
     from spendgate.gateway.settings import VirtualKey
     from spendgate.ledger.base import (
+        ArchivedRequest,
         BudgetChanged,
         BudgetDeleted,
         BudgetUsage,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # base.py composes these protocols, so its types are only nam
     from spendgate.limits import Demand, Limit, LimitRefusal, LimitUsage
     from spendgate.money import Money
 
-__all__ = ["BudgetAdmin", "KeyStorage", "LimitAdmin", "RequestLog", "Reservations"]
+__all__ = ["BudgetAdmin", "KeyStorage", "LimitAdmin", "RequestArchive", "RequestLog", "Reservations"]
 
 
 @runtime_checkable
@@ -236,6 +237,20 @@ class RequestLog(Protocol):
     @abstractmethod
     def purge(self) -> int:
         """Drop what is older than ``retention`` now (it also happens on a cheap schedule)."""
+
+
+@runtime_checkable
+class RequestArchive(Protocol):
+    """A durable request log that takes requests ended elsewhere (a Redis ledger's hot store).
+
+    SQLite and PostgreSQL ledgers implement it beside ``RequestLog``: what they archive is
+    answered by their ``query_requests`` and ``usage_by`` like their own ended requests.
+    """
+
+    @abstractmethod
+    def archive(self, entries: Sequence[ArchivedRequest]) -> int:
+        """Write ended requests in one transaction; a request id already in the log is left as
+        it is (so a copy retried after a crash writes nothing twice). How many were new."""
 
 
 @runtime_checkable

@@ -7,6 +7,7 @@ from typing import Any
 
 from spendgate.budgets import Budget
 from spendgate.clock import Clock
+from spendgate.ledger.sqlite.archive import RequestArchiveMixin
 from spendgate.ledger.sqlite.budgets import BudgetAdminMixin
 from spendgate.ledger.sqlite.connection import sqlite_path
 from spendgate.ledger.sqlite.limits import LimitAdminMixin
@@ -16,7 +17,9 @@ from spendgate.ledger.sqlite.reservations import ReservationsMixin
 __all__ = ["SQLiteLedger", "sqlite_factory"]
 
 
-class SQLiteLedger(ReservationsMixin, BudgetAdminMixin, LimitAdminMixin, RequestLogMixin):
+class SQLiteLedger(
+    ReservationsMixin, BudgetAdminMixin, LimitAdminMixin, RequestLogMixin, RequestArchiveMixin
+):
     """A ledger in one SQLite file; safe for many threads and processes on one machine.
 
     ``busy_timeout`` (seconds) bounds the wait for the write lock before the
