@@ -106,7 +106,7 @@ def test_shipped_example_loads() -> None:
         ("listen:\n  port: 70000\n", "listen.port", 2, "from 0 to 65535"),
         ("listen:\n  port: '80'\n", "listen.port", 2, "whole number"),
         ("listen:\n  port: 80\n  workers: 0\n", "listen.workers", 3, "from 1 to 256"),
-        ("ledger: postgres://u:pw@db/x\n", "ledger", 1, "unknown ledger URL"),
+        ("ledger: mysql://u:pw@db/x\n", "ledger", 1, "unknown ledger URL"),
         (
             "upstreams:\n  openai:\n    kind: openai\n    base_url: ftp://x\n    api_key_env: OPENAI_API_KEY\n",
             "upstreams.openai.base_url",
@@ -392,3 +392,24 @@ def test_limit_errors_name_key_and_line(tmp_path: Path, text: str, key: str, lin
     assert (exc.key, exc.line) == (key, line), str(exc)
     assert str(exc).startswith(f"{tmp_path / 'spendgate.yaml'}:{line}: {key}: "), str(exc)
     assert words in str(exc), str(exc)
+
+
+def test_the_ledger_url_may_come_from_the_environment(tmp_path: Path) -> None:
+    url = "redis://:s3cret@cache:6379/0?prefix=sg&durable=postgresql%3A%2F%2Fdb%2Fspend"
+    base = {
+        "upstreams": {"local": {"kind": "openai", "base_url": "http://127.0.0.1:8000/v1"}},
+        "routes": [{"model": "*", "upstream": "local"}],
+    }
+    s = parse_settings({**base, "ledger_env": "SG_LEDGER"}, source="inline", environ={"SG_LEDGER": url})
+    assert s.ledger == url
+    with pytest.raises(GatewayConfigError, match="SG_LEDGER is not set"):
+        parse_settings({**base, "ledger_env": "SG_LEDGER"}, source="inline", environ={})
+    with pytest.raises(GatewayConfigError, match="not both"):
+        parse_settings(
+            {"ledger": "memory://", "ledger_env": "SG_LEDGER"}, source="inline", environ={"SG_LEDGER": url}
+        )
+    with pytest.raises(GatewayConfigError) as info:
+        parse_settings(
+            {"ledger_env": "SG_LEDGER"}, source="inline", environ={"SG_LEDGER": "mysql://u:s3cret@x/y"}
+        )
+    assert "s3cret" not in str(info.value)

@@ -153,10 +153,10 @@ def test_threads(tmp_path: Path) -> None:
 
 
 def test_open_keystore_urls() -> None:
-    with pytest.raises(ConfigError, match=r"unknown ledger URL .*known schemes: memory://, sqlite://"):
-        open_keystore("redis://u:pw@host/0")
+    with pytest.raises(ConfigError, match=r"unknown ledger URL .*known schemes: memory://, postgres"):
+        open_keystore("mysql://u:pw@host/0")
     with pytest.raises(ConfigError) as info:
-        open_keystore("redis://u:pw@host/0")
+        open_keystore("mysql://u:pw@host/0")
     assert "pw" not in str(info.value)
     with pytest.raises(ConfigError):
         open_keystore("sqlite://relative")
@@ -187,3 +187,63 @@ def test_forked_child_uses_its_own_connection(tmp_path: Path) -> None:
     assert proc.exitcode == 0
     assert {k.attributes.user for k in store.list()} == {"parent", "child"}  # parent handle still fine
     store.close()
+
+
+class _SlowStorage:
+    """Key rows behind a gate a test opens: a database server that answers late."""
+
+    def __init__(self, inner: KeyStore) -> None:
+        self.inner = inner.storage
+        self.gate = threading.Event()
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def by_hash(self, secret_hash: str) -> object:
+        self.reads += 1
+        assert self.gate.wait(10)
+        return self.inner.by_hash(secret_hash)
+
+
+def test_a_cache_miss_reads_off_the_loop_once_for_every_waiter() -> None:
+    import asyncio
+
+    memory = open_keystore("memory://", clock=ManualClock(START), cache_ttl=5)
+    key, secret = memory.create(user="slow")
+    slow = _SlowStorage(memory)
+    store = KeyStore(slow, clock=memory.clock, cache_ttl=5)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        waiters = [asyncio.ensure_future(store.alookup(secret)) for _ in range(20)]
+        ticks = 0
+        for _ in range(5):  # the loop keeps turning while the read is held
+            await asyncio.sleep(0)
+            ticks += 1
+        assert ticks == 5 and not any(w.done() for w in waiters)
+        waiters[0].cancel()  # one caller giving up does not cancel the read the others wait on
+        slow.gate.set()
+        found = await asyncio.gather(*waiters[1:])
+        assert all(f == key for f in found)
+        assert slow.reads == 1
+        assert await store.alookup(secret) == key and slow.reads == 1  # cached now
+        assert await store.alookup("not a secret") is None and slow.reads == 1
+
+    asyncio.run(run())
+
+
+def test_a_key_store_that_never_answers_fails_closed_within_the_read_timeout() -> None:
+    import asyncio
+
+    memory = open_keystore("memory://", clock=ManualClock(START), cache_ttl=5)
+    _, secret = memory.create(user="hung")
+    slow = _SlowStorage(memory)
+    store = KeyStore(slow, clock=memory.clock, cache_ttl=5, read_timeout=0.2)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        with pytest.raises(TimeoutError, match=r"did not answer within 0\.2 s"):
+            await asyncio.gather(store.alookup(secret), store.alookup(secret))
+        assert slow.reads == 1  # the waiters gave up on one read, not one each
+        slow.gate.set()
+
+    asyncio.run(run())

@@ -124,16 +124,26 @@ class GatewayState:
     #: Closed by ``aclose`` (False when shared with the state that replaced this one).
     owns_ledger: bool = True
     owns_client: bool = True
-    #: ``keys.lookup`` when the store has it (disabled and expired keys too: precise 401s).
-    find_key: Callable[[str], VirtualKey | None] = field(init=False, repr=False)
+    #: ``keys.alookup`` when the store has it (disabled and expired keys too: precise 401s; a
+    #: cache miss reads on a thread), else its ``lookup`` or ``authenticate``.
+    find_key: Callable[[str], Awaitable[VirtualKey | None]] = field(init=False, repr=False)
     readiness: Readiness = field(init=False, repr=False)
     _models: list[tuple[str, str]] | None = field(default=None, repr=False)
     _admin: ASGIApp | None = field(default=None, repr=False)
     _admin_tried: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
-        lookup = getattr(self.keys, "lookup", None)
-        self.find_key = lookup if callable(lookup) else self.keys.authenticate
+        alookup = getattr(self.keys, "alookup", None)
+        if callable(alookup):
+            self.find_key = alookup
+        else:
+            lookup = getattr(self.keys, "lookup", None)
+            find: Callable[[str], VirtualKey | None] = lookup if callable(lookup) else self.keys.authenticate
+
+            async def find_key(secret: str) -> VirtualKey | None:
+                return find(secret)
+
+            self.find_key = find_key
         self.readiness = Readiness(self.guard.ledger, self.guard.clock)
 
     @classmethod
@@ -269,7 +279,7 @@ class GatewayState:
         if self.owns_client:
             await self.client.aclose()
         if self.owns_ledger:
-            self.ledger.close()
+            await self.ledger.aclose()  # its asyncio connections belong to this loop
         closer = getattr(self.keys, "close", None)
         if callable(closer) and self.owns_ledger:
             closer()
@@ -418,7 +428,7 @@ class GatewayApp:
             secret = auth[7:].strip() or None
         secret = secret or request.headers.get("x-api-key") or None
         try:
-            key = proxy._authenticate(state, secret)
+            key = await proxy._authenticate(state, secret)
         except proxy.GatewayError as err:
             return JSONResponse(err.payload(False), status_code=err.status)
         data = [

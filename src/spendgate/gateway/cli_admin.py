@@ -768,4 +768,80 @@ def usage_cmd(
     click.echo(f"{'total':<{width}}  {money(sum((c for _, c in rows), Money(0)))}")
 
 
-COMMANDS: tuple[click.Command, ...] = (keys_group, budgets_group, limits_group, usage_cmd)
+# -- the ledger itself ----------------------------------------------------------------------------
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """The ledger itself: prove it takes writes; rebuild a Redis ledger's counters."""
+
+
+@ledger_group.command("check")
+@ledger_options
+def ledger_check_cmd(ledger_url: str | None, config_path: str | None) -> None:
+    """Commit a probe write the way requests are written (what /readyz does); exit 1 if it cannot."""
+    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+        ledger.check_writable()
+        click.echo(f"ledger {type(ledger).scheme}:// takes writes")
+
+
+@ledger_group.command("rebuild")
+@click.option("--yes", is_flag=True, help="Rebuild without asking.")
+@ledger_options
+def ledger_rebuild_cmd(yes: bool, ledger_url: str | None, config_path: str | None) -> None:
+    """Start a redis:// ledger's counters over from its durable request log.
+
+    For a Redis that lost its data (restarted without persistence, flushed, failed over to an
+    empty replica): the ledger refuses every request until this runs (fail closed). Spend in the
+    current windows is summed from the durable log; what had not reached it, and reservations
+    open at the loss, are not counted (docs/deploy.md).
+    """
+    try:
+        url = resolve_ledger_url(ledger_url, config_path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not url.lower().startswith("redis://"):
+        _fail(
+            f"only a redis:// ledger keeps counters apart from its log; {url.split('://')[0]}:// has none to rebuild"
+        )
+    from spendgate.ledger.redis.url import parse_redis_url
+
+    try:
+        durable = parse_redis_url(url).durable
+        # The durable store must exist already: an admin command never creates a ledger.
+        open_ledger(durable, create=False).close()
+    except LedgerUnavailableError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not yes:
+        click.confirm(
+            "Rebuild the Redis counters from the durable log? Requests that ended in Redis but never "
+            "reached the log, and reservations open when Redis lost its data, will not be counted",
+            abort=True,
+        )
+    from spendgate.ledger.redis import RedisLedger
+
+    try:
+        ledger = open_ledger(url)  # a lost Redis does not stop the open: setup waits for the rebuild
+    except LedgerUnavailableError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    try:
+        if not isinstance(ledger, RedisLedger):
+            _fail(f"{url.split('@')[-1]!r} did not open a Redis ledger")
+        report = ledger.rebuild()
+    except LedgerUnavailableError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    finally:
+        ledger.close()
+    click.echo(
+        f"rebuilt from {report.requests} logged requests: {report.budget_lines} budget instances, "
+        f"{report.limit_buckets} rate limit buckets; generation {report.generation}"
+    )
+    for budget_id in report.short:
+        click.echo(
+            f"warning: budget {budget_id!r}'s window reaches past the log's retention: older spend is not counted"
+        )
+
+
+COMMANDS: tuple[click.Command, ...] = (keys_group, budgets_group, limits_group, usage_cmd, ledger_group)

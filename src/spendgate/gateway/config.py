@@ -59,6 +59,7 @@ DEFAULT_ADMIN_TOKEN_ENV: Final = "SPENDGATE_ADMIN_TOKEN"
 _TOP_KEYS: Final = (
     "listen",
     "ledger",
+    "ledger_env",
     "admin_token_env",
     "admin_token",
     "metrics_token_env",
@@ -194,9 +195,10 @@ def read_ledger_url(path: str | os.PathLike[str]) -> str:
     except yaml.YAMLError as exc:
         raise GatewayConfigError("", f"not valid YAML: {exc}", source=source) from None
     base = Path(source).parent
-    if not isinstance(data, Mapping) or data.get("ledger") is None:
+    if not isinstance(data, Mapping):
         return resolve_url(GatewaySettings().ledger, base)
-    return resolve_url(_ledger_url(_Reader(source, {}), data["ledger"]), base)
+    found = _ledger_of(_Reader(source, {}), {k: v for k, v in data.items() if v is not None}, os.environ)
+    return resolve_url(found or GatewaySettings().ledger, base)
 
 
 def parse_settings(
@@ -325,9 +327,7 @@ def _parse(
             workers = r.whole(listen["workers"], "listen.workers", low=1, high=256)
     listen_limits = _listen_limits(r, top.get("listen") or {})
 
-    ledger = "sqlite:///spendgate.db"
-    if "ledger" in top:
-        ledger = _ledger_url(r, top["ledger"])
+    ledger = _ledger_of(r, top, env) or "sqlite:///spendgate.db"
 
     admin_token = _admin_token(r, top, env)
     metrics_token = _metrics_token(r, top, env)
@@ -410,6 +410,24 @@ def _default(
     **options: Any,
 ) -> float:
     return check(defaults[name], f"defaults.{name}", **options) if name in defaults else fallback
+
+
+def _ledger_of(r: _Reader, top: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    """``ledger:``, or the URL in the environment variable ``ledger_env:`` names (a URL with a
+    password, e.g. Redis's, then never sits in the file); None for the default."""
+    if "ledger_env" in top:
+        if "ledger" in top:
+            raise r.error("ledger_env", "give either ledger or ledger_env, not both")
+        name = r.env_name(top["ledger_env"], "ledger_env")
+        value = env.get(name)
+        if not value:
+            raise r.error(
+                "ledger_env", f"the environment variable {name} is not set (it holds the ledger URL)"
+            )
+        return _ledger_url(r, value)
+    if "ledger" in top:
+        return _ledger_url(r, top["ledger"])
+    return None
 
 
 def _ledger_url(r: _Reader, value: object) -> str:

@@ -22,6 +22,7 @@ a backend that stores keys serves the gateway with no change here.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -52,6 +53,13 @@ _CACHE_MAX: Final = 10_000  # bounded: random secrets from an attacker must not 
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _digest_of(secret: object) -> str | None:
+    """The hash to look a secret up by; None for what cannot be a secret (never stored)."""
+    if not isinstance(secret, str) or len(secret) != _SECRET_LEN or not secret.startswith(SECRET_PREFIX):
+        return None
+    return hash_secret(secret)
 
 
 def _new_secret() -> str:
@@ -100,13 +108,25 @@ def _instant(value: datetime | None, what: str) -> datetime | None:
 class KeyStore:
     """Virtual keys over a backend's ``KeyStorage``: this class has the rules and the cache."""
 
-    def __init__(self, storage: KeyStorage, *, clock: Clock | None = None, cache_ttl: float = 5.0) -> None:
+    def __init__(
+        self,
+        storage: KeyStorage,
+        *,
+        clock: Clock | None = None,
+        cache_ttl: float = 5.0,
+        read_timeout: float = 3.0,
+    ) -> None:
         if cache_ttl < 0:
             raise ValueError(f"cache_ttl must be >= 0 seconds, got {cache_ttl}")
+        if not read_timeout > 0:
+            raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout}")
+        #: How long ``alookup`` waits for the storage on a cache miss (then: fail closed, a 503).
+        self.read_timeout = read_timeout
         self.storage = storage
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.cache_ttl = timedelta(seconds=cache_ttl)
         self._cache: dict[str, tuple[datetime, VirtualKey | None]] = {}
+        self._reading: dict[str, asyncio.Future[tuple[VirtualKey, str] | None]] = {}
 
     def close(self) -> None:
         """Release the storage's connections."""
@@ -151,14 +171,50 @@ class KeyStore:
 
     def lookup(self, secret: str) -> VirtualKey | None:
         """The key a secret belongs to, disabled or expired ones included (for precise 401 messages)."""
-        if not isinstance(secret, str) or len(secret) != _SECRET_LEN or not secret.startswith(SECRET_PREFIX):
+        digest = _digest_of(secret)
+        if digest is None:
             return None
-        digest = hash_secret(secret)
         now = self.clock.now()
+        hit = self._cached(digest, now)
+        if hit is not None:
+            return hit[0]
+        return self._remember(digest, now, self.storage.by_hash(digest))
+
+    async def alookup(self, secret: str) -> VirtualKey | None:
+        """``lookup`` for the event loop: a cache miss reads the storage on a thread, so a slow or
+        unreachable database server stalls only the requests that need that key, never the loop.
+        Concurrent misses of one secret share one read."""
+        digest = _digest_of(secret)
+        if digest is None:
+            return None
+        now = self.clock.now()
+        hit = self._cached(digest, now)
+        if hit is not None:
+            return hit[0]
+        pending = self._reading.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(self.storage.by_hash, digest))
+            self._reading[digest] = pending
+            pending.add_done_callback(lambda _: self._reading.pop(digest, None))
+        try:
+            # Shielded: one caller's cancellation must not cancel the read the others wait on.
+            async with asyncio.timeout(self.read_timeout):
+                found = await asyncio.shield(pending)
+        except TimeoutError:
+            # A server that accepts connections and never answers (hung, or a partition that
+            # drops nothing) would hold every request for this key: give up, fail closed.
+            raise TimeoutError(f"the key store did not answer within {self.read_timeout:g} s") from None
+        return self._remember(digest, now, found)
+
+    def _cached(self, digest: str, now: datetime) -> tuple[VirtualKey | None] | None:
         cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < self.cache_ttl:
-            return cached[1]
-        found = self.storage.by_hash(digest)
+            return (cached[1],)
+        return None
+
+    def _remember(
+        self, digest: str, now: datetime, found: tuple[VirtualKey, str] | None
+    ) -> VirtualKey | None:
         key: VirtualKey | None = None
         if found is not None and hmac.compare_digest(found[1], digest):
             key = found[0]

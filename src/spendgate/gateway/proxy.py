@@ -346,7 +346,7 @@ async def _handle(
     limit = settings.max_body_bytes
     if content_length is not None and content_length > limit:
         raise _too_large(limit)
-    key = _authenticate(state, secret)
+    key = await _authenticate(state, secret)
     ctx.key = key.id if key is not None else None
     max_cost = _max_cost(max_cost_raw) if max_cost_raw is not None else None
     raw = await _read_body(receive, limit)
@@ -420,7 +420,7 @@ async def _handle(
     await _call(state, spec, admission, upstream, forwarded, receive, send, ctx)
 
 
-def _authenticate(state: GatewayState, secret: str | None) -> VirtualKey | None:
+async def _authenticate(state: GatewayState, secret: str | None) -> VirtualKey | None:
     required = state.settings.keys_required
     if secret is None:
         if not required:
@@ -432,9 +432,10 @@ def _authenticate(state: GatewayState, secret: str | None) -> VirtualKey | None:
             reason="auth",
         )
     try:
-        key = state.find_key(secret)
-    except Exception:
-        log.exception("the key store did not answer")
+        key = await state.find_key(secret)
+    except Exception as exc:
+        # One line: in an outage every request that misses the key cache says this.
+        log.warning("the key store did not answer, answering 503: %s", exc)
         raise GatewayError(
             503, "The key store is unavailable.", etype="server_error", reason="keystore"
         ) from None
@@ -600,8 +601,10 @@ async def _admit(
         ) from None
     except (EstimateError, ConfigError) as err:
         raise GatewayError(400, str(err), reason="invalid_request") from None
-    except LedgerUnavailableError:
-        log.exception("the ledger is unavailable")
+    except LedgerUnavailableError as exc:
+        # One line, no traceback: during an outage every request says this, and the cause is
+        # in the message (the ledger names what it could not reach).
+        log.warning("the ledger is unavailable, answering 503: %s", exc)
         raise GatewayError(
             503, "The budget ledger is unavailable; try again later.", etype="server_error", reason="ledger"
         ) from None
