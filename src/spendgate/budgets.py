@@ -36,8 +36,10 @@ __all__ = [
     "DIMENSIONS",
     "Attributes",
     "Budget",
+    "ChargedLine",
     "OnExceed",
     "Window",
+    "charged_lines",
     "format_instance",
     "instance_key",
     "parse_instance_key",
@@ -826,6 +828,22 @@ class Budget:
     def concrete_selector(self, instance: Mapping[str, str] | str | None = None) -> dict[str, str]:
         """The selector with an instance's values in place of its wildcards."""
         return self._selector.concrete(instance)
+
+
+#: A budget instance a request is charged to: the budget, its instance key, its current window.
+ChargedLine = tuple["Budget", str, tuple[datetime, "datetime | None"]]
+
+
+def charged_lines(budgets: Iterable[Budget], attributes: Attributes, now: datetime) -> list[ChargedLine]:
+    """Every budget instance a request made at ``now`` is charged to, with its window, in the
+    order of ``budgets``: what each ledger backend reserves (and the order it reports in)."""
+    lines: list[ChargedLine] = []
+    for budget in budgets:
+        keys = budget.matches(attributes)
+        if keys:
+            window = budget.window.bounds(now)
+            lines.extend((budget, key, window) for key in keys)
+    return lines
 
 
 def default_id(selector: Mapping[str, str], window: Window) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -356,6 +357,7 @@ class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.retention = retention
         self.fail_open = fail_open
+        self._unrecorded: deque[str] = deque(maxlen=10_000)  # fail-open admissions, for their endings
         self._threshold_subs: tuple[ThresholdCallback, ...] = ()
         self._change_subs: tuple[ChangeCallback, ...] = ()
         self._subs_lock = threading.Lock()
@@ -446,6 +448,60 @@ class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
                     callback(event)
                 except Exception:
                     log.exception("spendgate ledger subscriber %r failed on %r", callback, event)
+
+    # -- fail-open and overshoot: one policy for every backend ------------------------------
+    def _unrecorded_reservation(
+        self,
+        exc: LedgerUnavailableError,
+        where: str,
+        request_id: str,
+        estimate: Money,
+        now: datetime,
+        expires: datetime,
+    ) -> Reservation:
+        """A reserve the ledger could not write: ``exc`` (fail closed), or with ``fail_open`` an
+        admission with no budget line, logged as such and remembered so its ending says so."""
+        if not self.fail_open:
+            raise exc
+        log.error(
+            "spendgate: ledger %s unavailable; FAIL-OPEN: admitting request %s (%s) UNRECORDED and unbudgeted",
+            where,
+            request_id,
+            estimate,
+            exc_info=exc,
+        )
+        self._unrecorded.append(request_id)
+        return Reservation(request_id, estimate, now, expires, (), unrecorded=True)
+
+    def _unrecorded_settle(
+        self, exc: LedgerUnavailableError, where: str, request_id: str, actual: Money
+    ) -> SettleOutcome:
+        """A settle the ledger could not write: ``exc``, or with ``fail_open`` ``unrecorded``."""
+        if not self.fail_open:
+            raise exc
+        log.error("spendgate: ledger %s unavailable; FAIL-OPEN: settlement of %s (%s) NOT RECORDED",
+                  where, request_id, actual, exc_info=exc)  # fmt: skip
+        return SettleOutcome(request_id, "unrecorded", actual, actual, actual)
+
+    def _unrecorded_release(self, exc: LedgerUnavailableError, where: str, request_id: str) -> ReleaseOutcome:
+        """A release the ledger could not write: ``exc``, or with ``fail_open`` ``unrecorded``."""
+        if not self.fail_open:
+            raise exc
+        log.error("spendgate: ledger %s unavailable; FAIL-OPEN: release of %s NOT RECORDED",
+                  where, request_id, exc_info=exc)  # fmt: skip
+        return ReleaseOutcome(request_id, "unrecorded")
+
+    @staticmethod
+    def _warn_overshoot(request_id: str, actual: Money, estimate: Money) -> None:
+        """A settle above the reservation is charged in full (invariant 2): and said."""
+        if actual.nanos > estimate.nanos:
+            log.warning(
+                "spendgate: request %s cost %s, above its reserved estimate %s (provider billed "
+                "beyond the estimate); charged in full",
+                request_id,
+                actual,
+                estimate,
+            )
 
     # -- shared helpers -------------------------------------------------------------------
     @staticmethod

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -107,7 +106,6 @@ class LedgerCore(PgStore, Ledger):
         self._catalog = EMPTY_CATALOG
         self._next_expiry = EPOCH
         self._next_purge = EPOCH
-        self._unrecorded: deque[str] = deque(maxlen=10_000)  # fail-open admissions
         self._pending = list(budgets)  # put at setup, once the server answers
         try:
             self._setup_done(self._execute_raw(self._setup_body, txn=True))

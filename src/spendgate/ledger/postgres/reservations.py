@@ -22,7 +22,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
-from spendgate.budgets import Attributes, Budget, parse_instance_key
+from spendgate.budgets import Attributes, Budget, ChargedLine, charged_lines, parse_instance_key
 from spendgate.ledger.base import (
     BudgetLine,
     Event,
@@ -75,7 +75,7 @@ class _Plan(NamedTuple):
     estimate: int
     now: datetime
     expires: datetime
-    matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]]
+    matched: list[ChargedLine]
     checks: list[LimitCheck]
     static: LimitRefusal | None  # a prompt_tokens refusal, decided without any count
     params: tuple[Any, ...]
@@ -213,12 +213,7 @@ class ReservationsMixin(LedgerCore):
             return result
 
         def failed(exc: LedgerUnavailableError) -> Reservation:
-            if not self.fail_open:
-                raise exc
-            log.error("spendgate: ledger %s unavailable; FAIL-OPEN: admitting request %s (%s) UNRECORDED "
-                      "and unbudgeted", self.path, request_id, estimate, exc_info=exc)  # fmt: skip
-            self._unrecorded.append(request_id)
-            return Reservation(request_id, estimate, now, now + delta, (), unrecorded=True)
+            return self._unrecorded_reservation(exc, self.path, request_id, estimate, now, now + delta)
 
         return Op(fresh(events, body), done, failed), created
 
@@ -237,12 +232,7 @@ class ReservationsMixin(LedgerCore):
         expires: datetime,
         demand: Demand | None,
     ) -> _Plan:
-        matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]] = []
-        for budget in catalog.order:
-            keys = budget.matches(attributes)
-            if keys:
-                window = budget.window.bounds(now)
-                matched.extend((budget, key, window) for key in keys)
+        matched = charged_lines(catalog.order, attributes, now)
         lines = [(b.id, key, us(w[0]), None if w[1] is None else us(w[1])) for b, key, w in matched]
         limits: LimitPlan = NO_LIMITS
         if catalog.limit_order:
@@ -253,9 +243,7 @@ class ReservationsMixin(LedgerCore):
         order = sorted(
             range(len(lines)), key=lambda i: (lines[i][1] == "", lines[i][0], lines[i][2], lines[i][1])
         )
-        limit_of = [
-            b.limit.nanos if b.pace is None else b.allowance(now, *w) for b, _, w in matched
-        ]  # a paced budget admits up to its allowance by now
+        limit_of = [b.allowance(now, *w) for b, _, w in matched]  # paced: its allowance by now
         holds = [[lines[i][0], lines[i][2], lines[i][1], lines[i][3], limit_of[i], i] for i in order]
         takes = [
             [0, c.params[0], c.params[1], None, c.params[2], None, c.params[3]] if c.kind == 0
@@ -361,18 +349,13 @@ class ReservationsMixin(LedgerCore):
             return SettleOutcome(request_id, "settled", actual, Money(answer["est"]), actual, left)
 
         def done(outcome: SettleOutcome) -> SettleOutcome:
-            if outcome.status == "settled" and act > outcome.estimate.nanos:
-                log.warning("spendgate: request %s cost %s, above its reserved estimate %s (provider billed "
-                            "beyond the estimate); charged in full", request_id, actual, outcome.estimate)  # fmt: skip
+            if outcome.status == "settled":
+                self._warn_overshoot(request_id, actual, outcome.estimate)
             self._deliver(events)
             return outcome
 
         def failed(exc: LedgerUnavailableError) -> SettleOutcome:
-            if not self.fail_open:
-                raise exc
-            log.error("spendgate: ledger %s unavailable; FAIL-OPEN: settlement of %s (%s) NOT RECORDED",
-                      self.path, request_id, actual, exc_info=exc)  # fmt: skip
-            return SettleOutcome(request_id, "unrecorded", actual, actual, actual)
+            return self._unrecorded_settle(exc, self.path, request_id, actual)
 
         return Op(fresh(events, body), done, failed)
 
@@ -458,11 +441,7 @@ class ReservationsMixin(LedgerCore):
             return ReleaseOutcome(request_id, status)
 
         def failed(exc: LedgerUnavailableError) -> ReleaseOutcome:
-            if not self.fail_open:
-                raise exc
-            log.error("spendgate: ledger %s unavailable; FAIL-OPEN: release of %s NOT RECORDED",
-                      self.path, request_id, exc_info=exc)  # fmt: skip
-            return ReleaseOutcome(request_id, "unrecorded")
+            return self._unrecorded_release(exc, self.path, request_id)
 
         return Op(body, lambda outcome: outcome, failed)
 

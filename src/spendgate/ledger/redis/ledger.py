@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,7 +12,7 @@ from functools import partial
 from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
-from spendgate.budgets import EPOCH, Attributes, Budget, parse_instance_key
+from spendgate.budgets import EPOCH, Attributes, Budget, ChargedLine, charged_lines, parse_instance_key
 from spendgate.ledger.base import (
     BudgetDeleted,
     BudgetLine,
@@ -73,7 +72,7 @@ class _Plan(NamedTuple):
 
     keys: list[str]
     args: list[Any]
-    matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]]
+    matched: list[ChargedLine]
     lines: tuple[BudgetLine, ...]
     checks: list[tuple[Limit, str, int, int]]  # limit, instance, need, bucket
     prompt: LimitRefusal | None
@@ -90,7 +89,7 @@ class _Lines(NamedTuple):
     per_line: list[Any]  # reserve.lua's instance, cap, ttl per line
     known: list[Any]  # the same with ttl 0 (this process set the hashes' TTL already)
     json: str
-    matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]]
+    matched: list[ChargedLine]
     public: tuple[BudgetLine, ...]
     attrs: str
     ttl_given: list[str]  # the generation the TTLs were set in
@@ -125,7 +124,6 @@ class RedisLedger(RedisCore):
     """
 
     def _after_setup(self) -> None:
-        self._unrecorded: deque[str] = deque(maxlen=10_000)  # fail-open admissions
         self._plans: dict[Attributes, _Lines] = {}  # budget lines by attributes, for _plans_of
         self._plans_of: Catalog | None = None
         self._drainer = Drainer(self)
@@ -199,17 +197,7 @@ class RedisLedger(RedisCore):
     def _reserve_failed(
         self, exc: LedgerUnavailableError, request_id: str, estimate: Money, now: datetime, delta: timedelta
     ) -> Reservation:
-        if not self.fail_open:
-            raise exc
-        log.error(
-            "spendgate: ledger %s unavailable; FAIL-OPEN: admitting request %s (%s) UNRECORDED and unbudgeted",
-            self._where(),
-            request_id,
-            estimate,
-            exc_info=exc,
-        )
-        self._unrecorded.append(request_id)
-        return Reservation(request_id, estimate, now, now + delta, (), unrecorded=True)
+        return self._unrecorded_reservation(exc, self._where(), request_id, estimate, now, now + delta)
 
     def _reserve_flow(
         self,
@@ -273,27 +261,19 @@ class RedisLedger(RedisCore):
         per_line: list[Any] = []
         known: list[Any] = []  # per_line once this process gave the hashes their TTL
         lines: list[list[Any]] = []
-        matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]] = []
+        matched = charged_lines(catalog.order, attributes, now)
         lo, hi, paced = EPOCH, None, False
-        for budget in catalog.order:
-            instances = budget.matches(attributes)
-            if not instances:
-                continue
-            window = budget.window.bounds(now)
+        for budget, instance, window in matched:
             lo = max(lo, window[0])
             if window[1] is not None:
                 hi = window[1] if hi is None else min(hi, window[1])
             key, start, end, ttl = self._window(budget, window)
-            if budget.pace is None:
-                cap = budget.limit.nanos
-            else:  # its allowance grows with now: planned again every time
-                cap, paced = budget.allowance(now, *window), True
-            for instance in instances:
-                keys.append(key)
-                per_line += (instance, cap, ttl)
-                known += (instance, cap, 0)
-                lines.append([key, instance, budget.id, start, end])
-                matched.append((budget, instance, window))
+            cap = budget.allowance(now, *window)
+            paced = paced or budget.pace is not None  # its allowance grows with now: planned every time
+            keys.append(key)
+            per_line += (instance, cap, ttl)
+            known += (instance, cap, 0)
+            lines.append([key, instance, budget.id, start, end])
         public = tuple(BudgetLine(b.id, key, w[0], w[1]) for b, key, w in matched)
         plan = _Lines(lo, hi, keys, per_line, known, json.dumps(lines, separators=(",", ":")), matched,
                       public, attrs_json(attributes), [""])  # fmt: skip
@@ -477,11 +457,7 @@ class RedisLedger(RedisCore):
         return await asyncio.shield(task)
 
     def _settle_failed(self, exc: LedgerUnavailableError, request_id: str, actual: Money) -> SettleOutcome:
-        if not self.fail_open:
-            raise exc
-        log.error("spendgate: ledger %s unavailable; FAIL-OPEN: settlement of %s (%s) NOT RECORDED",
-                  self._where(), request_id, actual, exc_info=exc)  # fmt: skip
-        return SettleOutcome(request_id, "unrecorded", actual, actual, actual)
+        return self._unrecorded_settle(exc, self._where(), request_id, actual)
 
     def _settle_flow(
         self, request_id: str, act: int, use: list[Any], extra: list[Any]
@@ -504,14 +480,7 @@ class RedisLedger(RedisCore):
         est = int(res[1])
         events: list[Event] = []
         remaining = yield from self._charged_flow(request_id, json.loads(res[2]), res[3], act, events)
-        if act > est:
-            log.warning(
-                "spendgate: request %s cost %s, above its reserved estimate %s (provider billed "
-                "beyond the estimate); charged in full",
-                request_id,
-                Money(act),
-                Money(est),
-            )
+        self._warn_overshoot(request_id, Money(act), Money(est))
         self._deliver(events)
         left = None if remaining is None else Money(max(remaining, 0))
         return SettleOutcome(request_id, "settled", Money(act), Money(est), Money(act), left)
@@ -536,11 +505,7 @@ class RedisLedger(RedisCore):
         return await asyncio.shield(task)
 
     def _release_failed(self, exc: LedgerUnavailableError, request_id: str) -> ReleaseOutcome:
-        if not self.fail_open:
-            raise exc
-        log.error("spendgate: ledger %s unavailable; FAIL-OPEN: release of %s NOT RECORDED",
-                  self._where(), request_id, exc_info=exc)  # fmt: skip
-        return ReleaseOutcome(request_id, "unrecorded")
+        return self._unrecorded_release(exc, self._where(), request_id)
 
     def _release_flow(self, request_id: str) -> Flow[ReleaseOutcome]:
         yield from self._ready_flow()

@@ -16,7 +16,6 @@ import logging
 import os
 import sqlite3
 from abc import abstractmethod
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -162,7 +161,6 @@ class LedgerCore(SQLiteFile, Ledger):
         self._catalog = EMPTY_CATALOG
         self._next_expiry = EPOCH
         self._next_purge = EPOCH
-        self._unrecorded: deque[str] = deque(maxlen=10_000)  # fail-open admissions
         self._groups: dict[asyncio.AbstractEventLoop, GroupCommit] = {}  # asyncio callers' batches
         self._pending = list(budgets)  # applied once the file is reachable
         try:

@@ -19,7 +19,7 @@ import sqlite3
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from spendgate.budgets import Attributes, Budget, parse_instance_key
+from spendgate.budgets import Attributes, ChargedLine, charged_lines, parse_instance_key
 from spendgate.ledger.base import (
     BudgetLine,
     Event,
@@ -101,7 +101,7 @@ class _Plan(NamedTuple):
     estimate: int
     now: datetime
     expires: datetime
-    matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]]
+    matched: list[ChargedLine]
     row: tuple[Any, ...]
     holds: list[dict[str, Any]]
     demand: Demand | None
@@ -167,18 +167,7 @@ class ReservationsMixin(LedgerCore):
             return result
 
         def failed(exc: LedgerUnavailableError) -> Reservation:
-            if not self.fail_open:
-                raise exc
-            log.error(
-                "spendgate: ledger %s unavailable; FAIL-OPEN: admitting request %s (%s) UNRECORDED and "
-                "unbudgeted",
-                self.path,
-                request_id,
-                estimate,
-                exc_info=exc,
-            )
-            self._unrecorded.append(request_id)
-            return Reservation(request_id, estimate, now, now + delta, (), unrecorded=True)
+            return self._unrecorded_reservation(exc, self.path, request_id, estimate, now, now + delta)
 
         created = False  # by this op (not a retry that found the id's reservation already open)
 
@@ -229,12 +218,7 @@ class ReservationsMixin(LedgerCore):
         expires: datetime,
         demand: Demand | None,
     ) -> _Plan:
-        matched: list[tuple[Budget, str, tuple[datetime, datetime | None]]] = []
-        for budget in catalog.order:
-            keys = budget.matches(attributes)
-            if keys:
-                window = budget.window.bounds(now)
-                matched.extend((budget, key, window) for key in keys)
+        matched = charged_lines(catalog.order, attributes, now)
         lines = [(b.id, key, us(w[0]), None if w[1] is None else us(w[1])) for b, key, w in matched]
         limits = NO_LIMITS
         if catalog.limit_order:
@@ -244,7 +228,7 @@ class ReservationsMixin(LedgerCore):
                a.user, a.team, a.project, a.customer, a.model, tags_json(a.tags), limits.takes)  # fmt: skip
         holds = [
             {"budget": line[0], "start": line[2], "instance": line[1], "end": line[3], "estimate": est,
-             "limit": budget.limit.nanos if budget.pace is None else budget.allowance(now, *window)}
+             "limit": budget.allowance(now, *window)}
             for line, (budget, _, window) in zip(lines, matched, strict=True)
         ]  # fmt: skip
         return _Plan(catalog, request_id, attributes, est, now, expires, matched, row, holds, demand, limits)
@@ -356,23 +340,13 @@ class ReservationsMixin(LedgerCore):
         events: list[Event] = []
 
         def done(outcome: SettleOutcome) -> SettleOutcome:
-            if outcome.status == "settled" and act > outcome.estimate.nanos:
-                log.warning(
-                    "spendgate: request %s cost %s, above its reserved estimate %s (provider billed "
-                    "beyond the estimate); charged in full",
-                    request_id,
-                    actual,
-                    outcome.estimate,
-                )
+            if outcome.status == "settled":
+                self._warn_overshoot(request_id, actual, outcome.estimate)
             self._deliver(events)
             return outcome
 
         def failed(exc: LedgerUnavailableError) -> SettleOutcome:
-            if not self.fail_open:
-                raise exc
-            log.error("spendgate: ledger %s unavailable; FAIL-OPEN: settlement of %s (%s) NOT RECORDED",
-                      self.path, request_id, actual, exc_info=exc)  # fmt: skip
-            return SettleOutcome(request_id, "unrecorded", actual, actual, actual)
+            return self._unrecorded_settle(exc, self.path, request_id, actual)
 
         body = fresh(events, lambda conn: self._settle_in(conn, request_id, act, values, now, events, used))
         return Op(body, done, failed)
@@ -474,11 +448,7 @@ class ReservationsMixin(LedgerCore):
 
     def _release_op(self, request_id: str) -> Op:
         def failed(exc: LedgerUnavailableError) -> ReleaseOutcome:
-            if not self.fail_open:
-                raise exc
-            log.error("spendgate: ledger %s unavailable; FAIL-OPEN: release of %s NOT RECORDED",
-                      self.path, request_id, exc_info=exc)  # fmt: skip
-            return ReleaseOutcome(request_id, "unrecorded")
+            return self._unrecorded_release(exc, self.path, request_id)
 
         events: list[Event] = []
 
