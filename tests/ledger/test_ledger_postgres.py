@@ -9,11 +9,9 @@ restores, never the shared server itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing as mp
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -44,6 +42,7 @@ from spendgate.ledger.postgres import SCHEMA_VERSION, PostgresLedger
 from spendgate.ledger.postgres.settings import parse_url
 from spendgate.money import Money
 from spendgate.testing.servers import drop_postgres_schema, postgres_test_url, with_query
+from spendgate.testing.tcpproxy import TcpProxy
 
 from . import workers
 from .conftest import T0
@@ -195,85 +194,16 @@ def test_the_password_is_never_in_an_error() -> None:
 # -- the server unreachable: a forwarder the test cuts --------------------------------------
 
 
-class Proxy:
-    """A TCP forwarder to the test server. ``cut()`` closes every connection through it and
-    refuses new ones (accepted and closed at once); ``restore()`` forwards again."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port: int = self.listener.getsockname()[1]
-        self.down = False
-        self.closed = False
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self.down:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            client.settimeout(None)
-            with self.lock:
-                self.sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for each in (src, dst):
-                with contextlib.suppress(OSError):
-                    each.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        self.down = True
-        with self.lock:
-            doomed, self.sockets = self.sockets, []
-        for each in doomed:
-            with contextlib.suppress(OSError):
-                each.shutdown(socket.SHUT_RDWR)
-            each.close()
-
-    def restore(self) -> None:
-        self.down = False
-
-    def close(self) -> None:
-        self.closed = True
-        self.cut()
-        self.listener.close()
-        self.thread.join(5)
-
-
 @pytest.fixture
-def proxy(pg_url: str) -> Iterator[Proxy]:
+def proxy(pg_url: str) -> Iterator[TcpProxy]:
+    """A forwarder to the test server: ``cut()`` resets every connection through it and each
+    new one; ``restore()`` forwards again."""
     parts = urlsplit(pg_url)
-    forwarder = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    yield forwarder
-    forwarder.close()
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as forwarder:
+        yield forwarder
 
 
-def through(url: str, proxy: Proxy, timeout: float = 1.0) -> str:
+def through(url: str, proxy: TcpProxy, timeout: float = 1.0) -> str:
     parts = urlsplit(url)
     userinfo = parts.netloc.rpartition("@")[0]
     netloc = f"{userinfo}@127.0.0.1:{proxy.port}" if userinfo else f"127.0.0.1:{proxy.port}"
@@ -293,7 +223,7 @@ def eventually(check: Any, seconds: float = 20.0) -> Any:
             time.sleep(0.2)
 
 
-def test_unreachable_fails_closed_quickly_and_service_resumes(pg_url: str, proxy: Proxy) -> None:
+def test_unreachable_fails_closed_quickly_and_service_resumes(pg_url: str, proxy: TcpProxy) -> None:
     url = through(pg_url, proxy, timeout=1.0)
     ledger = ledger_at(url, [CAP])
     assert isinstance(ledger.reserve("before", ALICE, USD("1"), 60), Reservation)
@@ -316,7 +246,7 @@ def test_unreachable_fails_closed_quickly_and_service_resumes(pg_url: str, proxy
 
 
 def test_fail_open_admits_unrecorded_while_unreachable(
-    pg_url: str, proxy: Proxy, caplog: pytest.LogCaptureFixture
+    pg_url: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     ledger = ledger_at(through(pg_url, proxy), [CAP], fail_open=True)
     proxy.cut()
@@ -337,7 +267,7 @@ def test_fail_open_admits_unrecorded_while_unreachable(
     ledger.close()
 
 
-def test_opened_while_the_server_is_down_it_sets_up_when_it_returns(pg_url: str, proxy: Proxy) -> None:
+def test_opened_while_the_server_is_down_it_sets_up_when_it_returns(pg_url: str, proxy: TcpProxy) -> None:
     proxy.cut()
     url = through(pg_url, proxy)
     with pytest.raises(LedgerUnavailableError):
@@ -353,7 +283,7 @@ def test_opened_while_the_server_is_down_it_sets_up_when_it_returns(pg_url: str,
     ledger.close()
 
 
-def test_asyncio_calls_fail_closed_and_resume(pg_url: str, proxy: Proxy) -> None:
+def test_asyncio_calls_fail_closed_and_resume(pg_url: str, proxy: TcpProxy) -> None:
     ledger = ledger_at(through(pg_url, proxy), [CAP])
 
     async def body() -> None:

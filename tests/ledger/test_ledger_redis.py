@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing as mp
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from spendgate.ledger.redis import RedisLedger
 from spendgate.ledger.redis.url import parse_redis_url
 from spendgate.money import Money
 from spendgate.testing.servers import drop_redis_prefix, redis_test_url, with_query
+from spendgate.testing.tcpproxy import TcpProxy
 
 from . import workers
 from .conftest import T0
@@ -265,108 +265,33 @@ def test_the_drainer_copies_ended_requests_and_loses_none_while_the_store_fails(
 
 # -- Redis unreachable ----------------------------------------------------------------------------
 
-Mode = Literal["up", "refuse", "blackhole"]
-
-
-class Proxy:
-    """``refuse``: connections are closed as soon as they open (Redis down); ``blackhole``:
-    connections open and are never answered (a network partition). Cutting drops the open
-    connections in either case."""
-
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 6379)) -> None:
-        self.target = target
-        self.mode: Mode = "up"
-        self._lock = threading.Lock()
-        self._open: list[socket.socket] = []
-        self._server = socket.socket()
-        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._server.bind(("127.0.0.1", 0))
-        self._server.listen(128)
-        self._server.settimeout(0.1)
-        self.port = int(self._server.getsockname()[1])
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def url(self, db: int = 15) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                client, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self.mode == "refuse":
-                client.close()
-                continue
-            with self._lock:
-                self._open.append(client)
-            if self.mode == "blackhole":
-                continue  # held open, never answered
-            upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._open.append(upstream)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-                if not data:
-                    break
-                sink.sendall(data)
-            except OSError:
-                break
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def cut(self, mode: Mode = "refuse") -> None:
-        self.mode = mode
-        with self._lock:
-            conns, self._open = self._open, []
-        for sock in conns:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def restore(self) -> None:
-        self.mode = "up"
-
-    def close(self) -> None:
-        self._stopped.set()
-        self.cut()
-        self._server.close()
-        self._thread.join(5)
-
 
 @pytest.fixture
-def proxy() -> Iterator[Proxy]:
-    made = Proxy()
-    yield made
-    made.close()
+def proxy() -> Iterator[TcpProxy]:
+    """A forwarder to the test Redis: ``cut()`` resets every connection and each new one (Redis
+    down); ``stall()`` accepts connections and answers none (a network partition)."""
+    with TcpProxy("127.0.0.1", 6379) as made:
+        yield made
 
 
-def proxied(proxy: Proxy, tmp_path: Path, timeout: str = "0.5", **params: str) -> str:
+def proxied(proxy: TcpProxy, tmp_path: Path, timeout: str = "0.5", **params: str) -> str:
     url = redis_test_url(f"sqlite:///{tmp_path / 'durable.db'}", "rt")
     query = url.partition("?")[2]
-    return with_query(f"{proxy.url()}?{query}", timeout=timeout, **params)
+    return with_query(f"redis://127.0.0.1:{proxy.port}/15?{query}", timeout=timeout, **params)
 
 
 @pytest.mark.parametrize("mode", ["refuse", "blackhole"])
 def test_redis_unreachable_fails_closed_quickly_and_recovers(
-    proxy: Proxy, tmp_path: Path, ledgers: list[RedisLedger], mode: Literal["refuse", "blackhole"]
+    proxy: TcpProxy, tmp_path: Path, ledgers: list[RedisLedger], mode: Literal["refuse", "blackhole"]
 ) -> None:
     url = proxied(proxy, tmp_path)
     try:
         ledger = open_redis(url, ledgers, [budget(id="b")])
         spend(ledger, "before", ALICE, "1")
-        proxy.cut(mode)
+        if mode == "refuse":
+            proxy.cut()
+        else:
+            proxy.stall()
         for request_id in ("r1", "r2"):
             started = time.monotonic()
             with pytest.raises(LedgerUnavailableError, match="unavailable"):
@@ -384,7 +309,7 @@ def test_redis_unreachable_fails_closed_quickly_and_recovers(
 
 
 def test_fail_open_admits_unrecorded(
-    proxy: Proxy, tmp_path: Path, ledgers: list[RedisLedger], caplog: pytest.LogCaptureFixture
+    proxy: TcpProxy, tmp_path: Path, ledgers: list[RedisLedger], caplog: pytest.LogCaptureFixture
 ) -> None:
     url = proxied(proxy, tmp_path)
     try:
@@ -406,7 +331,7 @@ def test_fail_open_admits_unrecorded(
         drop_redis_prefix(url)
 
 
-def test_opening_while_redis_is_down(proxy: Proxy, tmp_path: Path, ledgers: list[RedisLedger]) -> None:
+def test_opening_while_redis_is_down(proxy: TcpProxy, tmp_path: Path, ledgers: list[RedisLedger]) -> None:
     url = proxied(proxy, tmp_path)
     try:
         proxy.cut()

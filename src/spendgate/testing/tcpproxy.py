@@ -115,7 +115,7 @@ class TcpProxy:
                     self._pairs.discard((client, None))
                     self._pairs.add((client, server))
             self._pump(client, server)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a cut closed the socket as select() took it
             pass
         finally:
             with self._lock:
