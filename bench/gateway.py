@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.gateway [--seconds 5] [--requests 2000] [--skip-litellm] [--skip-spendgate]
                                       [--skip-bare] [--bare-loop auto|asyncio|uvloop] [--workers N] [--stream]
+                                      [--ledgers sqlite,postgresql,redis --instances 1,3]
 
 One fake upstream process, measured in the same run as the proxies in front of
 it: first alone, then through the bare proxy, then through ``spendgate serve``
@@ -29,6 +30,16 @@ connections (prebuilt request bytes), run in a process of its own. Also
 measured: the import time of each package (best of 5), the time from process
 start to ready (best of ``--starts``) and the resident memory of the proxy's
 processes after the load.
+
+Scale-out (opt-in, ``--ledgers`` and ``--instances``): for each ledger backend and instance
+count, that many separate ``spendgate serve`` processes (a config file and a port each, one
+ledger URL: a SQLite file, a PostgreSQL schema, or a Redis key prefix beside a PostgreSQL
+durable store, each new for the case and dropped after it; one virtual key, the same budget)
+in front of the same upstream; the concurrency-32 load spread round-robin over them
+(connection i to instance i mod N): requests/s and p50/p99, against the upstream alone (also
+measured again after the last case) and the bare proxy of the same run. Also reported: how the
+timed requests split over the instances, the answers by status, and the CPU time the instances,
+the upstream and the load generator used during the load.
 
 Goals for spendgate: at most 1 ms added at p50 at concurrency 1; at
 concurrency 32 at least 30% of the upstream's own requests/s; ``import
@@ -62,7 +73,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench._util import ROOT, python_version, side_venv
+from bench._util import ROOT, cpu_seconds, python_version, side_venv
 from spendgate.testing.process import FakeUpstream
 
 LITELLM_VERSION = "1.108.7"  # the newest whose [proxy] extra resolves on this machine's index
@@ -189,16 +200,22 @@ async def _latency(
 
 
 async def _throughput(
-    url: str, key: str | None, concurrency: int, seconds: float, payload: dict[str, Any]
+    urls: Sequence[str], key: str | None, concurrency: int, seconds: float, payload: dict[str, Any]
 ) -> dict[str, Any]:
-    """``concurrency`` keep-alive connections for ``seconds``: requests/s and latencies in ms."""
-    host, port, request = _request_bytes(url, key, payload)
-    conns = [_Conn(host, port, request) for _ in range(concurrency)]
+    """``concurrency`` keep-alive connections for ``seconds``: requests/s and latencies in ms.
+
+    With several ``urls`` (instances of one gateway) connection ``i`` goes to ``urls[i % n]``:
+    the load spread round-robin over them. Also returned: how many answers of each status, and
+    how many timed requests each url served."""
+    targets = [_request_bytes(url, key, payload) for url in urls]
+    conns = [_Conn(*targets[i % len(targets)]) for i in range(concurrency)]
     samples: list[float] = []
     errors = 0
+    statuses: dict[int, int] = {}
+    per_target = [0] * len(targets)
     max_per_conn = 10_000_000  # a bound on count too, whatever the clock does
 
-    async def worker(conn: _Conn, until: float, record: bool) -> None:
+    async def worker(index: int, conn: _Conn, until: float, record: bool) -> None:
         nonlocal errors
         for _ in range(max_per_conn):
             if time.perf_counter() >= until:
@@ -208,18 +225,26 @@ async def _throughput(
             if record:
                 samples.append((time.perf_counter_ns() - start) / 1e6)
                 errors += status != 200
+                statuses[status] = statuses.get(status, 0) + 1
+                per_target[index % len(targets)] += 1
 
     try:
         async with asyncio.timeout(THROUGHPUT_WARMUP_S + seconds + 60):
             warm_until = time.perf_counter() + THROUGHPUT_WARMUP_S
-            await asyncio.gather(*(worker(c, warm_until, False) for c in conns))
+            await asyncio.gather(*(worker(i, c, warm_until, False) for i, c in enumerate(conns)))
             start = time.perf_counter()
-            await asyncio.gather(*(worker(c, start + seconds, True) for c in conns))
+            await asyncio.gather(*(worker(i, c, start + seconds, True) for i, c in enumerate(conns)))
             elapsed = time.perf_counter() - start
     finally:
         for conn in conns:
             conn.close()
-    return {"samples": samples, "errors": errors, "elapsed": elapsed}
+    return {
+        "samples": samples,
+        "errors": errors,
+        "elapsed": elapsed,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "per_target": per_target,
+    }
 
 
 def _load_main(spec: dict[str, Any]) -> None:
@@ -228,8 +253,9 @@ def _load_main(spec: dict[str, Any]) -> None:
             _latency(spec["url"], spec["key"], spec["requests"], spec["cap_s"], spec["body"])
         )
     else:
+        urls = spec.get("urls") or [spec["url"]]
         result = asyncio.run(
-            _throughput(spec["url"], spec["key"], spec["concurrency"], spec["seconds"], spec["body"])
+            _throughput(urls, spec["key"], spec["concurrency"], spec["seconds"], spec["body"])
         )
     print(json.dumps(result))
 
@@ -266,7 +292,7 @@ def _generate(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
         raise BenchError(f"load generator failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     if not result["samples"]:
-        raise BenchError(f"no request completed against {spec['url']}")
+        raise BenchError(f"no request completed against {spec.get('urls') or spec['url']}")
     return result
 
 
@@ -528,6 +554,37 @@ THREE_LIMITS: list[dict[str, Any]] = [
 LIMITS_NAME = "spendgate (+3 limits)"
 
 
+def spendgate_config(
+    upstream: FakeUpstream,
+    ledger: str,
+    port: int,
+    key: str | None,
+    args: argparse.Namespace,
+    *,
+    limits: bool = False,
+) -> dict[str, Any]:
+    """One gateway's config: the fake upstream for every model, budgets too big to refuse anything."""
+    config: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "ledger": ledger,
+        "upstreams": {
+            "fake": {"kind": "openai", "base_url": upstream.base_url, "api_key_env": UPSTREAM_KEY_ENV}
+        },
+        "routes": [{"model": "*", "upstream": "fake"}],
+        "budgets": TWO_BUDGETS if args.limits else [{"id": "all", "limit": "1000000"}],
+    }
+    if limits:
+        config["limits"] = THREE_LIMITS
+    if key is None:
+        config["keys"] = {"required": False}  # demo mode, until virtual keys exist
+    return config
+
+
+def ready_base(server: Server) -> str:
+    """The ``/v1`` base URL a gateway's ready line names."""
+    return server.ready_line.split(READY_PREFIX, 1)[1].split()[0].rstrip("/") + "/v1"
+
+
 def run_spendgate(
     upstream: FakeUpstream,
     args: argparse.Namespace,
@@ -546,20 +603,7 @@ def run_spendgate(
 
         open_ledger(ledger).close()  # the admin CLI opens existing ledgers only
     key = None if memory else create_key(ledger)
-    port = free_port()
-    config: dict[str, Any] = {
-        "listen": {"host": "127.0.0.1", "port": port},
-        "ledger": ledger,
-        "upstreams": {
-            "fake": {"kind": "openai", "base_url": upstream.base_url, "api_key_env": UPSTREAM_KEY_ENV}
-        },
-        "routes": [{"model": "*", "upstream": "fake"}],
-        "budgets": TWO_BUDGETS if args.limits else [{"id": "all", "limit": "1000000"}],
-    }
-    if limits:
-        config["limits"] = THREE_LIMITS
-    if key is None:
-        config["keys"] = {"required": False}  # demo mode, until virtual keys exist
+    config = spendgate_config(upstream, ledger, free_port(), key, args, limits=limits)
     config_path = tmp / "spendgate.yaml"
     write_yaml(config_path, config)
     argv = [*spendgate_cli(), "serve", "--config", str(config_path)]
@@ -580,7 +624,7 @@ def run_spendgate(
             except BenchError as exc:
                 raise BenchError(f"spendgate serve: {exc}") from exc
         assert server is not None
-        base = server.ready_line.split(READY_PREFIX, 1)[1].split()[0].rstrip("/") + "/v1"
+        base = ready_base(server)
         headers = {k.lower(): v for k, v in check_once(base, key).items()}
         if "x-spendgate-cost" not in headers and not BODY.get("stream"):  # a stream's cost is its trailer
             print("note: the gateway's answer has no x-spendgate-cost header", file=sys.stderr)
@@ -694,6 +738,277 @@ def run_litellm(upstream: FakeUpstream, args: argparse.Namespace, tmp: Path) -> 
     return Result("LiteLLM", figures, import_s, min(ready), rss, note)
 
 
+# --- several instances on one shared ledger (--ledgers, --instances) -----------------------------
+
+#: ``--ledgers`` names: the backend each one is, as reported (``redis``: Redis beside PostgreSQL).
+LEDGER_NAMES = {
+    "sqlite": "sqlite",
+    "postgresql": "postgresql",
+    "redis": "redis+pg",
+    "redis+pg": "redis+pg",
+    "redis+sqlite": "redis+sqlite",
+}
+MAX_INSTANCES = 8
+
+
+@dataclass
+class SharedLedger:
+    """One ledger URL every instance of a case names, and what to drop when the case ends."""
+
+    name: str
+    url: str
+    schema: str | None = None  # a PostgreSQL schema of the run's own (the ledger's, or Redis's durable store)
+    prefix: str | None = None  # a Redis URL naming a key prefix of the run's own
+
+    def drop(self) -> None:
+        from spendgate.testing.servers import drop_postgres_schema, drop_redis_prefix
+
+        if self.prefix is not None:
+            drop_redis_prefix(self.prefix)
+        if self.schema is not None:
+            drop_postgres_schema(self.schema)
+
+
+def shared_ledger(name: str, tmp: Path, tag: str) -> SharedLedger:
+    """A fresh ledger for one case: a new SQLite file, PostgreSQL schema or Redis key prefix."""
+    from spendgate.testing.servers import postgres_test_url, redis_test_url
+
+    if name == "sqlite":  # instances on one machine share a file
+        return SharedLedger(name, f"sqlite:///{tmp / f'shared-{tag}.db'}")
+    if name == "postgresql":
+        url = postgres_test_url("benchgw")
+        return SharedLedger(name, url, schema=url)
+    if name == "redis+pg":
+        durable = postgres_test_url("benchgw")
+        url = redis_test_url(durable, "benchgw")
+        return SharedLedger(name, url, schema=durable, prefix=url)
+    if name == "redis+sqlite":
+        url = redis_test_url(f"sqlite:///{tmp / f'durable-{tag}.db'}", "benchgw")
+        return SharedLedger(name, url, prefix=url)
+    raise BenchError(f"unknown ledger {name!r}")
+
+
+@dataclass
+class ClusterResult:
+    ledger: str
+    instances: int
+    rps: float  # concurrency 32, spread round-robin over the instances
+    p50: float  # ms
+    p99: float
+    requests: int  # timed requests
+    errors: int  # non-200 answers or failed connections
+    statuses: dict[str, int]  # answers by status ("0": no answer)
+    per_instance: list[int]  # timed requests each instance served
+    ready_s: float  # the slowest instance's start to ready (started together)
+    rss_mb: float  # all instances after the load
+    cpu_gateways_s: float  # CPU time of the instances, the upstream and the load generator
+    cpu_upstream_s: float  # during the load (warm-up and timed run)
+    cpu_load_s: float
+    cpu_servers_s: float  # processes named postgres or redis-server (anyone's), during the load
+    machine_busy: float  # share of all the machine's CPU time busy during the load (anyone's)
+    wall_s: float  # of that load
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all bound at once, so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+LEDGER_SERVERS = ("postgres", "redis-server")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat (all cores)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz
+
+
+def ledger_servers_cpu_s() -> float:
+    """CPU seconds so far of the processes named like the ledger's servers (read, never touched)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        if comm in LEDGER_SERVERS:
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """User plus system CPU of this process's waited-for children so far (the load generators)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_cluster(
+    upstream: FakeUpstream, args: argparse.Namespace, tmp: Path, name: str, instances: int
+) -> ClusterResult:
+    """``instances`` separate ``spendgate serve`` processes, each with its own config file and port,
+    all naming one fresh ledger, in front of the fake upstream; c=32 spread round-robin over them."""
+    from spendgate.ledger import open_ledger
+
+    tag = f"{name.replace('+', '-')}-{instances}"
+    ledger = shared_ledger(name, tmp, tag)
+    servers: list[Server] = []
+    try:
+        open_ledger(ledger.url).close()  # the admin CLI opens existing ledgers only
+        key = create_key(ledger.url)
+        env = child_env({UPSTREAM_KEY_ENV: "bench"})
+        for i, port in enumerate(free_ports(instances)):
+            config_path = tmp / f"cluster-{tag}-{i}.yaml"
+            write_yaml(config_path, spendgate_config(upstream, ledger.url, port, key, args))
+            servers.append(
+                Server([*spendgate_cli(), "serve", "--config", str(config_path)], env, READY_PREFIX)
+            )
+        ready: list[float] = []
+        for i, server in enumerate(servers):
+            try:
+                ready.append(server.wait_line(60.0))
+            except BenchError as exc:
+                raise BenchError(f"spendgate serve ({name}, instance {i + 1} of {instances}): {exc}") from exc
+        bases = [ready_base(server) for server in servers]
+        for base in bases:
+            check_once(base, key)
+        spec: dict[str, Any] = {
+            "urls": [base + "/chat/completions" for base in bases],
+            "key": key,
+            "concurrency": CONCURRENCY,
+            "seconds": args.seconds,
+            "body": BODY,
+        }
+        pids = [server.proc.pid for server in servers]
+        gw0 = sum(cpu_seconds(pid) or 0.0 for pid in pids)
+        up0, load0, srv0 = cpu_seconds(upstream.proc.pid) or 0.0, children_cpu_s(), ledger_servers_cpu_s()
+        busy0, all0 = machine_cpu()
+        wall0 = time.perf_counter()
+        out = _generate(spec, THROUGHPUT_WARMUP_S + args.seconds + 120)
+        wall = time.perf_counter() - wall0
+        busy1, all1 = machine_cpu()
+        srv = ledger_servers_cpu_s() - srv0
+        gw = sum(cpu_seconds(pid) or 0.0 for pid in pids) - gw0
+        up, load = (cpu_seconds(upstream.proc.pid) or 0.0) - up0, children_cpu_s() - load0
+        rss = sum(tree_rss_mb(pid) for pid in pids)
+        dead = [i + 1 for i, server in enumerate(servers) if server.proc.poll() is not None]
+        if dead:
+            raise BenchError(f"{name}: instance(s) {dead} of {instances} exited during the load")
+    finally:
+        for server in servers:
+            server.stop()
+        ledger.drop()
+    busy = out["samples"]
+    return ClusterResult(
+        ledger=name,
+        instances=instances,
+        rps=len(busy) / out["elapsed"],
+        p50=statistics.median(busy),
+        p99=percentile(busy, 0.99),
+        requests=len(busy),
+        errors=out["errors"],
+        statuses=out["statuses"],
+        per_instance=out["per_target"],
+        ready_s=max(ready),
+        rss_mb=rss,
+        cpu_gateways_s=gw,
+        cpu_upstream_s=up,
+        cpu_load_s=load,
+        cpu_servers_s=srv,
+        machine_busy=(busy1 - busy0) / max(all1 - all0, 1e-9),
+        wall_s=wall,
+    )
+
+
+def upstream_c32(upstream: FakeUpstream, seconds: float) -> Figures:
+    """The upstream alone at concurrency 32 only (the reference again, after the instances)."""
+    spec: dict[str, Any] = {
+        "url": upstream.base_url + "/chat/completions",
+        "key": "bench",
+        "concurrency": CONCURRENCY,
+        "seconds": seconds,
+        "body": BODY,
+    }
+    out = _generate(spec, THROUGHPUT_WARMUP_S + seconds + 120)
+    busy = out["samples"]
+    return Figures(
+        p50=0.0,
+        p99=0.0,
+        requests=0,
+        rps=len(busy) / out["elapsed"],
+        p50_c32=statistics.median(busy),
+        p99_c32=percentile(busy, 0.99),
+        errors=out["errors"],
+    )
+
+
+def report_clusters(
+    base: Figures,
+    after: Figures | None,
+    bare: Result | None,
+    clusters: list[ClusterResult],
+    args: argparse.Namespace,
+) -> None:
+    print()
+    print(
+        f"Instances on one shared ledger: c={CONCURRENCY} keep-alive connections spread round-robin "
+        f"over N separate `spendgate serve` processes (own config and port each, one ledger URL), "
+        f"{args.seconds:g} s after {THROUGHPUT_WARMUP_S:g} s warm-up; {os.cpu_count()} CPUs shared "
+        "by the instances, the upstream, the load generator and the ledger's server; latency in ms"
+    )
+    print(
+        f"{'target':<24}{'p50 c=32':>10}{'p99 c=32':>10}{'req/s c=32':>12}{'% upstream':>12}"
+        f"{'% bare':>9}{'x 1 inst':>10}"
+    )
+    refs = [("upstream alone", base)] + ([("upstream alone (after)", after)] if after is not None else [])
+    for label, f in refs:
+        print(
+            f"{label:<24}{f.p50_c32:>10.2f}{f.p99_c32:>10.2f}{f.rps:>12,.0f}{100 * f.rps / base.rps:>11.1f}%"
+        )
+    if bare is not None:
+        f = bare.figures
+        print(
+            f"{'bare proxy (1 process)':<24}{f.p50_c32:>10.2f}{f.p99_c32:>10.2f}{f.rps:>12,.0f}"
+            f"{100 * f.rps / base.rps:>11.1f}%{100.0:>8.0f}%"
+        )
+    single = {c.ledger: c.rps for c in clusters if c.instances == 1}
+    for c in clusters:
+        label = f"{c.ledger} x{c.instances}"
+        of_bare = f"{100 * c.rps / bare.figures.rps:>8.1f}%" if bare is not None else f"{'':>9}"
+        scale = f"{c.rps / single[c.ledger]:>9.2f}x" if c.ledger in single else f"{'':>10}"
+        print(
+            f"{label:<24}{c.p50:>10.2f}{c.p99:>10.2f}{c.rps:>12,.0f}{100 * c.rps / base.rps:>11.1f}%"
+            f"{of_bare}{scale}"
+        )
+    print()
+    print(
+        f"{'target':<24}{'ready s':>8}{'RSS MB':>8}{'busy':>6}  CPU s during the load: gateways/upstream/"
+        "generator/postgres+redis/anything else of wall x CPUs; requests per instance; answers"
+    )
+    cpus = os.cpu_count() or 1
+    for c in clusters:
+        ours = c.cpu_gateways_s + c.cpu_upstream_s + c.cpu_load_s + c.cpu_servers_s
+        answers = ", ".join(f"{'no answer' if s == '0' else s}: {n:,}" for s, n in c.statuses.items())
+        print(
+            f"{c.ledger + ' x' + str(c.instances):<24}{c.ready_s:>8.2f}{c.rss_mb:>8.0f}"
+            f"{100 * c.machine_busy:>5.0f}%  {c.cpu_gateways_s:.1f}/{c.cpu_upstream_s:.1f}/"
+            f"{c.cpu_load_s:.1f}/{c.cpu_servers_s:.1f}/{max(0.0, c.machine_busy * c.wall_s * cpus - ours):.1f}"
+            f" of {c.wall_s * cpus:.1f}; "
+            f"{'/'.join(f'{n:,}' for n in c.per_instance)}; {answers}"
+            + (f"; {c.errors:,} NOT 200" if c.errors else "")
+        )
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -702,7 +1017,13 @@ def verdict(ok: bool) -> str:
 
 
 def report(
-    base: Figures, bare: Result | None, bare_loop: str, results: list[Result], args: argparse.Namespace
+    base: Figures,
+    bare: Result | None,
+    bare_loop: str,
+    results: list[Result],
+    args: argparse.Namespace,
+    clusters: Sequence[ClusterResult] = (),
+    after: Figures | None = None,
 ) -> None:
     print(
         f"Python {python_version()}; {os.cpu_count()} CPUs; "
@@ -774,10 +1095,14 @@ def report(
         print(f"  import time           {_ratio(ll.import_s or 0, sg.import_s or 0)}")
         print(f"  time to ready         {_ratio(ll.ready_s or 0, sg.ready_s or 0)}")
         print(f"  resident memory       {_ratio(ll.rss_mb or 0, sg.rss_mb or 0)}")
+    if clusters:
+        report_clusters(base, after, bare, list(clusters), args)
     print(
         json.dumps(
             {
                 "upstream": asdict(base),
+                **({"upstream_after": asdict(after)} if after is not None else {}),
+                **({"instances": [asdict(c) for c in clusters]} if clusters else {}),
                 **(
                     {
                         "bare_proxy": {
@@ -840,6 +1165,20 @@ def main(argv: list[str] | None = None) -> int:
         help="also spendgate with three rate limits, against two budgets only (both runs get two budgets)",
     )
     parser.add_argument(
+        "--ledgers",
+        default="",
+        help="also N separate spendgate instances on one shared ledger, per ledger in this comma list: "
+        "sqlite, postgresql, redis (= redis+pg: Redis beside a PostgreSQL durable store), redis+sqlite; "
+        "each case in a file, schema or key prefix of its own, dropped afterwards (the servers are "
+        "SPENDGATE_TEST_POSTGRES and SPENDGATE_TEST_REDIS). Add --skip-spendgate --skip-litellm for these alone",
+    )
+    parser.add_argument(
+        "--instances",
+        default="1",
+        help=f"with --ledgers: the instance counts to run, a comma list (e.g. 1,3; at most {MAX_INSTANCES}); "
+        f"c={CONCURRENCY} is spread round-robin over the instances",
+    )
+    parser.add_argument(
         "--bare-loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
@@ -856,8 +1195,20 @@ def main(argv: list[str] | None = None) -> int:
         or args.workers < 1
     ):
         parser.error("--requests, --starts, --starts-litellm and --workers must be >= 1 and --seconds > 0")
+    ledgers: list[str] = []
+    for item in (x.strip() for x in args.ledgers.split(",")):
+        if item and LEDGER_NAMES.get(item) is None:
+            parser.error(f"--ledgers: unknown {item!r} (one of {', '.join(LEDGER_NAMES)})")
+        if item and LEDGER_NAMES[item] not in ledgers:
+            ledgers.append(LEDGER_NAMES[item])
+    try:
+        counts = sorted({int(x) for x in args.instances.split(",") if x.strip()})
+    except ValueError:
+        parser.error(f"--instances: a comma list of integers, not {args.instances!r}")
+    if not counts or not all(1 <= n <= MAX_INSTANCES for n in counts):
+        parser.error(f"--instances: each between 1 and {MAX_INSTANCES}")
 
-    if not args.skip_spendgate and (why := spendgate_available()) is not None:
+    if (not args.skip_spendgate or ledgers) and (why := spendgate_available()) is not None:
         print(
             f"bench.gateway: `spendgate serve` is not runnable in this checkout ({why}).\n"
             "The gateway (issue 5) is not there yet: run with --skip-spendgate to measure "
@@ -867,6 +1218,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results: list[Result] = []
+    clusters: list[ClusterResult] = []
+    after: Figures | None = None
     bare: Result | None = None
     bare_loop = ""
     with FakeUpstream.start() as upstream, tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
@@ -880,9 +1233,14 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(run_spendgate(upstream, args, Path(tmp), memory=True))
             if args.limits:
                 results.append(run_spendgate(upstream, args, Path(tmp), limits=True))
+        for name in ledgers:
+            for n in counts:
+                clusters.append(run_cluster(upstream, args, Path(tmp), name, n))
+        if ledgers:
+            after = upstream_c32(upstream, args.seconds)
         if not args.skip_litellm:
             results.append(run_litellm(upstream, args, Path(tmp)))
-    report(base, bare, bare_loop, results, args)
+    report(base, bare, bare_loop, results, args, clusters, after)
     return 0
 
 
