@@ -345,11 +345,13 @@ class RedisCore(Ledger):
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
         except (rx.ConnectionError, rx.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
-        except (RuntimeError, OSError) as exc:
-            # Under uvloop a write on a connection the server reset raises RuntimeError ("the
-            # handler is closed"), which redis-py neither retries nor maps: drop the pool's
-            # connections (the next call connects afresh) and fail closed like any outage.
-            await client.connection_pool.disconnect(inuse_connections=True)
+        except (RuntimeError, OSError, AttributeError) as exc:
+            # A connection the server reset can fail inside redis-py's asyncio client in ways it
+            # neither retries nor maps: under uvloop a write raises RuntimeError ("the handler is
+            # closed"), a reconnect racing the reset AttributeError (no writer). Drop the idle
+            # connections (the failed one is back in the pool by now; those other calls are
+            # using are left to them) and fail closed like any outage.
+            await client.connection_pool.disconnect(inuse_connections=False)
             raise self._unavailable(exc) from exc
         except rx.ResponseError as exc:
             if str(exc).startswith(_OUTAGES):
