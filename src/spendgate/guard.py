@@ -363,7 +363,7 @@ class Guard:
                     self._log_limit_refusal(rid, endpoint, attrs, estimate, err, started)
                 raise
         if isinstance(result, Refusal):
-            policy = chosen or self._policy_of(result.budget_id)
+            policy = chosen or result.on_exceed  # the ledger's own copy: no read on the refusal path
             try:
                 if policy == "clamp":
                     result, estimate, clamped = yield from self._clamping(rid, attrs, estimate, result)
@@ -494,6 +494,7 @@ class Guard:
             window_start=usage.window_start,
             resets_at=usage.window_end,
             retry_after=None,
+            on_exceed="wait",  # only made for a request that waits in line
         )
 
     def _deadline(self) -> datetime:

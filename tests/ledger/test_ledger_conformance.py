@@ -629,6 +629,16 @@ def test_refusal_without_window(make_ledger: MakeLedger) -> None:
     assert "resets" not in str(refusal.to_error())
 
 
+def test_a_refusal_carries_the_budget_s_own_policy(make_ledger: MakeLedger) -> None:
+    """The guard decides raise/wait/clamp from the refusal itself: no second read of the ledger
+    (a network round trip on PostgreSQL and Redis) on the refusal path."""
+    ledger = make_ledger([budget(id="w", limit="1", on_exceed="wait"), budget(id="r", limit="5")])
+    assert refused(ledger.reserve("r1", ALICE, USD("2"), 60)).on_exceed == "wait"
+    ledger.set_limit("w", USD("10"))
+    refusal = refused(ledger.reserve("r2", ALICE, USD("6"), 60))
+    assert (refusal.budget_id, refusal.on_exceed) == ("r", "raise")
+
+
 # -- usage ---------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, Literal, NamedTuple
 
-from spendgate.budgets import DIMENSIONS, Attributes, Budget, instance_key, parse_instance_key
+from spendgate.budgets import DIMENSIONS, Attributes, Budget, OnExceed, instance_key, parse_instance_key
 from spendgate.clock import Clock, SystemClock
 from spendgate.errors import BudgetExceededError, ConfigError, SpendgateError
 from spendgate.ledger.protocols import BudgetAdmin, LimitAdmin, RequestLog, Reservations
@@ -133,6 +133,8 @@ class Refusal:
     retry_after: float | None  # seconds until the window resets (paced: the next step); None: never
     #: Refused by the budget's pace (``limit`` is then what is allowed by now, not the whole limit).
     paced: bool = False
+    #: The refusing budget's own policy, as the ledger knew it: the guard needs no second read.
+    on_exceed: OnExceed = "raise"
     admitted: ClassVar[bool] = False
 
     @property
@@ -566,6 +568,7 @@ class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
             resets_at=end,
             retry_after=retry,
             paced=paced,
+            on_exceed=budget.on_exceed,
         )
 
     @staticmethod
