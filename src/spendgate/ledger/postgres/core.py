@@ -27,7 +27,6 @@ from spendgate.budgets import EPOCH, Budget
 from spendgate.clock import Clock
 from spendgate.ledger.base import (
     DEFAULT_RETENTION,
-    BudgetChanged,
     ChangeKind,
     Event,
     Ledger,
@@ -38,6 +37,7 @@ from spendgate.ledger.base import (
 from spendgate.ledger.postgres.connection import Body, BodyFactory, PgStore, Q, ServerUnavailableError
 from spendgate.ledger.postgres.schema import migrate
 from spendgate.ledger.postgres.settings import PgSettings
+from spendgate.ledger.rows import budget_changed, budgets_of
 from spendgate.ledger.sqlite.codec import us
 from spendgate.ledger.sqlite.core import EMPTY_CATALOG, Catalog, LimitEntry
 from spendgate.limits import Limit
@@ -166,7 +166,7 @@ class LedgerCore(PgStore, Ledger):
         if doc.get("budgets") is None:
             budgets, order = base.budgets, base.order
         else:
-            budgets = _budgets_of(doc["budgets"])
+            budgets = budgets_of(doc["budgets"])
             order = tuple(budgets.values())
         if doc.get("limits") is None:
             limits, limit_order = base.limits, base.limit_order
@@ -183,7 +183,7 @@ class LedgerCore(PgStore, Ledger):
                 return loaded  # another thread got there first (or this snapshot is older)
             self._catalog = loaded
         if since >= 0 and doc.get("changes"):
-            events.extend(_change(*row[1:]) for row in doc["changes"] if row[0] > since)
+            events.extend(budget_changed(*row[1:]) for row in doc["changes"] if row[0] > since)
         return loaded
 
     def _install(self, catalog: Catalog | None) -> None:
@@ -231,7 +231,7 @@ class LedgerCore(PgStore, Ledger):
             (seq, budget_id, kind, new_limit, previous_limit, instance, us(self.clock.now())),
         )
         yield Q("UPDATE meta SET value = %s WHERE key = 'budgets_version'", (seq,))
-        events.append(_change(budget_id, kind, new_limit, previous_limit, instance))
+        events.append(budget_changed(budget_id, kind, new_limit, previous_limit, instance))
         order = tuple(budgets[b] for b in sorted(budgets))
         return catalog._replace(version=seq, budgets=budgets, order=order)
 
@@ -322,25 +322,3 @@ class LedgerCore(PgStore, Ledger):
         except LedgerUnavailableError as exc:
             return op.failed(exc)
         return op.done(value)
-
-
-def _budgets_of(rows: list[list[Any]]) -> dict[str, Budget]:
-    budgets: dict[str, Budget] = {}
-    for budget_id, definition, config_limit, override in rows:
-        config = json.loads(definition)
-        config["limit"] = str(Money(override if override is not None else config_limit).to_decimal())
-        budgets[budget_id] = Budget.from_config(config, where=f"budgets[{budget_id!r}]")
-    return budgets
-
-
-def _change(
-    budget_id: str, kind: ChangeKind, new_limit: int | None, previous_limit: int | None, instance: str | None
-) -> BudgetChanged:
-    """A budget change as an event, from the ``changes`` table's columns (nano-USD limits)."""
-    return BudgetChanged(
-        budget_id,
-        kind,
-        None if new_limit is None else Money(new_limit),
-        None if previous_limit is None else Money(previous_limit),
-        instance,
-    )

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, Final
 
-from spendgate.budgets import Attributes
 from spendgate.clock import Clock, SystemClock
 from spendgate.errors import ConfigError
 from spendgate.gateway.settings import VirtualKey  # plain data (budgets only): no gateway machinery
 from spendgate.ledger.base import LedgerMissingError, LedgerUnavailableError
-from spendgate.ledger.postgres.codec import dt, us
+from spendgate.ledger.postgres.codec import us
 from spendgate.ledger.postgres.connection import Body, PgStore, Q, ServerUnavailableError
 from spendgate.ledger.postgres.schema import KEYS_SCHEMA, KEYS_SCHEMA_VERSION, lock_schema
 from spendgate.ledger.postgres.settings import parse_url
+from spendgate.ledger.rows import key_of
 
 __all__ = ["PostgresKeyStorage", "postgres_keys_factory"]
 
@@ -31,32 +29,6 @@ _COLUMNS: Final = (
     "id, hint, name, dim_user, dim_team, dim_project, dim_customer, tags, models, expires_at, disabled, "
     "created_at, secret_hash"
 )
-
-
-def _when(value: int | None) -> datetime | None:
-    return None if value is None else dt(value)
-
-
-def _row_key(row: Sequence[Any]) -> tuple[VirtualKey, str]:
-    key_id, hint, name, user, team, project, customer, tags, models, expires, disabled, created, digest = row
-    key = VirtualKey(
-        id=key_id,
-        hint=hint,
-        attributes=Attributes(
-            key=key_id,
-            user=user,
-            team=team,
-            project=project,
-            customer=customer,
-            tags=frozenset(json.loads(tags)),
-        ),
-        models=tuple(json.loads(models)),
-        expires_at=_when(expires),
-        disabled=bool(disabled),
-        created_at=_when(created),
-        name=name,
-    )
-    return key, digest
 
 
 class PostgresKeyStorage(PgStore):
@@ -123,15 +95,15 @@ class PostgresKeyStorage(PgStore):
 
     def by_hash(self, secret_hash: str) -> tuple[VirtualKey, str] | None:
         rows = self._one(f"SELECT {_COLUMNS} FROM gateway_keys WHERE secret_hash = %s", (secret_hash,))
-        return _row_key(rows[0]) if rows else None
+        return key_of(rows[0]) if rows else None
 
     def by_id(self, key_id: str) -> VirtualKey | None:
         rows = self._one(f"SELECT {_COLUMNS} FROM gateway_keys WHERE id = %s", (key_id,))
-        return _row_key(rows[0])[0] if rows else None
+        return key_of(rows[0])[0] if rows else None
 
     def all(self) -> list[VirtualKey]:
         rows = self._one(f'SELECT {_COLUMNS} FROM gateway_keys ORDER BY created_at, id COLLATE "C"', ())
-        return [_row_key(row)[0] for row in rows]
+        return [key_of(row)[0] for row in rows]
 
     def set_disabled(self, key_id: str, disabled: bool) -> bool:
         return bool(

@@ -16,10 +16,11 @@ from spendgate.ledger.base import (
     RequestRecord,
     UnknownReservationError,
 )
-from spendgate.ledger.postgres.codec import DIM_COLUMNS, attrs_of, dt, tags_list, us
+from spendgate.ledger.postgres.codec import DIM_COLUMNS, attrs_of, tags_list, us
 from spendgate.ledger.postgres.connection import Body, Q
 from spendgate.ledger.postgres.core import LedgerCore
 from spendgate.ledger.postgres.limits import prune_limits
+from spendgate.ledger.rows import record_of
 from spendgate.money import Money
 
 __all__ = ["RequestLogMixin"]
@@ -68,7 +69,7 @@ class RequestLogMixin(LedgerCore):
             return (yield Q(sql, (*values, limit)))
 
         rows: list[tuple[Any, ...]] = self._execute(body, txn=False)
-        return [_record(row) for row in rows]
+        return [record_of(row, attrs_of(row[5:12])) for row in rows]
 
     def usage_by(
         self, dimension: str, start: datetime | None = None, end: datetime | None = None
@@ -190,23 +191,6 @@ def _log_filter(
             clauses.append(f"requests.{DIM_COLUMNS[dim]} = %s")  # a fixed column name, never user text
         params.append(value)
     return " AND ".join(clauses), params
-
-
-def _record(row: Sequence[Any]) -> RequestRecord:
-    request_id, status, started, finished, cost = row[:5]
-    attrs = attrs_of(row[5:12])
-    model, usage, breakdown = row[12:]
-    return RequestRecord(
-        request_id=request_id,
-        attributes=attrs,
-        cost=Money(cost),
-        started_at=dt(started),
-        finished_at=dt(finished),
-        model=model or attrs.model,
-        usage=json.loads(usage) if usage else {},
-        breakdown=json.loads(breakdown) if breakdown else {},
-        status=status or "ok",
-    )
 
 
 def _archived(entry: ArchivedRequest) -> tuple[Any, ...]:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 from typing import Any, Final
 
-from spendgate.budgets import EPOCH, Attributes
+from spendgate.budgets import Attributes
 from spendgate.ledger.base import BudgetLine
+from spendgate.ledger.rows import dt, us
 
 __all__ = ["DIM_COLUMNS", "attrs_of", "dt", "public_lines", "tags_json", "us"]
 
-_US: Final = timedelta(microseconds=1)
 #: The request log's column per dimension (tags have their own JSON column); schema.sql indexes each.
 DIM_COLUMNS: Final = {
     "key": "dim_key",
@@ -22,15 +21,6 @@ DIM_COLUMNS: Final = {
     "customer": "dim_customer",
     "model": "dim_model",
 }
-
-
-def us(when: datetime) -> int:
-    """Exact microseconds since the epoch (no float on the way)."""
-    return (when - EPOCH) // _US
-
-
-def dt(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
 
 
 def public_lines(lines_json: str) -> tuple[BudgetLine, ...]:

@@ -25,7 +25,6 @@ from spendgate.budgets import EPOCH, Budget
 from spendgate.clock import Clock
 from spendgate.ledger.base import (
     DEFAULT_RETENTION,
-    BudgetChanged,
     ChangeKind,
     Event,
     Ledger,
@@ -33,6 +32,7 @@ from spendgate.ledger.base import (
     LedgerUnavailableError,
     ThresholdCrossed,
 )
+from spendgate.ledger.rows import budget_changed, budgets_of
 from spendgate.ledger.sqlite.codec import us
 from spendgate.ledger.sqlite.connection import ConnLocal, SQLiteFile
 from spendgate.ledger.sqlite.group_commit import GroupCommit, Job, future_job
@@ -275,18 +275,14 @@ class LedgerCore(SQLiteFile, Ledger):
                 "WHERE seq > ? AND seq <= ? ORDER BY seq",
                 (since, version),
             )
-            events.extend(_change(*row) for row in changes)
+            events.extend(budget_changed(*row) for row in changes)
         return loaded
 
     @staticmethod
     def _load_budgets(conn: sqlite3.Connection) -> dict[str, Budget]:
-        rows = conn.execute("SELECT id, definition, config_limit, limit_override FROM budgets ORDER BY id")
-        budgets: dict[str, Budget] = {}
-        for budget_id, definition, config_limit, override in rows:
-            config = json.loads(definition)
-            config["limit"] = str(Money(override if override is not None else config_limit).to_decimal())
-            budgets[budget_id] = Budget.from_config(config, where=f"budgets[{budget_id!r}]")
-        return budgets
+        return budgets_of(
+            conn.execute("SELECT id, definition, config_limit, limit_override FROM budgets ORDER BY id")
+        )
 
     @staticmethod
     def _load_limits(conn: sqlite3.Connection) -> dict[str, LimitEntry]:
@@ -335,7 +331,7 @@ class LedgerCore(SQLiteFile, Ledger):
         conn.execute("UPDATE meta SET value = ? WHERE key = 'budgets_version'", (seq,))
         order = tuple(budgets[b] for b in sorted(budgets))
         self._local.pending = catalog._replace(version=seq, budgets=budgets, order=order)
-        events.append(_change(budget_id, kind, new_limit, previous_limit, instance))
+        events.append(budget_changed(budget_id, kind, new_limit, previous_limit, instance))
 
     def _put_in(self, conn: sqlite3.Connection, budget: Budget, events: list[Event]) -> None:
         catalog = self._sync(conn, events)
@@ -470,16 +466,3 @@ class LedgerCore(SQLiteFile, Ledger):
                 log.warning("spendgate: %s in %s failed: %s", what, self.path, exc)
 
         self._group().submit([Job(body, deliver)])
-
-
-def _change(
-    budget_id: str, kind: ChangeKind, new_limit: int | None, previous_limit: int | None, instance: str | None
-) -> BudgetChanged:
-    """A budget change as an event, from the ``changes`` table's columns (nano-USD limits)."""
-    return BudgetChanged(
-        budget_id,
-        kind,
-        None if new_limit is None else Money(new_limit),
-        None if previous_limit is None else Money(previous_limit),
-        instance,
-    )

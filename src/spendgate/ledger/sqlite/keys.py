@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable
 from typing import Any, Final
 
-from spendgate.budgets import EPOCH, Attributes
 from spendgate.clock import Clock, SystemClock
 from spendgate.errors import ConfigError
 from spendgate.gateway.settings import VirtualKey  # plain data (budgets only): no gateway machinery
 from spendgate.ledger.base import LedgerMissingError, LedgerUnavailableError
+from spendgate.ledger.rows import key_of
 from spendgate.ledger.sqlite.codec import us
 from spendgate.ledger.sqlite.connection import SQLiteFile, sqlite_path
 from spendgate.ledger.sqlite.schema import KEYS_SCHEMA, KEYS_SCHEMA_VERSION
@@ -29,32 +28,6 @@ _COLUMNS: Final = (
     "id, hint, name, dim_user, dim_team, dim_project, dim_customer, tags, models, expires_at, disabled, "
     "created_at, secret_hash"
 )
-
-
-def _dt(value: int | None) -> datetime | None:
-    return None if value is None else EPOCH + timedelta(microseconds=value)
-
-
-def _row_key(row: Sequence[Any]) -> tuple[VirtualKey, str]:
-    key_id, hint, name, user, team, project, customer, tags, models, expires, disabled, created, digest = row
-    key = VirtualKey(
-        id=key_id,
-        hint=hint,
-        attributes=Attributes(
-            key=key_id,
-            user=user,
-            team=team,
-            project=project,
-            customer=customer,
-            tags=frozenset(json.loads(tags)),
-        ),
-        models=tuple(json.loads(models)),
-        expires_at=_dt(expires),
-        disabled=bool(disabled),
-        created_at=_dt(created),
-        name=name,
-    )
-    return key, digest
 
 
 class SQLiteKeyStorage(SQLiteFile):
@@ -149,11 +122,11 @@ class SQLiteKeyStorage(SQLiteFile):
 
     def by_hash(self, secret_hash: str) -> tuple[VirtualKey, str] | None:
         row = self._one(f"SELECT {_COLUMNS} FROM gateway_keys WHERE secret_hash = ?", (secret_hash,))
-        return _row_key(row) if row else None
+        return key_of(row) if row else None
 
     def by_id(self, key_id: str) -> VirtualKey | None:
         row = self._one(f"SELECT {_COLUMNS} FROM gateway_keys WHERE id = ?", (key_id,))
-        return _row_key(row)[0] if row else None
+        return key_of(row)[0] if row else None
 
     def all(self) -> list[VirtualKey]:
         rows = self._query(
@@ -161,7 +134,7 @@ class SQLiteKeyStorage(SQLiteFile):
                 f"SELECT {_COLUMNS} FROM gateway_keys ORDER BY created_at, id"
             ).fetchall()
         )
-        return [_row_key(row)[0] for row in rows]
+        return [key_of(row)[0] for row in rows]
 
     def set_disabled(self, key_id: str, disabled: bool) -> bool:
         return self._update(

@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from spendgate.ledger.base import LedgerUnavailableError, RequestRecord, UnknownReservationError
-from spendgate.ledger.sqlite.codec import DIM_COLUMNS, attrs_of, dt, us
+from spendgate.ledger.rows import record_of
+from spendgate.ledger.sqlite.codec import DIM_COLUMNS, attrs_of, us
 from spendgate.ledger.sqlite.core import LedgerCore
 from spendgate.ledger.sqlite.limits import prune_limits
 from spendgate.money import Money
@@ -54,7 +54,7 @@ class RequestLogMixin(LedgerCore):
                 values += [row[0], row[0], after]
             return conn.execute(sql, (*values, limit)).fetchall()
 
-        return [_record(row) for row in self._read(body)]
+        return [record_of(row, attrs_of(row[5:12])) for row in self._read(body)]
 
     def usage_by(
         self, dimension: str, start: datetime | None = None, end: datetime | None = None
@@ -159,20 +159,3 @@ def _log_filter(
             clauses.append(f"{DIM_COLUMNS[dim]} = ?")  # a fixed column name, never user text
         params.append(value)
     return " AND ".join(clauses), params
-
-
-def _record(row: Sequence[Any]) -> RequestRecord:
-    request_id, status, started, finished, cost = row[:5]
-    attrs = attrs_of(row[5:12])
-    model, usage, breakdown = row[12:]
-    return RequestRecord(
-        request_id=request_id,
-        attributes=attrs,
-        cost=Money(cost),
-        started_at=dt(started),
-        finished_at=dt(finished),
-        model=model or attrs.model,
-        usage=json.loads(usage) if usage else {},
-        breakdown=json.loads(breakdown) if breakdown else {},
-        status=status or "ok",
-    )

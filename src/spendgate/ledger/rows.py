@@ -1,0 +1,96 @@
+"""How the SQL backends' rows become spendgate values: the column layout SQLite and
+PostgreSQL share (budget definitions, the changes log, virtual keys, the request log).
+
+Instants are BIGINT microseconds since the epoch (``us``/``dt``) in both. Each backend still
+encodes what its driver types differently (``sqlite.codec``, ``postgres.codec``: tags and
+lines as JSON text or ``jsonb``); what is the same row in both is read here once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from spendgate.budgets import EPOCH, Attributes, Budget
+from spendgate.gateway.settings import VirtualKey
+from spendgate.ledger.base import BudgetChanged, ChangeKind, RequestRecord
+from spendgate.money import Money
+
+__all__ = ["budget_changed", "budgets_of", "dt", "key_of", "record_of", "us"]
+
+_US: Final = timedelta(microseconds=1)
+
+
+def us(when: datetime) -> int:
+    """An instant as the rows keep it: exact microseconds since the epoch (no float on the way)."""
+    return (when - EPOCH) // _US
+
+
+def dt(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def budgets_of(rows: Iterable[Sequence[Any]]) -> dict[str, Budget]:
+    """``id, definition, config_limit, limit_override`` rows: each budget at its effective limit."""
+    budgets: dict[str, Budget] = {}
+    for budget_id, definition, config_limit, override in rows:
+        config = json.loads(definition)
+        config["limit"] = str(Money(override if override is not None else config_limit).to_decimal())
+        budgets[budget_id] = Budget.from_config(config, where=f"budgets[{budget_id!r}]")
+    return budgets
+
+
+def budget_changed(
+    budget_id: str, kind: ChangeKind, new_limit: int | None, previous_limit: int | None, instance: str | None
+) -> BudgetChanged:
+    """A budget change as an event, from the ``changes`` table's columns (nano-USD limits)."""
+    return BudgetChanged(
+        budget_id,
+        kind,
+        None if new_limit is None else Money(new_limit),
+        None if previous_limit is None else Money(previous_limit),
+        instance,
+    )
+
+
+def key_of(row: Sequence[Any]) -> tuple[VirtualKey, str]:
+    """A ``gateway_keys`` row (``keys.sql`` of either backend): the key and its stored hash."""
+    key_id, hint, name, user, team, project, customer, tags, models, expires, disabled, created, digest = row
+    key = VirtualKey(
+        id=key_id,
+        hint=hint,
+        attributes=Attributes(
+            key=key_id,
+            user=user,
+            team=team,
+            project=project,
+            customer=customer,
+            tags=frozenset(json.loads(tags)),
+        ),
+        models=tuple(json.loads(models)),
+        expires_at=None if expires is None else dt(expires),
+        disabled=bool(disabled),
+        created_at=None if created is None else dt(created),
+        name=name,
+    )
+    return key, digest
+
+
+def record_of(row: Sequence[Any], attrs: Attributes) -> RequestRecord:
+    """A request log row (``request_id, status, started_at, finished_at, cost``, the seven
+    attribute columns, ``model, usage, breakdown``), its attributes decoded by the backend."""
+    request_id, status, started, finished, cost = row[:5]
+    model, usage, breakdown = row[12:]
+    return RequestRecord(
+        request_id=request_id,
+        attributes=attrs,
+        cost=Money(cost),
+        started_at=dt(started),
+        finished_at=dt(finished),
+        model=model or attrs.model,
+        usage=json.loads(usage) if usage else {},
+        breakdown=json.loads(breakdown) if breakdown else {},
+        status=status or "ok",
+    )
