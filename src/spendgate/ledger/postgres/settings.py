@@ -5,7 +5,7 @@
 ``pool_max`` size each connection pool (one for blocking calls, one per event loop);
 ``timeout`` (seconds, default 2) bounds the connect, every statement (``statement_timeout``,
 ``lock_timeout``) and the wait for a pooled connection; ``synchronous_commit`` (default ``on``)
-is the hot path's commit mode: ``off`` is about 3.5x the cycles per second on this machine's
+is the hot path's commit mode: ``off`` is 2 to 3.5x the cycles per second on this machine's
 disk, but a crash of the server loses the last few hundred milliseconds of commits (admitted
 reservations and settled costs: spend a budget would not count), so it is an explicit choice.
 Everything else is libpq's. The password never appears in an error message: messages name the
