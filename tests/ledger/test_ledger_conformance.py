@@ -748,6 +748,25 @@ def test_request_log_query_aggregate_and_retention(make_ledger: MakeLedger, cloc
     assert ledger.usage_by("user") == {}
 
 
+def test_request_log_keeps_each_request_s_estimate(make_ledger: MakeLedger, clock: ManualClock) -> None:
+    ledger = make_ledger([budget(id="g", limit="1000")], clock)
+    admitted(ledger.reserve("with-record", ALICE, USD("1.25"), 60))
+    admitted(ledger.reserve("bare", BOB, USD("0.000000007"), 60))
+    admitted(ledger.reserve("dead", BOB, USD("3"), 5))
+    clock.advance(1)
+    record = RequestRecord("with-record", ALICE, USD("0.5"), T0, clock.now(), usage={"input_tokens": 3})
+    ledger.settle("with-record", USD("0.5"), record)
+    ledger.settle("bare", USD("0.000000002"))
+    clock.advance(10)
+    ledger.expire_leases()
+    logged = {r.request_id: (r.cost, r.estimate) for r in ledger.query_requests()}
+    assert logged == {
+        "with-record": (USD("0.5"), USD("1.25")),
+        "bare": (USD("0.000000002"), USD("0.000000007")),
+        "dead": (USD("3"), USD("3")),  # an expired lease is charged its estimate
+    }
+
+
 def test_request_record_refuses_float_breakdown(make_ledger: MakeLedger) -> None:
     ledger = make_ledger([budget(id="g")])
     admitted(ledger.reserve("r1", ALICE, USD("1"), 60))

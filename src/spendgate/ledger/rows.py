@@ -43,7 +43,12 @@ def budgets_of(rows: Iterable[Sequence[Any]]) -> dict[str, Budget]:
 
 
 def budget_changed(
-    budget_id: str, kind: ChangeKind, new_limit: int | None, previous_limit: int | None, instance: str | None
+    budget_id: str,
+    kind: ChangeKind,
+    new_limit: int | None,
+    previous_limit: int | None,
+    instance: str | None,
+    seq: int | None = None,
 ) -> BudgetChanged:
     """A budget change as an event, from the ``changes`` table's columns (nano-USD limits)."""
     return BudgetChanged(
@@ -52,6 +57,7 @@ def budget_changed(
         None if new_limit is None else Money(new_limit),
         None if previous_limit is None else Money(previous_limit),
         instance,
+        seq,
     )
 
 
@@ -80,9 +86,9 @@ def key_of(row: Sequence[Any]) -> tuple[VirtualKey, str]:
 
 def record_of(row: Sequence[Any], attrs: Attributes) -> RequestRecord:
     """A request log row (``request_id, status, started_at, finished_at, cost``, the seven
-    attribute columns, ``model, usage, breakdown``), its attributes decoded by the backend."""
+    attribute columns, ``model, usage, breakdown, estimate``), its attributes decoded by the backend."""
     request_id, status, started, finished, cost = row[:5]
-    model, usage, breakdown = row[12:]
+    model, usage, breakdown, estimate = row[12:16]
     return RequestRecord(
         request_id=request_id,
         attributes=attrs,
@@ -93,4 +99,5 @@ def record_of(row: Sequence[Any], attrs: Attributes) -> RequestRecord:
         usage=json.loads(usage) if usage else {},
         breakdown=json.loads(breakdown) if breakdown else {},
         status=status or "ok",
+        estimate=None if estimate is None else Money(int(estimate)),
     )

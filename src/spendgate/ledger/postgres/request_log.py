@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from spendgate.ledger import timeseries
 from spendgate.ledger.base import (
     ArchivedRequest,
     LedgerUnavailableError,
     RequestRecord,
     UnknownReservationError,
+    UsagePoint,
 )
 from spendgate.ledger.postgres.codec import DIM_COLUMNS, attrs_of, tags_list, us
 from spendgate.ledger.postgres.connection import Body, Q
@@ -30,7 +32,7 @@ log = logging.getLogger("spendgate.ledger")
 _SQL_LOGGED_AT = "SELECT started_at FROM requests WHERE request_id = %s AND state IN ('settled', 'expired')"
 _SQL_LOG_COLUMNS = """
     request_id, status, started_at, finished_at, cost, dim_key, dim_user, dim_team, dim_project,
-    dim_customer, dim_model, tags, model, usage, breakdown"""
+    dim_customer, dim_model, tags, model, usage, breakdown, estimate"""
 _SQL_ARCHIVE = """
     INSERT INTO requests (request_id, state, estimate, cost, started_at, expires_at, finished_at, lines,
                           dim_key, dim_user, dim_team, dim_project, dim_customer, dim_model, tags, status,
@@ -93,6 +95,43 @@ class RequestLogMixin(LedgerCore):
 
         rows: list[tuple[Any, ...]] = self._execute(body, txn=False)
         return {value: Money(int(total)) for value, total in rows}
+
+    def usage_timeseries(
+        self,
+        start: datetime,
+        end: datetime,
+        bucket: timedelta,
+        *,
+        by: str | None = None,
+        **dimensions: str,
+    ) -> list[UsagePoint]:
+        series = timeseries.plan(start, end, bucket, by, dimensions)
+        where, params = _log_filter(start, end, series.filters)
+        source = "requests"
+        if by == "tag":  # once per tag; an untagged request once, in no group
+            source += " LEFT JOIN LATERAL jsonb_array_elements_text(requests.tags) AS t(value) ON true"
+            group = "t.value"
+        else:
+            group = "NULL::text" if by is None else f"requests.{DIM_COLUMNS[by]}"
+        # usage is JSON text: json_to_record parses it once for both counts (two ->> on
+        # usage::json parse it twice: about 1.3x the query's time on 100,000 rows).
+        source += (
+            " LEFT JOIN LATERAL json_to_record(requests.usage::json)"
+            " AS u(input_tokens bigint, output_tokens bigint) ON true"
+        )
+        sql = (
+            f'SELECT (requests.started_at - %s) / %s AS b, {group} COLLATE "C" AS g, '
+            "sum(requests.cost)::bigint, count(*), "
+            "coalesce(sum(u.input_tokens), 0)::bigint, coalesce(sum(u.output_tokens), 0)::bigint "
+            f"FROM {source} WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2 NULLS FIRST"
+        )
+        values = (series.origin_us, series.width_us, *params)
+
+        def body() -> Body[list[tuple[Any, ...]]]:
+            return (yield Q(sql, values))
+
+        rows: list[tuple[Any, ...]] = self._execute(body, txn=False)
+        return timeseries.points(series, rows, ordered=True)
 
     # -- the archive ----------------------------------------------------------------------------
     def archive(self, entries: Sequence[ArchivedRequest]) -> int:
@@ -168,6 +207,17 @@ class RequestLogMixin(LedgerCore):
             "DELETE FROM spend WHERE window_end IS NOT NULL AND window_end < %s AND reserved = 0", (cutoff,)
         )
         yield Q("DELETE FROM alerts WHERE sent_at < %s", (cutoff,))
+        # The alert outbox: what was sent (or given up) before the retention; pending stays.
+        yield Q(
+            "DELETE FROM alert_deliveries WHERE state <> 'pending' AND event_seq IN "
+            "(SELECT seq FROM alert_events WHERE created_at < %s)",
+            (cutoff,),
+        )
+        yield Q(
+            "DELETE FROM alert_events AS e WHERE e.created_at < %s AND NOT EXISTS "
+            "(SELECT 1 FROM alert_deliveries AS d WHERE d.event_seq = e.seq)",
+            (cutoff,),
+        )
         yield from prune_limits(now_us)  # buckets out of their window: ~21 rows an instance stay
         yield Q("DELETE FROM changes WHERE at < %s AND seq < (SELECT max(seq) FROM changes)", (cutoff,))
         return int(gone[0][0])

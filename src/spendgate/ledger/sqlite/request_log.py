@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from spendgate.ledger.base import LedgerUnavailableError, RequestRecord, UnknownReservationError
+from spendgate.ledger import timeseries
+from spendgate.ledger.base import LedgerUnavailableError, RequestRecord, UnknownReservationError, UsagePoint
 from spendgate.ledger.rows import record_of
 from spendgate.ledger.sqlite.codec import DIM_COLUMNS, attrs_of, us
 from spendgate.ledger.sqlite.core import LedgerCore
@@ -23,7 +24,7 @@ log = logging.getLogger("spendgate.ledger")
 _SQL_LOGGED_AT = "SELECT started_at FROM requests WHERE request_id = ? AND state IN ('settled', 'expired')"
 _SQL_LOG_COLUMNS = """
     request_id, status, started_at, finished_at, cost, dim_key, dim_user, dim_team, dim_project,
-    dim_customer, dim_model, tags, model, usage, breakdown"""
+    dim_customer, dim_model, tags, model, usage, breakdown, estimate"""
 
 
 class RequestLogMixin(LedgerCore):
@@ -75,6 +76,30 @@ class RequestLogMixin(LedgerCore):
             )
         rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
         return {value: Money(total) for value, total in rows}
+
+    def usage_timeseries(
+        self,
+        start: datetime,
+        end: datetime,
+        bucket: timedelta,
+        *,
+        by: str | None = None,
+        **dimensions: str,
+    ) -> list[UsagePoint]:
+        series = timeseries.plan(start, end, bucket, by, dimensions)
+        where, params = _log_filter(start, end, series.filters)
+        if by == "tag":  # once per tag; an untagged request once, in no group
+            source, group = "requests LEFT JOIN json_each(requests.tags) AS t", "t.value"
+        else:
+            source, group = "requests", "NULL" if by is None else DIM_COLUMNS[by]
+        sql = (
+            f"SELECT (started_at - ?) / ? AS b, {group} AS g, SUM(cost), COUNT(*), "
+            "SUM(json_extract(usage, '$.input_tokens')), SUM(json_extract(usage, '$.output_tokens')) "
+            f"FROM {source} WHERE {where} GROUP BY b, g ORDER BY b, g"  # NULL first, then BINARY
+        )
+        values = (series.origin_us, series.width_us, *params)
+        rows = self._read(lambda conn: conn.execute(sql, values).fetchall())
+        return timeseries.points(series, rows, ordered=True)
 
     def _purge_due(self, now: datetime) -> bool:
         """Whether this process's scheduled purge is due (and, if so, when the next one is)."""
@@ -132,6 +157,17 @@ class RequestLogMixin(LedgerCore):
                 (cutoff,),
             )
             conn.execute("DELETE FROM alerts WHERE sent_at < ?", (cutoff,))
+            # The alert outbox: what was sent (or given up) before the retention; pending stays.
+            conn.execute(
+                "DELETE FROM alert_deliveries WHERE state != 'pending' AND event_seq IN "
+                "(SELECT seq FROM alert_events WHERE created_at < ?)",
+                (cutoff,),
+            )
+            conn.execute(
+                "DELETE FROM alert_events WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM alert_deliveries AS d WHERE d.event_seq = alert_events.seq)",
+                (cutoff,),
+            )
             prune_limits(conn, now_us)  # buckets out of their window: the table stays ~21 rows an instance
             conn.execute(
                 "DELETE FROM changes WHERE at < ? AND seq < (SELECT max(seq) FROM changes)", (cutoff,)
