@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from spendgate.gateway.forecast_gauges import ForecastGauges
 from spendgate.money import NANO_PER_USD
 
 if TYPE_CHECKING:
@@ -137,6 +138,8 @@ class Metrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         # lowercased name -> label; set by ``known_models`` for each state (reloads included).
         self._models: Mapping[str, str] = {}
+        #: Budget forecasts (gateway/forecast_gauges.py): refreshed off the loop before a scrape.
+        self.forecasts = ForecastGauges()
 
     def known_models(self, exact_routes: Iterable[str], catalog: Catalog | None) -> None:
         """The model names that become labels: routed by exact name, or listed in ``catalog``.
@@ -197,6 +200,7 @@ class Metrics:
         if ledger is not None:
             registry.register(_BudgetRatios(ledger))
             registry.register(_LimitUse(ledger))
+            registry.register(self.forecasts.collector())
         return generate_latest(registry)
 
 
