@@ -23,7 +23,7 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import date, datetime
 from decimal import Decimal
@@ -44,15 +44,41 @@ FORMAT_ENV: Final = "SPENDGATE_LOG_FORMAT"
 #: a line of its own, and the gateway writes the one line once it has answered.
 held_line: ContextVar[dict[str, Any] | None] = ContextVar("spendgate_request_line", default=None)
 
+#: Given each request's finished line (its fields, and the gateway's request headers), once, when
+#: set: ``spendgate.telemetry.enable`` sets it. Callers build a line only when ``line_wanted()``:
+#: off, it costs that one check.
+observer: Callable[[dict[str, Any], Sequence[tuple[bytes, bytes]] | None], None] | None = None
+
+
+def line_wanted() -> bool:
+    """Whether to build a request's line: someone reads it (INFO on ``spendgate.requests``, or an
+    observer). The one check the request path pays when both are off."""
+    return observer is not None or REQUESTS.isEnabledFor(logging.INFO)
+
 
 def request_line(fields: dict[str, Any], message: str, *args: object) -> None:
-    """Write a request's line (callers check ``REQUESTS.isEnabledFor(logging.INFO)`` first, so
-    that a disabled log costs nothing); inside a ``held_line``, add the fields to that line."""
+    """Write a request's line (callers check ``line_wanted()`` first, so that a disabled log costs
+    nothing); inside a ``held_line``, add the fields to that line."""
     held = held_line.get()
     if held is not None:
         held.update(fields)
     else:
+        finish_line(fields, message, *args)
+
+
+def finish_line(
+    fields: dict[str, Any], message: str, *args: object, headers: Sequence[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A request's one line, finished: written when INFO is on, and handed to the ``observer``
+    (telemetry) when one is set, so both see the same fields, decided once."""
+    if REQUESTS.isEnabledFor(logging.INFO):
         write_line(fields, message, *args)
+    seen = observer
+    if seen is not None:
+        try:
+            seen(fields, headers)
+        except Exception:  # telemetry never fails a request
+            logging.getLogger("spendgate.telemetry").exception("telemetry failed on a request line")
 
 
 def write_line(fields: dict[str, Any], message: str, *args: object) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+from spendgate import logs
 from spendgate.budgets import Attributes
 from spendgate.errors import (
     BudgetExceededError,
@@ -38,7 +39,7 @@ from spendgate.gateway.upstream_client import UpstreamError, UpstreamResponse, U
 from spendgate.ledger import LedgerUnavailableError, SettleOutcome
 from spendgate.lifecycle import Action, Happened, Report, Show, StreamReader
 from spendgate.lifecycle.reading import answer_report, may_carry_usage
-from spendgate.logs import REQUESTS, held_line, write_line
+from spendgate.logs import finish_line, held_line
 from spendgate.money import Money, MoneyError
 from spendgate.pricing.regions import NOWHERE, Where, where_of
 
@@ -185,7 +186,7 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
     ctx = _Ctx()
     metrics = state.metrics
     held = None
-    if REQUESTS.isEnabledFor(logging.INFO):
+    if logs.line_wanted():
         ctx.line = {}
         held = held_line.set(ctx.line)  # the guard's fields go into this request's one line
 
@@ -264,7 +265,8 @@ async def unmatched(scope: Scope, receive: Receive, send: Send, allowed: str | N
     anthropic = path == "/v1/messages" or path.startswith("/v1/messages/")
     body = b"" if method == "HEAD" else _dumps(err.payload(anthropic))
     await respond(send, err.status, body, [_JSON, *err.headers])
-    if REQUESTS.isEnabledFor(logging.INFO):  # a client with a wrong base URL shows up here
+    # A client with a wrong base URL shows up here.
+    if logs.line_wanted():
         _log_request(scope, err.status, time.perf_counter() - started, {"error": err.code})
 
 
@@ -288,7 +290,7 @@ def _log_request(
             fields["error"] = ctx.error
     fields.update(line)
     charged = fields.get("charged_usd")
-    write_line(
+    finish_line(
         fields,
         "%s %s %s %s %s%s in %.1f ms (%s)",
         fields["method"],
@@ -299,6 +301,7 @@ def _log_request(
         f" charged {charged} USD" if charged is not None else "",
         fields["latency_ms"],
         fields["request_id"],
+        headers=scope["headers"],  # an observer (telemetry) may continue the client's trace
     )
 
 
