@@ -50,8 +50,12 @@ DIMENSIONS: Final = ("key", "user", "team", "project", "customer", "model", "tag
 _FIELD: Final = {"key": "key", "user": "user", "team": "team", "project": "project",
                  "customer": "customer", "model": "model", "tag": "tags"}  # fmt: skip
 DEFAULT_THRESHOLDS: Final = (50, 80, 90, 100)
-OnExceed = Literal["raise", "wait", "clamp"]
+#: ``alert``: a soft budget. It counts and alerts like any other but never refuses.
+OnExceed = Literal["raise", "wait", "clamp", "alert"]
 _ON_EXCEED: Final = get_args(OnExceed)
+#: A soft budget's allowance: what no window's spend reaches (2^53 - 1 nano-USD, about $9M, the
+#: most every backend compares exactly; Redis's Lua numbers are doubles).
+SOFT_CAP: Final = 2**53 - 1
 WILDCARD: Final = "*"
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -696,12 +700,19 @@ class Budget:
             raise ValueError(f"limit must be a non-negative Money, got {self.limit!r}")
         if self.on_exceed not in _ON_EXCEED:
             raise ValueError(f"on_exceed must be one of {', '.join(_ON_EXCEED)}, got {self.on_exceed!r}")
+        if self.pace is not None and self.on_exceed == "alert":
+            raise ValueError("a soft budget (on_exceed: alert) is not paced: it never refuses")
         if self.pace is not None and not self.window.resets:
             raise ValueError("a paced budget needs a window that resets (pacing spreads the limit over it)")
         set_ = object.__setattr__
         set_(self, "selector", selector.values)
         set_(self, "_selector", selector)
         set_(self, "thresholds", _check_thresholds(self.thresholds))
+        if self.on_exceed != "alert" and self.thresholds and self.thresholds[-1] > 100:
+            raise ValueError(
+                f"each threshold is a whole percent from 1 to 100 (up to 1000 for a soft budget, "
+                f"on_exceed: alert), got {self.thresholds[-1]}"
+            )
 
     # -- config -----------------------------------------------------------------
     @classmethod
@@ -760,6 +771,12 @@ class Budget:
             raise ConfigError(
                 f"{where}.on_exceed", f"must be one of {', '.join(_ON_EXCEED)}, got {on_exceed!r}"
             )
+        if on_exceed != "alert" and thresholds and thresholds[-1] > 100:
+            raise ConfigError(
+                f"{where}.thresholds",
+                f"each threshold is a whole percent from 1 to 100 (up to 1000 for a soft budget, "
+                f"on_exceed: alert), got {thresholds[-1]}",
+            )
         pace: Pace | None = None
         if config.get("pace") is not None:
             try:
@@ -768,6 +785,10 @@ class Budget:
                 raise ConfigError(f"{where}.pace", str(exc)) from None
             if not window.resets:
                 raise ConfigError(f"{where}.pace", "a paced budget needs a window that resets (e.g. month)")
+            if on_exceed == "alert":
+                raise ConfigError(
+                    f"{where}.pace", "a soft budget (on_exceed: alert) is not paced: it never refuses"
+                )
         budget_id, name = config_id_and_name(config, where, default_id(selector, window))
         return cls(
             id=budget_id,
@@ -799,10 +820,17 @@ class Budget:
     def allowance(self, now: datetime, start: datetime, end: datetime | None) -> int:
         """What may be spent and reserved in the current window by ``now``: the limit, or
         for a paced budget the share of the steps begun so far (nanos)."""
+        if self.on_exceed == "alert":
+            return SOFT_CAP  # soft: counted and alerted, never refused
         limit = self.limit.nanos
         if self.pace is None or end is None:
             return limit
         return self.pace.allowance(limit, start, end, now)
+
+    @property
+    def soft(self) -> bool:
+        """Alert-only (``on_exceed: alert``): never refuses a request."""
+        return self.on_exceed == "alert"
 
     # -- matching ---------------------------------------------------------------
     @property
@@ -863,8 +891,11 @@ def _check_thresholds(value: object) -> tuple[int, ...]:
             number = int(item)
         if isinstance(number, bool) or not isinstance(number, int):
             raise ValueError(f"each threshold is a whole percent from 1 to 100, got {item!r}")
-        if not 1 <= number <= 100:
-            raise ValueError(f"each threshold is a whole percent from 1 to 100, got {item!r}")
+        if not 1 <= number <= 1000:
+            raise ValueError(
+                f"each threshold is a whole percent from 1 to 100 (up to 1000 for a soft budget, "
+                f"on_exceed: alert), got {item!r}"
+            )
         if number in out:
             raise ValueError(f"threshold {number} is listed twice")
         out.append(number)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 import uuid
 import warnings
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, NamedTuple, cast
 
-from spendgate import attribution
+from spendgate import attribution, logs
 from spendgate.budgets import Attributes, Budget, instance_key
 from spendgate.clock import Clock, SystemClock
 from spendgate.cost import Cost, cost_of
@@ -344,7 +343,7 @@ class Guard:
             try:  # the caller's own cap: clamped to fit or refused, before the ledger is touched
                 estimate, clamped = self._capped(endpoint, estimate, cap, chosen)
             except CostCapExceededError as err:
-                if log.isEnabledFor(logging.INFO):
+                if logs.line_wanted():
                     self._log_cap_refusal(rid, endpoint, attrs, estimate, err, started)
                 raise
         result: Reservation | Refusal | LimitRefusal | None = self._queued(rid, attrs, estimate, chosen)
@@ -359,7 +358,7 @@ class Guard:
                 else:
                     raise result.to_error()
             except RateLimitExceededError as err:
-                if log.isEnabledFor(logging.INFO):
+                if logs.line_wanted():
                     self._log_limit_refusal(rid, endpoint, attrs, estimate, err, started)
                 raise
         if isinstance(result, Refusal):
@@ -373,7 +372,7 @@ class Guard:
                     raise result.to_error()
             except BudgetExceededError as err:
                 _suggest_fit(err, endpoint, estimate)
-                if log.isEnabledFor(logging.INFO):
+                if logs.line_wanted():
                     self._log_refusal(rid, endpoint, attrs, estimate, err, started)
                 raise
         if clamped is not None:
@@ -474,9 +473,11 @@ class Guard:
 
     def _policy_of(self, budget_id: str) -> OnExceed:
         try:
-            return self.ledger.get_budget(budget_id).on_exceed
+            policy = self.ledger.get_budget(budget_id).on_exceed
         except KeyError:  # removed meanwhile
             return "raise"
+        # A soft budget never refuses; should it be one now (changed meanwhile), nothing to wait for.
+        return "raise" if policy == "alert" else policy
 
     def _queued_refusal(self, rid: str, key: str, estimate: Estimate) -> Refusal:
         budget_id, _, instance = key.partition("|")
@@ -612,7 +613,7 @@ class Guard:
         usage, known, tier, detail = report.usage, report.known, report.tier, report.detail
         est = admission.estimate
         if ending.action is Action.RELEASE:
-            return Ended(ending, None, Money(0), None, detail)
+            return Ended(ending, None, Money(0), None, detail, happened=report.happened)
         asked = admission.request.get("service_tier")
         if ending.action is Action.SETTLE:
             assert usage is not None
@@ -637,7 +638,13 @@ class Guard:
             cost = est.bound_cost(prompt)
             charged = cost.total
         return Ended(
-            ending, cost, charged, None, detail, self._record(admission, cost, ending.status, charged)
+            ending,
+            cost,
+            charged,
+            None,
+            detail,
+            self._record(admission, cost, ending.status, charged),
+            happened=report.happened,
         )
 
     def _ended(self, admission: Admission, plan: Ended, outcome: SettleOutcome | ReleaseOutcome) -> Ended:
@@ -662,7 +669,7 @@ class Guard:
                     admission.request_id,
                     extra={"spendgate": {"request_id": admission.request_id}},
                 )
-        if log.isEnabledFor(logging.INFO):
+        if logs.line_wanted():
             request_line(
                 self._log_fields(
                     admission,
@@ -670,6 +677,7 @@ class Guard:
                     decision=plan.ending.status,
                     action=plan.ending.action.value,
                     reason=plan.detail or plan.ending.why,
+                    happened=plan.happened.value if plan.happened is not None else None,
                     charged_usd=plan.charged.decimal_str(),
                     ledger_status=outcome.status,
                 ),
@@ -871,6 +879,8 @@ def _request_fields(
         "max_output_tokens": estimate.max_output_tokens,
         "duration_ms": round((time.monotonic() - started) * 1000, 3),
     }
+    if estimate.price.provider:
+        fields["provider"] = estimate.price.provider
     if waited >= 0.001:
         fields["waited_seconds"] = round(waited, 3)
     return fields
@@ -943,6 +953,8 @@ class Ended:
     #: What the caller said of the ending (an error's name, a status), for the log.
     detail: str | None = None
     record: RequestRecord | None = field(default=None, repr=False)
+    #: What the caller reported (a release's line tells a provider's refusal from a request never sent).
+    happened: Happened | None = None
 
 
 def _cost_of(ended: Ended) -> Cost:

@@ -121,7 +121,7 @@ def test_ledger_is_abstract() -> None:
 
 
 def test_schema_file_is_the_migrations() -> None:
-    assert SCHEMA_VERSION == len(MIGRATIONS) == 3
+    assert SCHEMA_VERSION == len(MIGRATIONS) == 4
     assert sum(s.startswith("CREATE TABLE") for s in MIGRATIONS[0]) == 6
     assert MIGRATIONS[1] == ["INSERT INTO meta (key, value) VALUES ('ledger_id', random()), ('probes', 0)"]
     # Rate limits: their definitions, window buckets, counts in flight, and what a request took.
@@ -131,6 +131,12 @@ def test_schema_file_is_the_migrations() -> None:
         "CREATE TABLE limit_flight",
     ]
     assert "ALTER TABLE requests ADD COLUMN takes TEXT" in MIGRATIONS[2]
+    # The alert outbox: its events, destinations and deliveries.
+    assert [s.split("(")[0].strip() for s in MIGRATIONS[3] if s.startswith("CREATE TABLE")] == [
+        "CREATE TABLE alert_events",
+        "CREATE TABLE alert_destinations",
+        "CREATE TABLE alert_deliveries",
+    ]
     for statements in MIGRATIONS:
         assert not any(s.endswith(";") or s.lstrip().startswith("--") for s in statements)
 

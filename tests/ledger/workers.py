@@ -116,3 +116,37 @@ def collect(out: Any, kind: str, count: int, deadline: float) -> dict[int, Any]:
         assert message == kind, (message, proc)
         got[proc] = payload
     return got
+
+
+def claim_all(url: str, proc: int, destination: str, add: int, go: Any, out: Any) -> None:
+    """Claim deliveries to ``destination`` a few at a time, finishing each as delivered, until
+    none is left pending, adding one of ``add`` events of its own before each claim; report
+    the ``(seq, attempt)`` of each delivery this process claimed."""
+    from datetime import timedelta
+
+    from spendgate.alerts.events import reset_event
+
+    ledger = open_ledger(url, busy_timeout=60)
+    out.put(("ready", proc, None))
+    if not go.wait(60):
+        return
+    claimed: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 60
+    added = 0
+    while time.monotonic() < deadline:
+        if added < add:
+            change = 1_000_000 * (proc + 1) + added
+            new = reset_event(budget_id="b", label="b", instance=None, change=change, now=ledger.clock.now())
+            assert ledger.add_alerts([new]) == [new.id]
+            added += 1
+        batch = ledger.claim_deliveries([destination], f"p{proc}", timedelta(minutes=10), limit=3)
+        for delivery in batch:
+            claimed.append((delivery.seq, delivery.attempt))
+            assert ledger.finish_delivery(delivery, "delivered")
+        if batch or added < add:
+            continue
+        fanned_out = ledger.alert_deliveries(destination=destination, limit=1)
+        if fanned_out and not ledger.alert_deliveries(state="pending", destination=destination, limit=1):
+            break  # every delivery exists and none is pending: all delivered
+    out.put(("claimed", proc, claimed))
+    ledger.close()

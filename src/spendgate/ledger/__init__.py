@@ -39,8 +39,16 @@ from spendgate.ledger.base import (
     SettleOutcome,
     ThresholdCrossed,
     UnknownReservationError,
+    UsagePoint,
 )
-from spendgate.ledger.protocols import BudgetAdmin, KeyStorage, RequestArchive, RequestLog, Reservations
+from spendgate.ledger.protocols import (
+    AlertOutbox,
+    BudgetAdmin,
+    KeyStorage,
+    RequestArchive,
+    RequestLog,
+    Reservations,
+)
 from spendgate.ledger.registry import (
     Backend,
     BackendFactory,
@@ -56,6 +64,7 @@ from spendgate.ledger.registry import (
 )
 
 __all__ = [
+    "AlertOutbox",
     "ArchivedRequest",
     "Backend",
     "BackendFactory",
@@ -82,6 +91,7 @@ __all__ = [
     "SettleOutcome",
     "ThresholdCrossed",
     "UnknownReservationError",
+    "UsagePoint",
     "backend_for",
     "known_schemes",
     "open_key_storage",

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 from spendgate.budgets import DIMENSIONS, Attributes, Budget, OnExceed, instance_key, parse_instance_key
 from spendgate.clock import Clock, SystemClock
 from spendgate.errors import BudgetExceededError, ConfigError, SpendgateError
-from spendgate.ledger.protocols import BudgetAdmin, LimitAdmin, RequestLog, Reservations
+from spendgate.ledger.protocols import AlertOutbox, BudgetAdmin, LimitAdmin, RequestLog, Reservations
 from spendgate.ledger.registry import BackendFactory, known_schemes, open_ledger, register_backend
 from spendgate.limits import Demand, LimitRefusal
 from spendgate.money import Money
@@ -48,6 +48,7 @@ __all__ = [
     "SettleOutcome",
     "ThresholdCrossed",
     "UnknownReservationError",
+    "UsagePoint",
     "known_schemes",
     "open_ledger",
     "register_backend",
@@ -258,6 +259,9 @@ class BudgetChanged:
     limit: Money | None
     previous_limit: Money | None = None
     instance: str | None = None
+    #: The ledger's number for this change, the same in every process that hears it (None in
+    #: memory, which has one process): what a reset alert is named by.
+    seq: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +294,8 @@ class RequestRecord:
     usage: Mapping[str, int] = field(default_factory=dict)
     breakdown: Mapping[str, Money | Decimal | str] = field(default_factory=dict)
     status: str = "ok"
+    #: What the request reserved (its worst case), as the log keeps it; None where it is not kept.
+    estimate: Money | None = None
 
     def breakdown_strings(self) -> dict[str, str]:
         """Exact decimal strings in USD (parts of a cost may be finer than a nano-USD)."""
@@ -313,6 +319,19 @@ class RequestRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class UsagePoint:
+    """One bucket of logged usage (``RequestLog.usage_timeseries``): what requests started in
+    ``[start, start + bucket)`` cost and used, for one value of the grouping dimension."""
+
+    start: datetime
+    group: str | None  # the dimension's value; None when not grouped (or the value was absent)
+    cost: Money
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class ArchivedRequest:
     """A request that ended in a hot store (Redis), copied into a durable request log.
 
@@ -330,13 +349,15 @@ class ArchivedRequest:
 
 ThresholdCallback = Callable[[ThresholdCrossed], None]
 ChangeCallback = Callable[[BudgetChanged], None]
+RefusalCallback = Callable[[Refusal], None]
 Event = ThresholdCrossed | BudgetChanged
 
 
-class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
-    """Budgets, reservations, settlements and the request log, behind one lock or transaction.
+class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog, AlertOutbox):
+    """Budgets, reservations, settlements, the request log and the alert outbox, behind one
+    lock or transaction.
 
-    What a backend implements: the three protocols of ``protocols.py`` (their
+    What a backend implements: the protocols of ``protocols.py`` (their
     methods are abstract here), plus subscriptions, the asyncio defaults and
     helpers shared by the backends. Callers needing one part can ask for its
     protocol instead.
@@ -362,6 +383,7 @@ class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
         self._unrecorded: deque[str] = deque(maxlen=10_000)  # fail-open admissions, for their endings
         self._threshold_subs: tuple[ThresholdCallback, ...] = ()
         self._change_subs: tuple[ChangeCallback, ...] = ()
+        self._refusal_subs: tuple[RefusalCallback, ...] = ()
         self._subs_lock = threading.Lock()
 
     # The contract's methods are declared (abstract) by the protocols; the defaults follow.
@@ -532,8 +554,8 @@ class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
             if dim not in DIMENSIONS:
                 raise ValueError(f"unknown {what} dimension {dim!r}; known: {', '.join(DIMENSIONS)}")
 
-    @staticmethod
     def _refusal(
+        self,
         request_id: str,
         budget: Budget,
         instance: str,
@@ -554,7 +576,7 @@ class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
             wait = pace.seconds_until(spent + reserved + needed, limit, start, end, now)
             retry = wait if wait is not None else retry
             limit = pace.allowance(limit, start, end, now)
-        return Refusal(
+        refusal = Refusal(
             request_id=request_id,
             budget_id=budget.id,
             label=budget.label(instance),
@@ -570,6 +592,24 @@ class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog):
             paced=paced,
             on_exceed=budget.on_exceed,
         )
+        for callback in self._refusal_subs:  # cheap by contract: it may run under a lock
+            try:
+                callback(refusal)
+            except Exception:
+                log.exception("spendgate ledger refusal subscriber %r failed", callback)
+        return refusal
+
+    def on_refusal(self, callback: RefusalCallback) -> Callable[[], None]:
+        """Hear this process's budget refusals (the alerts' "refusals started"). The callback may
+        run inside the ledger's lock or transaction: it must only note the refusal and return."""
+        with self._subs_lock:
+            self._refusal_subs = (*self._refusal_subs, callback)
+
+        def unsubscribe() -> None:
+            with self._subs_lock:
+                self._refusal_subs = tuple(s for s in self._refusal_subs if s is not callback)
+
+        return unsubscribe
 
     @staticmethod
     def _crossed(thresholds: Sequence[int], alerted: int, spent: int, limit: int) -> list[int]:

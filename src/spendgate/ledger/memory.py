@@ -18,8 +18,10 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+from spendgate.alerts.events import threshold_event_of
 from spendgate.budgets import Attributes, Budget, parse_instance_key
 from spendgate.clock import Clock
+from spendgate.ledger import timeseries
 from spendgate.ledger.base import (
     DEFAULT_RETENTION,
     BudgetChanged,
@@ -36,9 +38,11 @@ from spendgate.ledger.base import (
     SettleOutcome,
     ThresholdCrossed,
     UnknownReservationError,
+    UsagePoint,
     record_matches,
 )
 from spendgate.ledger.memory_limits import MemoryLimits, Take
+from spendgate.ledger.memory_outbox import MemoryOutbox
 from spendgate.limits import Demand, Limit, LimitRefusal, LimitUsage
 from spendgate.money import Money
 
@@ -118,11 +122,12 @@ class _Open:
         self.takes = takes  # what the request took from rate limits
 
 
-# A request log entry: (started_at, finished_at, request_id, attributes, cost nanos, status, record).
-_Entry = tuple[datetime, datetime, str, Attributes, int, str, RequestRecord | None]
+# A request log entry: (started_at, finished_at, request_id, attributes, cost nanos, status, record,
+# estimate nanos).
+_Entry = tuple[datetime, datetime, str, Attributes, int, str, RequestRecord | None, int]
 
 
-class MemoryLedger(Ledger):
+class MemoryLedger(MemoryOutbox, Ledger):  # the outbox first: it implements Ledger's AlertOutbox
     """Thread-safe, in-process. ``max_log`` bounds the request log, ``max_finished``
     the ended request ids remembered for idempotent settle/release."""
 
@@ -139,6 +144,7 @@ class MemoryLedger(Ledger):
         max_finished: int = 100_000,
     ) -> None:
         super().__init__(clock=clock, retention=retention, fail_open=fail_open)
+        self._outbox_init()
         self._lock = threading.Lock()
         self._states: dict[str, _State] = {}
         self._retired: dict[str, _State] = {}  # removed budgets, so re-adding keeps their spend
@@ -187,7 +193,11 @@ class MemoryLedger(Ledger):
                     window = state.budget.window.bounds(now)
                     current = state.lines_at(window[0])
                     limit = state.limit
-                    cap = limit if state.budget.pace is None else state.budget.allowance(now, *window)
+                    cap = (
+                        limit
+                        if state.budget.pace is None and not state.budget.soft
+                        else state.budget.allowance(now, *window)
+                    )
                     for key in keys:
                         line = current.get(key)
                         if line is None:
@@ -259,12 +269,13 @@ class MemoryLedger(Ledger):
                 spent = line.spent = line.spent + act
                 if act and spent * 100 >= line.next_t * line.state.limit:
                     events = self._alerts_locked(line, request_id, events)
-                room = line.state.limit - spent - line.reserved
-                remaining = room if remaining is None else min(remaining, room)
+                if not line.state.budget.soft:  # a soft budget bounds nothing
+                    room = line.state.limit - spent - line.reserved
+                    remaining = room if remaining is None else min(remaining, room)
             if held.takes:
                 MemoryLimits.end(held.takes, "settled", used, act)
             self._end_locked(request_id, "settled", act, est)
-            self._log.append((held.reserved_at, now, request_id, held.attributes, act, "ok", record))
+            self._log.append((held.reserved_at, now, request_id, held.attributes, act, "ok", record, est))
             self._settles += 1
             if self._settles % _MAINTAIN_EVERY == 0:
                 self._maintain_locked(now)
@@ -338,7 +349,7 @@ class MemoryLedger(Ledger):
             if held.takes:
                 MemoryLimits.end(held.takes, "expired")
             self._end_locked(request_id, "expired", est, est)
-            self._log.append((held.reserved_at, now, request_id, held.attributes, est, "expired", None))
+            self._log.append((held.reserved_at, now, request_id, held.attributes, est, "expired", None, est))
             log.warning(
                 "spendgate: lease of request %s expired unsettled; charged its reserved %s",
                 request_id,
@@ -371,8 +382,9 @@ class MemoryLedger(Ledger):
         line.next_t = state.first_threshold_above(line.alerted)
         out = events if events is not None else []
         public = line.public
+        heard: list[ThresholdCrossed] = []
         for threshold in crossed:
-            out.append(
+            heard.append(
                 ThresholdCrossed(
                     budget_id=budget.id,
                     label=budget.label(public.instance),
@@ -385,6 +397,9 @@ class MemoryLedger(Ledger):
                     request_id=request_id,
                 )
             )
+        out.extend(heard)
+        now = self.clock.now()
+        self.add_alerts([threshold_event_of(event, now, soft=budget.soft) for event in heard])
         return out
 
     def _maintain_locked(self, now: datetime) -> None:
@@ -543,7 +558,7 @@ class MemoryLedger(Ledger):
 
     # -- the request log --------------------------------------------------------------------
     def _records(self, start: datetime | None, end: datetime | None) -> Iterator[RequestRecord]:
-        for started, finished, request_id, attrs, cost, status, record in reversed(self._log):
+        for started, finished, request_id, attrs, cost, status, record, est in reversed(self._log):
             if (start is not None and started < start) or (end is not None and started >= end):
                 continue
             yield RequestRecord(
@@ -556,6 +571,7 @@ class MemoryLedger(Ledger):
                 usage=dict(record.usage) if record is not None else {},
                 breakdown=record.breakdown_strings() if record is not None else {},
                 status=record.status if record is not None else status,
+                estimate=Money(est),
             )
 
     def query_requests(
@@ -593,6 +609,30 @@ class MemoryLedger(Ledger):
                 for value in _values(record.attributes, dimension):
                     totals[value] = totals.get(value, 0) + record.cost.nanos
         return {value: Money(nanos) for value, nanos in sorted(totals.items())}
+
+    def usage_timeseries(
+        self,
+        start: datetime,
+        end: datetime,
+        bucket: timedelta,
+        *,
+        by: str | None = None,
+        **dimensions: str,
+    ) -> list[UsagePoint]:
+        series = timeseries.plan(start, end, bucket, by, dimensions)
+        totals = timeseries.Totals()
+        with self._lock:
+            self._maintain_locked(self.clock.now())
+            entries = list(self._log)
+        for started, _, _, attrs, cost, _, record, _ in entries:
+            if not start <= started < end or not record_matches(attrs, series.filters):
+                continue
+            index = series.index(timeseries.micros(started))
+            tokens_in, tokens_out = timeseries.tokens_of(record.usage if record is not None else None)
+            groups: Sequence[str | None] = (None,) if by is None else (_values(attrs, by) or (None,))
+            for group in groups:
+                totals.add(index, group, cost, tokens_in, tokens_out)
+        return timeseries.points(series, totals.rows())
 
     def purge(self) -> int:
         with self._lock:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # base.py composes these protocols, so its types are only named here
+    from spendgate.alerts.events import AlertEvent, Delivery, DeliveryRecord, DeliveryState
     from spendgate.budgets import Attributes, Budget
     from spendgate.gateway.settings import VirtualKey
     from spendgate.ledger.base import (
@@ -32,11 +33,20 @@ if TYPE_CHECKING:  # base.py composes these protocols, so its types are only nam
         Reservation,
         SettleOutcome,
         ThresholdCrossed,
+        UsagePoint,
     )
     from spendgate.limits import Demand, Limit, LimitRefusal, LimitUsage
     from spendgate.money import Money
 
-__all__ = ["BudgetAdmin", "KeyStorage", "LimitAdmin", "RequestArchive", "RequestLog", "Reservations"]
+__all__ = [
+    "AlertOutbox",
+    "BudgetAdmin",
+    "KeyStorage",
+    "LimitAdmin",
+    "RequestArchive",
+    "RequestLog",
+    "Reservations",
+]
 
 
 @runtime_checkable
@@ -235,6 +245,26 @@ class RequestLog(Protocol):
         """Logged cost per value of ``dimension`` (a request counts once per tag for ``tag``)."""
 
     @abstractmethod
+    def usage_timeseries(
+        self,
+        start: datetime,
+        end: datetime,
+        bucket: timedelta,
+        *,
+        by: str | None = None,
+        **dimensions: str,
+    ) -> list[UsagePoint]:
+        """Logged cost, requests and tokens of requests started in ``[start, end)``, summed per
+        ``bucket`` (fixed widths counted from the Unix epoch, UTC: an hour, a day) and, with
+        ``by``, per value of that dimension (``tag``: once per tag); filtered by exact dimension
+        values. Ordered by bucket start, then group (no group first); buckets with no request are
+        left out. Grouped, a request without that value (no tag, for ``tag``) is in group None.
+        Tokens are the logged usage's: ``input_tokens`` includes cache reads and writes,
+        ``output_tokens`` reasoning (``spendgate.ledger.timeseries``). ValueError for a bucket
+        that is not a positive whole number of seconds, ``start >= end``, more than
+        ``MAX_BUCKETS`` (100,000) buckets, or an unknown dimension."""
+
+    @abstractmethod
     def purge(self) -> int:
         """Drop what is older than ``retention`` now (it also happens on a cheap schedule)."""
 
@@ -251,6 +281,61 @@ class RequestArchive(Protocol):
     def archive(self, entries: Sequence[ArchivedRequest]) -> int:
         """Write ended requests in one transaction; a request id already in the log is left as
         it is (so a copy retried after a crash writes nothing twice). How many were new."""
+
+
+@runtime_checkable
+class AlertOutbox(Protocol):
+    """Alerts waiting to be delivered, kept in the ledger so that every process sharing it sends
+    each alert once per destination (docs/alerts.md).
+
+    An event is added once by its id (``AlertEvent.id``: the same crossing noticed by several
+    processes is one event). Each destination a sender registers receives the events added
+    after it was first registered. A sender claims due deliveries for a lease; only the claim's
+    owner can finish one, so a delivery is re-sent only after its sender's lease ran out (it
+    died, or its send outlived the lease), and then with the same event id."""
+
+    @abstractmethod
+    def add_alerts(self, events: Sequence[AlertEvent]) -> list[str]:
+        """Add the events not yet in the outbox; the ids of those added by this call."""
+
+    @abstractmethod
+    def register_destinations(self, names: Sequence[str]) -> None:
+        """Make each new name a destination of the events added from now on."""
+
+    @abstractmethod
+    def claim_deliveries(
+        self, destinations: Sequence[str], owner: str, lease: timedelta, limit: int = 20
+    ) -> list[Delivery]:
+        """Claim up to ``limit`` due deliveries to ``destinations`` for ``owner`` until now + lease,
+        oldest event first."""
+
+    @abstractmethod
+    def finish_delivery(
+        self,
+        delivery: Delivery,
+        state: DeliveryState,
+        *,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> bool:
+        """End a claimed delivery: ``delivered``, ``skipped`` (the destination does not take this
+        kind), ``failed`` (given up), or ``pending`` again at ``retry_at``. False when the claim
+        was no longer this owner's (its lease ran out and another sender took it)."""
+
+    @abstractmethod
+    def alert_deliveries(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        destination: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """Deliveries, newest event first; ``before``: an event ``seq`` a previous page ended with."""
+
+    @abstractmethod
+    def retry_delivery(self, event_id: str, destination: str) -> bool:
+        """Make a failed delivery due again now (its attempts start over); False if none failed."""
 
 
 @runtime_checkable

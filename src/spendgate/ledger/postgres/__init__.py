@@ -16,8 +16,8 @@ docs/ledger.md.
 Modules by job: ``settings`` (the URL), ``connection`` (pools; the blocking and asyncio
 runners of sans-IO operations), ``schema`` (``schema.sql`` and ``keys.sql``, migrations),
 ``core`` (state, the budgets and limits catalog, ops), ``reservations``, ``budgets``,
-``limits``, ``request_log`` (with the archive), ``keys`` (virtual key storage), ``ledger``
-(``PostgresLedger``, composed of the job mixins).
+``limits``, ``request_log`` (with the archive), ``outbox`` (the alert outbox), ``keys``
+(virtual key storage), ``ledger`` (``PostgresLedger``, composed of the job mixins).
 """
 
 from __future__ import annotations

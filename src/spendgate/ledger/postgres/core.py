@@ -183,7 +183,11 @@ class LedgerCore(PgStore, Ledger):
                 return loaded  # another thread got there first (or this snapshot is older)
             self._catalog = loaded
         if since >= 0 and doc.get("changes"):
-            events.extend(budget_changed(*row[1:]) for row in doc["changes"] if row[0] > since)
+            events.extend(
+                budget_changed(row[1], row[2], row[3], row[4], row[5], row[0])
+                for row in doc["changes"]
+                if row[0] > since
+            )
         return loaded
 
     def _install(self, catalog: Catalog | None) -> None:
@@ -231,7 +235,7 @@ class LedgerCore(PgStore, Ledger):
             (seq, budget_id, kind, new_limit, previous_limit, instance, us(self.clock.now())),
         )
         yield Q("UPDATE meta SET value = %s WHERE key = 'budgets_version'", (seq,))
-        events.append(budget_changed(budget_id, kind, new_limit, previous_limit, instance))
+        events.append(budget_changed(budget_id, kind, new_limit, previous_limit, instance, seq))
         order = tuple(budgets[b] for b in sorted(budgets))
         return catalog._replace(version=seq, budgets=budgets, order=order)
 

@@ -10,6 +10,7 @@ from spendgate.clock import Clock
 from spendgate.ledger.postgres.budgets import BudgetAdminMixin
 from spendgate.ledger.postgres.connection import Body, Q
 from spendgate.ledger.postgres.limits import LimitAdminMixin
+from spendgate.ledger.postgres.outbox import AlertOutboxMixin
 from spendgate.ledger.postgres.request_log import RequestLogMixin
 from spendgate.ledger.postgres.reservations import ReservationsMixin
 from spendgate.ledger.postgres.settings import parse_url
@@ -17,7 +18,7 @@ from spendgate.ledger.postgres.settings import parse_url
 __all__ = ["PostgresLedger", "postgres_factory"]
 
 
-class PostgresLedger(ReservationsMixin, BudgetAdminMixin, LimitAdminMixin, RequestLogMixin):
+class PostgresLedger(ReservationsMixin, BudgetAdminMixin, LimitAdminMixin, RequestLogMixin, AlertOutboxMixin):
     """A ledger in one PostgreSQL schema; safe for many threads, processes and hosts.
 
     ``timeout`` (seconds; also the URL's ``timeout``) bounds the connect, each statement and
@@ -27,9 +28,9 @@ class PostgresLedger(ReservationsMixin, BudgetAdminMixin, LimitAdminMixin, Reque
     ``retention``: that is also how long a settle retry is recognised as one.
 
     The jobs live in their own modules: pools and the two runners (``connection.py``), state,
-    catalog and ops (``core.py``), reservations, budget administration, rate limits and the
-    request log (one mixin each); the hot path's SQL is in server-side functions
-    (``schema.sql``).
+    catalog and ops (``core.py``), reservations, budget administration, rate limits, the
+    request log and the alert outbox (one mixin each); the hot path's SQL is in server-side
+    functions (``schema.sql``).
     """
 
     def open_reservations(self) -> int:

@@ -22,6 +22,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
+from spendgate.alerts.events import threshold_event_of
 from spendgate.budgets import Attributes, Budget, ChargedLine, charged_lines, parse_instance_key
 from spendgate.ledger.base import (
     BudgetLine,
@@ -40,6 +41,7 @@ from spendgate.ledger.base import (
 from spendgate.ledger.postgres.codec import attrs_of, dt, lines_of, tags_list, us
 from spendgate.ledger.postgres.connection import Body, Q, ServerUnavailableError
 from spendgate.ledger.postgres.core import LedgerCore, Op, fresh
+from spendgate.ledger.postgres.outbox import event_row
 from spendgate.ledger.sqlite.core import Catalog
 from spendgate.ledger.sqlite.limits import NO_LIMITS, LimitCheck, LimitPlan, plan_limits
 from spendgate.limits import WINDOWED, Demand, LimitRefusal, seconds_until_fits, window_sum
@@ -56,8 +58,10 @@ _SQL_RESERVE = """
 _SQL_END = """
     SELECT sg_end(%s, %s, %s::bigint, %s::bigint, %s, %s, %s, %s, %s::jsonb)"""
 _SQL_EXPIRE = "SELECT sg_expire(%s::bigint, %s::integer)"
+# sg_alert, and the alert outbox's events of the thresholds it sent, in the same statement.
 _SQL_ALERT = """
-    SELECT sg_alert(%s, %s::bigint, %s, %s::integer[], %s::bigint, %s::bigint, %s, %s::bigint)"""
+    SELECT sg_alert_events(%s, %s::bigint, %s, %s::integer[], %s::bigint, %s::bigint, %s, %s::bigint,
+                           %s::jsonb)"""
 _SQL_REQUEST = """
     SELECT state, estimate, started_at, expires_at, lines, dim_key, dim_user, dim_team, dim_project,
            dim_customer, dim_model, tags
@@ -385,8 +389,9 @@ class ReservationsMixin(LedgerCore):
             if budget is None or spent is None:
                 continue  # deleted: charged to its kept spend, no longer announced
             limit = budget.limit.nanos
-            left = limit - spent - reserved
-            remaining = left if remaining is None else min(remaining, left)
+            if not budget.soft:  # a soft budget bounds nothing
+                left = limit - spent - reserved
+                remaining = left if remaining is None else min(remaining, left)
             charged = act if len(line) < 9 else int(line[8])
             if charged <= 0:
                 continue
@@ -395,22 +400,27 @@ class ReservationsMixin(LedgerCore):
                 rid = request_id if len(line) < 8 else str(line[7])
                 crossings.append(_Crossing(budget, key, start, end, crossed, spent, limit, rid))
         for c in crossings:
-            rows = yield Q(_SQL_ALERT, (c.budget.id, c.start, c.key, c.thresholds, c.spent, c.limit,
-                                        c.request_id, us(now)))  # fmt: skip
-            for threshold in rows[0][0]:  # the ones another process had not sent first
-                events.append(
-                    ThresholdCrossed(
-                        budget_id=c.budget.id,
-                        label=c.budget.label(c.key),
-                        instance=parse_instance_key(c.key),
-                        threshold=threshold,
-                        spent=Money(c.spent),
-                        limit=Money(c.limit),
-                        window_start=dt(c.start),
-                        window_end=None if c.end is None else dt(c.end),
-                        request_id=c.request_id,
-                    )
+            heard = {
+                threshold: ThresholdCrossed(
+                    budget_id=c.budget.id,
+                    label=c.budget.label(c.key),
+                    instance=parse_instance_key(c.key),
+                    threshold=threshold,
+                    spent=Money(c.spent),
+                    limit=Money(c.limit),
+                    window_start=dt(c.start),
+                    window_end=None if c.end is None else dt(c.end),
+                    request_id=c.request_id,
                 )
+                for threshold in c.thresholds
+            }
+            # Each threshold's outbox event goes with the call; the server adds those it sends.
+            # An event's id is its crossing's, so a rerun of this statement adds none twice.
+            outbox = [event_row(threshold_event_of(heard[t], now, soft=c.budget.soft)) for t in c.thresholds]
+            rows = yield Q(_SQL_ALERT, (c.budget.id, c.start, c.key, c.thresholds, c.spent, c.limit,
+                                        c.request_id, us(now), _json(outbox)))  # fmt: skip
+            for threshold in rows[0][0]:  # the ones another process had not sent first
+                events.append(heard[threshold])
         return remaining
 
     def release(self, request_id: str) -> ReleaseOutcome:

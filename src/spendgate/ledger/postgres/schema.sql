@@ -483,3 +483,93 @@ BEGIN
     RETURN sent;
 END
 $$;
+
+-- migration 2
+-- The alert outbox (spendgate.alerts, docs/alerts.md), the SQLite schema's (its migration 4).
+-- An event is one row by its id (the same crossing noticed by several processes is one event).
+-- seq is the order events were added in, given by sg_add_alerts under the lock of meta's
+-- 'alert_seq' row, so events commit in seq order: whoever sees event n has seen every event
+-- before it, and a claim that fans events out up to n misses none still in flight.
+INSERT INTO meta (key, value) VALUES ('alert_seq', 0);
+CREATE TABLE alert_events (
+    seq        bigint PRIMARY KEY,
+    id         text NOT NULL UNIQUE,
+    kind       text NOT NULL,
+    budget_id  text NOT NULL,
+    body       text NOT NULL,    -- AlertEvent.to_json(): the webhook body
+    created_at bigint NOT NULL   -- µs
+);
+-- A destination receives the events added after it was first registered (after_seq).
+CREATE TABLE alert_destinations (
+    name       text PRIMARY KEY,
+    after_seq  bigint NOT NULL,  -- the last event it has a delivery row for
+    created_at bigint NOT NULL
+);
+-- One event to one destination: claimed by one sender at a time (FOR UPDATE SKIP LOCKED),
+-- until claimed_until.
+CREATE TABLE alert_deliveries (
+    event_seq     bigint NOT NULL,
+    destination   text NOT NULL,
+    state         text NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'skipped')),
+    attempts      integer NOT NULL DEFAULT 0,
+    next_at       bigint NOT NULL,  -- µs: due (pending)
+    claimed_by    text,
+    claimed_until bigint,           -- µs
+    last_error    text,
+    delivered_at  bigint,           -- µs
+    PRIMARY KEY (event_seq, destination)
+);
+CREATE INDEX alert_deliveries_due ON alert_deliveries (next_at) WHERE state = 'pending';
+
+-- Add the events not yet in the outbox (p_events: [[id, kind, budget_id, body, created_at],
+-- ...], in order); the ids of those this call added. The seq lock is taken only when one is new.
+CREATE FUNCTION sg_add_alerts(p_events jsonb) RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE
+    e jsonb;
+    n bigint;
+    k integer;
+    added text[] := '{}';
+BEGIN
+    FOR e IN SELECT x FROM jsonb_array_elements(p_events) AS x LOOP
+        IF EXISTS (SELECT 1 FROM alert_events WHERE id = e->>0) THEN
+            CONTINUE;
+        END IF;
+        IF n IS NULL THEN
+            SELECT value INTO n FROM meta WHERE key = 'alert_seq' FOR UPDATE;
+        END IF;
+        -- Another call may have added it while this one waited for the lock.
+        INSERT INTO alert_events (seq, id, kind, budget_id, body, created_at)
+        VALUES (n + 1, e->>0, e->>1, e->>2, e->>3, (e->>4)::bigint)
+        ON CONFLICT (id) DO NOTHING;
+        GET DIAGNOSTICS k = ROW_COUNT;
+        IF k > 0 THEN
+            n := n + 1;
+            added := added || (e->>0);
+        END IF;
+    END LOOP;
+    IF n IS NOT NULL THEN
+        UPDATE meta SET value = n WHERE key = 'alert_seq';
+    END IF;
+    RETURN added;
+END
+$$;
+
+-- sg_alert, and the outbox events of the thresholds it reports as sent, in one statement: no
+-- crossing is announced without its event. p_events holds one event per p_thresholds entry.
+CREATE FUNCTION sg_alert_events(
+    p_budget text, p_start bigint, p_instance text, p_thresholds integer[], p_spent bigint,
+    p_limit bigint, p_request text, p_now bigint, p_events jsonb
+) RETURNS integer[] LANGUAGE plpgsql AS $$
+DECLARE
+    sent integer[];
+BEGIN
+    sent := sg_alert(p_budget, p_start, p_instance, p_thresholds, p_spent, p_limit, p_request, p_now);
+    IF cardinality(sent) > 0 THEN
+        PERFORM sg_add_alerts((
+            SELECT jsonb_agg(x.e ORDER BY x.i)
+            FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x(e, i)
+            WHERE p_thresholds[x.i] = ANY (sent)));
+    END IF;
+    RETURN sent;
+END
+$$;

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
+from spendgate.alerts.events import AlertEvent, Delivery, DeliveryRecord, DeliveryState
 from spendgate.budgets import EPOCH, Attributes, Budget, ChargedLine, charged_lines, parse_instance_key
+from spendgate.ledger import timeseries
 from spendgate.ledger.base import (
     BudgetDeleted,
     BudgetLine,
@@ -27,6 +29,7 @@ from spendgate.ledger.base import (
     SettleOutcome,
     ThresholdCrossed,
     UnknownReservationError,
+    UsagePoint,
 )
 from spendgate.ledger.redis.core import (
     _ATTEMPTS,
@@ -121,6 +124,12 @@ class RedisLedger(RedisCore):
 
     See the package docstring (``spendgate.ledger.redis``) for the URL, the key layout, the
     generation marker and what a Redis that loses its data can lose.
+
+    The alert outbox (``AlertOutbox``) is the durable ledger's: every call is delegated to it.
+    Unlike SQLite and PostgreSQL, a threshold crossing is not written to the outbox in the
+    settle's own step (that is a Lua script, and the outbox is not in Redis): it reaches the
+    outbox through the alert dispatcher's subscription (``subscribe``), which adds its event
+    with ``add_alerts``, idempotent by the event's id. Nothing on the hot path writes to it.
     """
 
     def _after_setup(self) -> None:
@@ -382,8 +391,9 @@ class RedisLedger(RedisCore):
                 continue  # deleted: charged, but nothing to announce or to afford
             spent, reserved, alerted = int(values[3 * i]), int(values[3 * i + 1]), int(values[3 * i + 2])
             limit = budget.limit.nanos
-            left = limit - spent - reserved
-            remaining = left if remaining is None else min(remaining, left)
+            if not budget.soft:  # a soft budget bounds nothing
+                left = limit - spent - reserved
+                remaining = left if remaining is None else min(remaining, left)
             if act <= 0:
                 continue
             crossed = self._crossed(budget.thresholds, alerted, spent, limit)
@@ -823,8 +833,59 @@ class RedisLedger(RedisCore):
         totals: dict[str, Money] = self._drained().usage_by(dimension, start, end)
         return totals
 
+    def usage_timeseries(
+        self,
+        start: datetime,
+        end: datetime,
+        bucket: timedelta,
+        *,
+        by: str | None = None,
+        **dimensions: str,
+    ) -> list[UsagePoint]:
+        timeseries.plan(start, end, bucket, by, dimensions)  # bad arguments fail before any drain
+        points: list[UsagePoint] = self._drained().usage_timeseries(start, end, bucket, by=by, **dimensions)
+        return points
+
     def purge(self) -> int:
         return int(self._drained().purge())
+
+    # -- the alert outbox (the durable store's) ---------------------------------------------
+    # Redis keeps no outbox: every call goes to the durable ledger (see the class docstring).
+    def add_alerts(self, events: Sequence[AlertEvent]) -> list[str]:
+        return self._durable_now().add_alerts(events)
+
+    def register_destinations(self, names: Sequence[str]) -> None:
+        self._durable_now().register_destinations(names)
+
+    def claim_deliveries(
+        self, destinations: Sequence[str], owner: str, lease: timedelta, limit: int = 20
+    ) -> list[Delivery]:
+        return self._durable_now().claim_deliveries(destinations, owner, lease, limit)
+
+    def finish_delivery(
+        self,
+        delivery: Delivery,
+        state: DeliveryState,
+        *,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> bool:
+        return self._durable_now().finish_delivery(delivery, state, error=error, retry_at=retry_at)
+
+    def alert_deliveries(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        destination: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> list[DeliveryRecord]:
+        return self._durable_now().alert_deliveries(
+            state=state, destination=destination, limit=limit, before=before
+        )
+
+    def retry_delivery(self, event_id: str, destination: str) -> bool:
+        return self._durable_now().retry_delivery(event_id, destination)
 
     # -- rebuild -------------------------------------------------------------------------------
     def rebuild(self) -> RebuildReport:

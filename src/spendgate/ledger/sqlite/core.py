@@ -271,7 +271,7 @@ class LedgerCore(SQLiteFile, Ledger):
             self._catalog = loaded
         if since >= 0 and version > since:
             changes = conn.execute(
-                "SELECT budget_id, kind, new_limit, previous_limit, instance FROM changes "
+                "SELECT budget_id, kind, new_limit, previous_limit, instance, seq FROM changes "
                 "WHERE seq > ? AND seq <= ? ORDER BY seq",
                 (since, version),
             )
@@ -331,7 +331,7 @@ class LedgerCore(SQLiteFile, Ledger):
         conn.execute("UPDATE meta SET value = ? WHERE key = 'budgets_version'", (seq,))
         order = tuple(budgets[b] for b in sorted(budgets))
         self._local.pending = catalog._replace(version=seq, budgets=budgets, order=order)
-        events.append(budget_changed(budget_id, kind, new_limit, previous_limit, instance))
+        events.append(budget_changed(budget_id, kind, new_limit, previous_limit, instance, seq))
 
     def _put_in(self, conn: sqlite3.Connection, budget: Budget, events: list[Event]) -> None:
         catalog = self._sync(conn, events)

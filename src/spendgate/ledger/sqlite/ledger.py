@@ -11,6 +11,7 @@ from spendgate.ledger.sqlite.archive import RequestArchiveMixin
 from spendgate.ledger.sqlite.budgets import BudgetAdminMixin
 from spendgate.ledger.sqlite.connection import sqlite_path
 from spendgate.ledger.sqlite.limits import LimitAdminMixin
+from spendgate.ledger.sqlite.outbox import AlertOutboxMixin
 from spendgate.ledger.sqlite.request_log import RequestLogMixin
 from spendgate.ledger.sqlite.reservations import ReservationsMixin
 
@@ -18,7 +19,12 @@ __all__ = ["SQLiteLedger", "sqlite_factory"]
 
 
 class SQLiteLedger(
-    ReservationsMixin, BudgetAdminMixin, LimitAdminMixin, RequestLogMixin, RequestArchiveMixin
+    ReservationsMixin,
+    BudgetAdminMixin,
+    LimitAdminMixin,
+    RequestLogMixin,
+    RequestArchiveMixin,
+    AlertOutboxMixin,
 ):
     """A ledger in one SQLite file; safe for many threads and processes on one machine.
 

@@ -19,6 +19,7 @@ import sqlite3
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+from spendgate.alerts.events import threshold_event_of
 from spendgate.budgets import Attributes, ChargedLine, charged_lines, parse_instance_key
 from spendgate.ledger.base import (
     BudgetLine,
@@ -38,6 +39,7 @@ from spendgate.ledger.sqlite.codec import attrs_of, dt, public_lines, tags_json,
 from spendgate.ledger.sqlite.connection import Rollback
 from spendgate.ledger.sqlite.core import Catalog, LedgerCore, Op, fresh
 from spendgate.ledger.sqlite.limits import NO_LIMITS, LimitPlan, give_back, plan_limits, take_limits
+from spendgate.ledger.sqlite.outbox import add_events_in
 from spendgate.limits import Demand, LimitRefusal
 from spendgate.money import Money
 
@@ -404,8 +406,9 @@ class ReservationsMixin(LedgerCore):
             if budget is None:
                 continue
             limit = budget.limit.nanos
-            left = limit - spent - reserved
-            remaining = left if remaining is None else min(remaining, left)
+            if not budget.soft:  # a soft budget never refuses: it bounds nothing
+                left = limit - spent - reserved
+                remaining = left if remaining is None else min(remaining, left)
             if act <= 0:
                 continue
             crossed = self._crossed(budget.thresholds, alerted, spent, limit)
@@ -417,19 +420,20 @@ class ReservationsMixin(LedgerCore):
                     _SQL_ALERT, (budget_id, start, key, threshold, spent, limit, request_id, sent_at)
                 )
                 if cur.rowcount:  # another process may have sent it first
-                    events.append(
-                        ThresholdCrossed(
-                            budget_id=budget_id,
-                            label=budget.label(key),
-                            instance=parse_instance_key(key),
-                            threshold=threshold,
-                            spent=Money(spent),
-                            limit=Money(limit),
-                            window_start=dt(start),
-                            window_end=None if end is None else dt(end),
-                            request_id=request_id,
-                        )
+                    crossing = ThresholdCrossed(
+                        budget_id=budget_id,
+                        label=budget.label(key),
+                        instance=parse_instance_key(key),
+                        threshold=threshold,
+                        spent=Money(spent),
+                        limit=Money(limit),
+                        window_start=dt(start),
+                        window_end=None if end is None else dt(end),
+                        request_id=request_id,
                     )
+                    events.append(crossing)
+                    # Into the alert outbox in this same transaction: never announced and lost.
+                    add_events_in(conn, [threshold_event_of(crossing, now, soft=budget.soft)])
             conn.execute(
                 "UPDATE spend SET alerted = max(alerted, ?) WHERE budget_id = ? AND window_start = ? "
                 "AND instance = ?",

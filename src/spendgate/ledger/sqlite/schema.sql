@@ -124,3 +124,35 @@ CREATE TABLE limit_flight (
 -- JSON [[limit_id, generation, instance, bucket, amount], ...]; NULL when it matched no limit.
 ALTER TABLE requests ADD COLUMN takes TEXT;
 INSERT INTO meta (key, value) VALUES ('limits_version', 0);
+
+-- migration 4
+-- The alert outbox (spendgate.alerts, docs/alerts.md). An event is one row by its id (the same
+-- crossing noticed by several processes is one event); seq is the order events were added in.
+CREATE TABLE alert_events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT NOT NULL UNIQUE,
+        kind       TEXT NOT NULL,
+        budget_id  TEXT NOT NULL,
+        body       TEXT NOT NULL,     -- AlertEvent.to_json(): the webhook body
+        created_at INTEGER NOT NULL   -- µs
+    );
+-- A destination receives the events added after it was first registered (after_seq).
+CREATE TABLE alert_destinations (
+        name       TEXT PRIMARY KEY,
+        after_seq  INTEGER NOT NULL,  -- the last event it has a delivery row for
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+-- One event to one destination: claimed by one sender at a time, until claimed_until.
+CREATE TABLE alert_deliveries (
+        event_seq     INTEGER NOT NULL,
+        destination   TEXT NOT NULL,
+        state         TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'skipped')),
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        next_at       INTEGER NOT NULL,  -- µs: due (pending)
+        claimed_by    TEXT,
+        claimed_until INTEGER,           -- µs
+        last_error    TEXT,
+        delivered_at  INTEGER,           -- µs
+        PRIMARY KEY (event_seq, destination)
+    ) WITHOUT ROWID;
+CREATE INDEX alert_deliveries_due ON alert_deliveries (next_at) WHERE state = 'pending';
