@@ -394,6 +394,16 @@ def _register_gateway_commands() -> None:
     for command in COMMANDS:
         main.add_command(command)
     main.add_command(serve_cmd)
+    from spendgate.commands.alerts import alerts_group
+    from spendgate.commands.report import report_cmd
+    from spendgate.commands.simulate import simulate_cmd
+
+    main.add_command(alerts_group)
+    main.add_command(simulate_cmd)
+    main.add_command(report_cmd)
+    from spendgate.commands.forecast import register as register_budget_forecasts
+
+    register_budget_forecasts()  # spendgate budgets forecast | advise
 
 
 @click.command("serve")

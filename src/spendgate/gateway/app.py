@@ -31,6 +31,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, Router
 
+from spendgate import telemetry
+from spendgate.alerts.dispatcher import AlertDispatcher
+from spendgate.alerts.forecasts import forecast_alerts
 from spendgate.clock import Clock
 from spendgate.gateway import proxy
 from spendgate.gateway.metrics import CONTENT_TYPE, Metrics
@@ -296,6 +299,8 @@ class GatewayApp:
         else:
             self._factory = source
         self._inflight: dict[GatewayState, int] = {}
+        self._telemetry = False  # this app started telemetry (lifespan), so it shuts it down
+        self._alerts: AlertDispatcher | None = None  # started by the lifespan (docs/alerts.md)
         self._retired: list[GatewayState] = []
         self._router = Router(
             routes=[
@@ -321,9 +326,27 @@ class GatewayApp:
         old = self.state
         self._state = new
         if old is not new:
+            if self._alerts is not None and (
+                new.settings.alerts != old.settings.alerts or new.guard.ledger is not old.guard.ledger
+            ):
+                self._stop_alerts()
+                self._start_alerts(new)
             self._retired.append(old)
             self._close_idle()
         return old
+
+    def _start_alerts(self, state: GatewayState) -> None:
+        dispatcher = state.settings.alerts.dispatcher(state.guard.ledger, forecaster=forecast_alerts)
+        if dispatcher is not None:
+            dispatcher.start()
+        self._alerts = dispatcher
+
+    def _stop_alerts(self) -> None:
+        # Waits at most for one delivery in progress (its send timeout): a reload or shutdown
+        # is rare, and a delivery cut short is only re-sent after its lease.
+        if self._alerts is not None:
+            self._alerts.stop()
+            self._alerts = None
 
     def _close_idle(self) -> None:
         for old in list(self._retired):
@@ -372,7 +395,11 @@ class GatewayApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    _ = self.state
+                    telemetry_settings = self.state.settings.telemetry
+                    if telemetry_settings is not None:  # read at start: a reload does not change it
+                        telemetry.start(telemetry_settings)
+                        self._telemetry = True
+                    self._start_alerts(self.state)
                 except Exception as exc:
                     log.exception("gateway startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -381,7 +408,11 @@ class GatewayApp:
             elif message["type"] == "lifespan.shutdown":
                 # uvicorn calls this after in-flight requests finished (and settled).
                 try:
+                    await asyncio.to_thread(self._stop_alerts)  # before the ledger closes
                     await self.aclose()
+                    if self._telemetry:  # export what is queued (spans, a last metric export)
+                        self._telemetry = False
+                        await asyncio.to_thread(telemetry.shutdown)
                 except Exception as exc:
                     log.exception("gateway shutdown failed")
                     await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
@@ -418,6 +449,7 @@ class GatewayApp:
                     status_code=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+        await state.metrics.forecasts.refresh(state.ledger)  # on a thread, at most every minute
         return Response(state.metrics.render(state.ledger), media_type=CONTENT_TYPE)
 
     async def _models(self, request: Request) -> Response:

@@ -28,10 +28,13 @@ from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from spendgate.alerts.config import DESTINATION_TYPES, AlertSettings, DestinationSettings
+from spendgate.alerts.destinations import kinds_of
+from spendgate.alerts.dispatcher import RetryPolicy
 from spendgate.budgets import Budget
 from spendgate.errors import ConfigError
 from spendgate.gateway.settings import (
@@ -44,6 +47,8 @@ from spendgate.gateway.settings import (
 from spendgate.ledger import resolve_url
 from spendgate.limits import KINDS as LIMIT_KINDS
 from spendgate.limits import Limit
+from spendgate.telemetry import INSTALL_HINT, TelemetrySettings
+from spendgate.telemetry import available as telemetry_available
 
 __all__ = [
     "DEFAULT_ADMIN_TOKEN_ENV",
@@ -70,7 +75,12 @@ _TOP_KEYS: Final = (
     "limits",
     "prices",
     "defaults",
+    "telemetry",
+    "alerts",
 )
+_ALERTS_KEYS: Final = ("enabled", "destinations", "retry", "poll_interval", "forecast_interval", "lease")
+_DESTINATION_KEYS: Final = ("name", "type", "url", "url_env", "secret_env", "timeout", "events", "budgets")
+_RETRY_KEYS: Final = ("max_attempts", "backoff", "max_backoff")
 _LISTEN_KEYS: Final = ("host", "port", "workers", "header_timeout", "keep_alive_timeout", "max_connections")
 _KEYS_KEYS: Final = ("required",)
 _UPSTREAM_KEYS: Final = (
@@ -85,6 +95,16 @@ _UPSTREAM_KEYS: Final = (
     "pool_timeout",
 )
 _ROUTE_KEYS: Final = ("model", "upstream", "upstream_model")
+_TELEMETRY_KEYS: Final = (
+    "enabled",
+    "endpoint",
+    "headers_env",
+    "service_name",
+    "capture_user",
+    "traces",
+    "metrics",
+    "export_interval",
+)
 _DEFAULT_KEYS: Final = (
     "on_exceed",
     "max_wait",
@@ -398,6 +418,8 @@ def _parse(
         request_timeout=_default(r, defaults, "request_timeout", base.request_timeout, r.seconds),
         lease=_default(r, defaults, "lease", base.lease, r.seconds),
         keys_required=keys_required,
+        telemetry=_telemetry(r, top.get("telemetry"), env),
+        alerts=_alerts(r, top.get("alerts"), env),
     )
 
 
@@ -474,6 +496,150 @@ def _listen_limits(r: _Reader, listen: Mapping[str, Any]) -> dict[str, Any]:
     if "max_connections" in listen:
         out["max_connections"] = r.whole(listen["max_connections"], "listen.max_connections", low=1)
     return out
+
+
+def _alerts(r: _Reader, value: object, env: Mapping[str, str]) -> AlertSettings:
+    """``alerts:`` (docs/alerts.md): on by default, to the log."""
+    if value is None:
+        return AlertSettings()
+    section = r.mapping(value, "alerts")
+    r.known(section, _ALERTS_KEYS, "alerts")
+    base = AlertSettings()
+    enabled = r.boolean(section.get("enabled", True), "alerts.enabled")
+    destinations = base.destinations
+    if "destinations" in section:
+        raw = section["destinations"]
+        if not isinstance(raw, list):
+            raise r.error("alerts.destinations", "must be a list of destinations")
+        destinations = tuple(
+            _destination(r, item, f"alerts.destinations[{i}]", env) for i, item in enumerate(raw)
+        )
+        names = [d.name for d in destinations]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise r.error(f"alerts.destinations[{i}].name", f"{name!r} is used twice")
+    retry = base.retry
+    if "retry" in section:
+        raw_retry = r.mapping(section["retry"], "alerts.retry")
+        r.known(raw_retry, _RETRY_KEYS, "alerts.retry")
+        backoff = r.seconds(raw_retry.get("backoff", retry.backoff), "alerts.retry.backoff")
+        retry = RetryPolicy(
+            max_attempts=r.whole(raw_retry.get("max_attempts", retry.max_attempts), "alerts.retry.max_attempts",
+                                 low=1, high=1000),
+            backoff=backoff,
+            max_backoff=max(backoff, r.seconds(raw_retry.get("max_backoff", retry.max_backoff),
+                                               "alerts.retry.max_backoff")),
+        )  # fmt: skip
+    forecast: float | None = base.forecast_interval
+    if "forecast_interval" in section:
+        given = section["forecast_interval"]
+        forecast = None if given is False or given == 0 else r.seconds(given, "alerts.forecast_interval")
+    return AlertSettings(
+        enabled=enabled,
+        destinations=destinations,
+        retry=retry,
+        poll_interval=r.seconds(section.get("poll_interval", base.poll_interval), "alerts.poll_interval"),
+        forecast_interval=forecast,
+        lease=r.seconds(section["lease"], "alerts.lease") if "lease" in section else None,
+    )
+
+
+def _destination(r: _Reader, value: object, key: str, env: Mapping[str, str]) -> DestinationSettings:
+    item = r.mapping(value, key)
+    r.known(item, _DESTINATION_KEYS, key)
+    if "name" not in item:
+        raise r.error(f"{key}.name", "missing: every destination has a name (deliveries are kept by it)")
+    name = r.string(item["name"], f"{key}.name")
+    kind = r.choice(item.get("type", "webhook"), f"{key}.type", DESTINATION_TYPES)
+    url: str | None = None
+    secret: str | None = None
+    if kind != "log":
+        if ("url" in item) == ("url_env" in item):
+            raise r.error(f"{key}.url", "give one of url and url_env (an environment variable holding it)")
+        if "url_env" in item:
+            var = r.env_name(item["url_env"], f"{key}.url_env")
+            if not env.get(var):
+                raise r.error(f"{key}.url_env", f"environment variable {var} is not set")
+            url = _http_url(r, env[var], f"{key}.url_env")
+        else:
+            url = _http_url(r, item["url"], f"{key}.url")
+    elif "url" in item or "url_env" in item:
+        raise r.error(f"{key}.url", "a log destination has no url")
+    if "secret_env" in item:
+        if kind != "webhook":
+            raise r.error(f"{key}.secret_env", "only a webhook destination signs its body")
+        var = r.env_name(item["secret_env"], f"{key}.secret_env")
+        secret = env.get(var)
+        if not secret:
+            raise r.error(f"{key}.secret_env", f"environment variable {var} is not set")
+    try:
+        kinds = kinds_of(_strings(r, item["events"], f"{key}.events") if "events" in item else None)
+    except ValueError as exc:
+        raise r.error(f"{key}.events", str(exc)) from None
+    budgets = frozenset(_strings(r, item["budgets"], f"{key}.budgets")) if "budgets" in item else None
+    return DestinationSettings(
+        name=name,
+        type=cast(Any, kind),
+        url=url,
+        secret=secret,
+        timeout=r.seconds(item.get("timeout", 5.0), f"{key}.timeout"),
+        kinds=kinds,
+        budgets=budgets,
+    )
+
+
+def _strings(r: _Reader, value: object, key: str) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise r.error(key, "must be a non-empty list of strings")
+    return [r.string(v, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def _telemetry(r: _Reader, value: object, env: Mapping[str, str]) -> TelemetrySettings | None:
+    """``telemetry:`` (docs/telemetry.md): None when absent or ``enabled: false``."""
+    if value is None:
+        return None
+    section = r.mapping(value, "telemetry")
+    r.known(section, _TELEMETRY_KEYS, "telemetry")
+    if not r.boolean(section.get("enabled", True), "telemetry.enabled"):
+        return None
+    base = TelemetrySettings()
+    headers: dict[str, str] | None = None
+    if section.get("headers_env") is not None:
+        name = r.env_name(section["headers_env"], "telemetry.headers_env")
+        raw = env.get(name)
+        if raw is None:
+            raise r.error("telemetry.headers_env", f"environment variable {name} is not set")
+        headers = {}
+        for item in raw.split(","):
+            if not item.strip():
+                continue
+            header, sep, text = item.partition("=")
+            if not sep or not header.strip():
+                raise r.error(
+                    "telemetry.headers_env",
+                    f"{name} must be name=value pairs separated by commas (as OTEL_EXPORTER_OTLP_HEADERS)",
+                )
+            headers[header.strip().lower()] = unquote(text.strip())
+    settings = TelemetrySettings(
+        endpoint=_http_url(r, section["endpoint"], "telemetry.endpoint") if "endpoint" in section else None,
+        headers=headers,
+        service_name=(
+            r.string(section["service_name"], "telemetry.service_name")
+            if "service_name" in section
+            else base.service_name
+        ),
+        capture_user=r.boolean(section.get("capture_user", False), "telemetry.capture_user"),
+        traces=r.boolean(section.get("traces", True), "telemetry.traces"),
+        metrics=r.boolean(section.get("metrics", True), "telemetry.metrics"),
+        export_interval=(
+            r.seconds(section["export_interval"], "telemetry.export_interval")
+            if "export_interval" in section
+            else base.export_interval
+        ),
+    )
+    if not telemetry_available():
+        raise r.error("telemetry", f"needs OpenTelemetry, which is not installed: {INSTALL_HINT}")
+    return settings
 
 
 def _metrics_token(r: _Reader, top: Mapping[str, Any], env: Mapping[str, str]) -> str | None:

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from spendgate.alerts.config import AlertSettings
 from spendgate.budgets import Attributes, Budget
 from spendgate.limits import Limit
+from spendgate.telemetry import TelemetrySettings
 
 UpstreamKind = Literal["openai", "anthropic"]
 
@@ -86,6 +88,8 @@ class GatewaySettings:
     request_timeout: float = 900.0  # a whole client request, waiting included
     lease: float = 900.0  # ledger lease for a request in flight
     keys_required: bool = True  # False only for local demos: unauthenticated requests get no key attribute
+    telemetry: TelemetrySettings | None = None  # OpenTelemetry (docs/telemetry.md); None: off
+    alerts: AlertSettings = field(default_factory=AlertSettings)  # docs/alerts.md; to the log by default
 
     def route(self, model: str) -> tuple[Upstream, str] | None:
         """The upstream and upstream model name for a public model name; first matching route wins."""

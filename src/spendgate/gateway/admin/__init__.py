@@ -19,7 +19,7 @@ from starlette.routing import Route
 from spendgate.gateway.admin.auth import Handler, admin_only
 from spendgate.gateway.admin.context import AdminContext
 from spendgate.gateway.admin.errors import unmatched
-from spendgate.gateway.admin.handlers import budgets, keys, limits, usage
+from spendgate.gateway.admin.handlers import alerts, budgets, forecast, keys, limits, usage
 from spendgate.gateway.admin.openapi import OPENAPI, openapi
 from spendgate.gateway.keys import KeyStore
 from spendgate.ledger import Ledger
@@ -50,6 +50,8 @@ ROUTES = [
     Route("/budgets/{id}", admin_only(budgets.patch_budget), methods=["PATCH"]),
     Route("/budgets/{id}", admin_only(budgets.delete_budget), methods=["DELETE"]),
     Route("/budgets/{id}/reset", admin_only(budgets.reset_budget), methods=["POST"]),
+    _AnyIdRoute("/budgets/{id}/forecast", admin_only(forecast.budget_forecast), methods=["GET"]),
+    _AnyIdRoute("/budgets/{id}/advice", admin_only(forecast.budget_advice), methods=["GET"]),
     Route("/limits", admin_only(limits.list_limits), methods=["GET"]),
     Route("/limits", admin_only(limits.create_limit), methods=["POST"]),
     _AnyIdRoute("/limits/{id}", admin_only(limits.get_limit), methods=["GET"]),
@@ -57,7 +59,10 @@ ROUTES = [
     _AnyIdRoute("/limits/{id}", admin_only(limits.put_limit), methods=["PUT"]),
     _AnyIdRoute("/limits/{id}", admin_only(limits.delete_limit), methods=["DELETE"]),
     Route("/usage", admin_only(usage.usage), methods=["GET"]),
+    Route("/usage/timeseries", admin_only(usage.usage_timeseries), methods=["GET"]),
     Route("/requests", admin_only(usage.requests_log), methods=["GET"]),
+    Route("/alerts", admin_only(alerts.list_alerts), methods=["GET"]),
+    Route("/alerts/retry", admin_only(alerts.retry_alert), methods=["POST"]),
     Route("/openapi.json", admin_only(openapi), methods=["GET"]),
 ]
 

@@ -12,9 +12,10 @@ from starlette.responses import JSONResponse, Response
 
 from spendgate.budgets import DIMENSIONS
 from spendgate.gateway.admin.handlers.limits import MAX_COUNT
-from spendgate.gateway.admin.handlers.usage import MAX_REQUESTS
+from spendgate.gateway.admin.handlers.usage import DEFAULT_POINTS, DEFAULT_SPAN, MAX_POINTS, MAX_REQUESTS
 from spendgate.gateway.views import KEY_FIELDS
 from spendgate.limits import KINDS, WINDOWED
+from spendgate.reports.span import BUCKETS
 
 __all__ = ["OPENAPI", "openapi"]
 
@@ -148,6 +149,32 @@ def _list(item: str) -> dict[str, Any]:
     }
 
 
+_WHEN: Final = "ISO 8601 (UTC when no offset is given), or a span before now: 7d, 24h, 30m, 2w (then from the start of its bucket)"
+_SERIES_PARAMS: Final[list[dict[str, Any]]] = [
+    {"name": "start", "in": "query", "schema": {"type": "string"},
+     "description": f"{_WHEN}; default: {DEFAULT_SPAN.days} days before end, from the start of that bucket"},
+    {"name": "end", "in": "query", "schema": {"type": "string"}, "description": f"{_WHEN}; exclusive; default: now"},
+    {"name": "bucket", "in": "query", "schema": {"enum": list(BUCKETS), "default": "day"},
+     "description": "buckets counted from the Unix epoch, UTC"},
+    {"name": "by", "in": "query", "schema": {"enum": list(DIMENSIONS)},
+     "description": "a point per value (tag: a request counts once per tag)"},
+    {"name": "limit", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_POINTS, "default": DEFAULT_POINTS},
+     "description": "points per page"},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+     "description": "the next_cursor of the previous page (opaque; only with the same parameters)"},
+    *({"name": dim, "in": "query", "schema": {"type": "string"}, "description": f"only requests of this {dim}"}
+      for dim in DIMENSIONS),
+]  # fmt: skip
+
+
+_INSTANCE_PARAMS: Final[list[dict[str, Any]]] = [
+    {"name": dim, "in": "query", "schema": {"type": "string"},
+     "description": f"the instance's {dim} (a wildcard budget)"} for dim in DIMENSIONS
+]  # fmt: skip
+_WHEN_OR_NULL: Final = {"type": ["string", "null"], "format": "date-time"}
+
+
 def _page(item: str) -> dict[str, Any]:
     """A list page in OpenAI's shape: first_id, last_id and has_more."""
     page = _list(item)
@@ -205,6 +232,19 @@ OPENAPI: Final[dict[str, Any]] = {
                         body={"type": "object", "properties": {"instance": {"type": "object",
                               "additionalProperties": {"type": "string"}}}, "additionalProperties": False}),
         },
+        "/budgets/{id}/forecast": {
+            "get": _op("Expected spend at the window's end with a band, and when the budget runs out "
+                       "(docs/forecasts.md); a wildcard budget's instance as query parameters (?user=alice)",
+                       _json(_ref("Forecast")), found=True, parameters=[*_ID, *_INSTANCE_PARAMS]),
+        },
+        "/budgets/{id}/advice": {
+            "get": _op("A recommended limit: the 95th percentile of past windows' spend plus headroom, "
+                       "explained (with too little history: this window's forecast)", _json(_ref("Advice")),
+                       found=True, parameters=[*_ID, *_INSTANCE_PARAMS,
+                                               {"name": "headroom", "in": "query",
+                                                "schema": {"type": "integer", "minimum": 0, "maximum": 1000,
+                                                           "default": 20}, "description": "percent"}]),
+        },
         "/limits": {
             "get": _op("Rate limits with what each instance holds now", _json(_list("Limit"))),
             "post": _op("Create a rate limit (a config limits: entry)", _json(_ref("Limit"), "Created"),
@@ -227,6 +267,11 @@ OPENAPI: Final[dict[str, Any]] = {
                        parameters=[{"name": "by", "in": "query", "schema": {"enum": list(DIMENSIONS), "default": "user"}},
                                    *_TIME_RANGE]),
         },
+        "/usage/timeseries": {
+            "get": _op("Cost, requests and tokens per hour or day (and per group with by=), oldest first, "
+                       "empty buckets left out; page on with cursor=<next_cursor> while has_more",
+                       _json(_ref("UsageSeries")), parameters=_SERIES_PARAMS),
+        },
         "/requests": {
             "get": _op("Logged requests, newest first; page on with after=<last_id> while has_more",
                        _json(_page("RequestRecord")),
@@ -237,11 +282,39 @@ OPENAPI: Final[dict[str, Any]] = {
                                     "description": "the last_id of the previous page"},
                                    *({"name": dim, "in": "query", "schema": {"type": "string"}} for dim in DIMENSIONS)]),
         },
+        "/alerts": {
+            "get": _op("Alert deliveries (docs/alerts.md), newest event first; page on with "
+                       "before=<next_before>", _json({"type": "object", "required": ["data", "next_before"],
+                       "properties": {"data": {"type": "array", "items": _ref("AlertDelivery")},
+                                      "next_before": {"type": ["integer", "null"]}}}),
+                       parameters=[{"name": "state", "in": "query",
+                                    "schema": {"enum": ["pending", "delivered", "failed", "skipped"]}},
+                                   {"name": "destination", "in": "query", "schema": {"type": "string"}},
+                                   {"name": "limit", "in": "query",
+                                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                                   {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1}}]),
+        },
+        "/alerts/retry": {
+            "post": _op("Make a failed delivery due again now (its attempts start over)",
+                        _json({"type": "object"}), found=True,
+                        body={"type": "object", "required": ["event_id", "destination"],
+                              "additionalProperties": False,
+                              "properties": {"event_id": {"type": "string"}, "destination": {"type": "string"}}}),
+        },
         "/openapi.json": {"get": _op("This document", _json({"type": "object"}))},
     },
     "components": {
         "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         "schemas": {
+            "AlertDelivery": {"type": "object", "required": ["seq", "event", "destination", "state", "attempts"],
+                "properties": {"seq": {"type": "integer"}, "event": {"type": "object",
+                    "description": "the webhook body (docs/alerts.md)"},
+                    "destination": {"type": "string"},
+                    "state": {"enum": ["pending", "delivered", "failed", "skipped"]},
+                    "attempts": {"type": "integer"},
+                    "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
+                    "last_error": {"type": ["string", "null"]},
+                    "delivered_at": {"type": ["string", "null"], "format": "date-time"}}},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                 "type": "object", "required": ["message", "type", "code"],
                 "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": "string"}}}}},
@@ -315,11 +388,67 @@ OPENAPI: Final[dict[str, Any]] = {
                              "per": {"type": ["string", "null"]}}},
             "LimitDeleted": {"type": "object", "required": ["id", "deleted"], "properties": {
                 "id": {"type": "string"}, "deleted": {"const": True}}},
+            "Forecast": {"type": "object", "properties": {
+                "budget_id": {"type": "string"}, "instance": {"type": "object"}, "label": {"type": "string"},
+                "now": {"type": "string", "format": "date-time"}, "window_start": _WHEN_OR_NULL,
+                "window_end": {**_WHEN_OR_NULL, "description": "null: the budget never resets"},
+                "horizon_end": {"type": "string", "format": "date-time",
+                                "description": "what expected/low/high are at: the window's end, else now + 30 days"},
+                "spent": _USD, "limit": _USD, "expected": _USD, "low": _USD, "high": _USD,
+                "runs_out_at": {**_WHEN_OR_NULL, "description": "when the expected spend reaches the limit; "
+                                "null: not before horizon_end"},
+                "earliest_run_out": {**_WHEN_OR_NULL, "description": "from the band's high side"},
+                "latest_run_out": {**_WHEN_OR_NULL, "description": "from the band's low side"},
+                "runs_out_before_end": {"type": "boolean"},
+                "rate_per_hour": _USD, "recent_rate_per_hour": _USD,
+                "method": {"enum": ["seasonal", "recent", "none"]},
+                "inputs": {"type": "object", "properties": {
+                    "history_hours": {"type": "integer"}, "weeks": {"type": "integer"},
+                    "trend_per_week": {"type": "string", "description": "USD, signed"},
+                    "recent_ratio": {"type": "number"}, "spikes_clipped": {"type": "integer"},
+                    "spread": {"type": "number"}}},
+                "notes": {"type": "array", "items": {"type": "string"}}}},
+            "Advice": {"type": "object", "properties": {
+                "budget_id": {"type": "string"}, "instance": {"type": "object"}, "label": {"type": "string"},
+                "limit": _USD, "source": {"enum": ["windows", "forecast", "none"]},
+                "windows": {"type": "array", "items": {"type": "object", "properties": {
+                    "start": {"type": "string", "format": "date-time"},
+                    "end": {"type": "string", "format": "date-time"}, "spent": _USD}}},
+                "lowest": {"type": ["string", "null"]}, "highest": {"type": ["string", "null"]},
+                "p95": {"type": ["string", "null"]}, "headroom_percent": {"type": "integer"},
+                "with_headroom": {"type": ["string", "null"]},
+                "recommended": {"type": ["string", "null"], "description": "rounded up to 2 significant figures"},
+                "binding_windows": {"type": "integer"}, "explanation": {"type": "string"},
+                "forecast": {"oneOf": [_ref("Forecast"), {"type": "null"}]}}},
             "UsageReport": {"type": "object", "properties": {
                 "by": {"type": "string"}, "since": {"type": ["string", "null"]}, "until": {"type": ["string", "null"]},
                 "data": {"type": "array", "items": {"type": "object", "properties": {
                     "value": {"type": "string"}, "cost": _USD}}},
                 "total": _USD}},
+            "UsagePoint": {"type": "object", "additionalProperties": False,
+                           "required": ["start", "end", "group", "cost", "requests", "input_tokens", "output_tokens"],
+                           "properties": {
+                               "start": {"type": "string", "format": "date-time"},
+                               "end": {"type": "string", "format": "date-time"},
+                               "group": {"type": ["string", "null"],
+                                         "description": "the by= value; null when not grouped or absent"},
+                               "cost": _USD, "requests": {"type": "integer"},
+                               "input_tokens": {"type": "integer",
+                                                "description": "every prompt token, cache reads and writes included"},
+                               "output_tokens": {"type": "integer",
+                                                 "description": "every generated token, reasoning included"}}},
+            "UsageSeries": {"type": "object", "required": ["object", "start", "end", "bucket", "bucket_seconds", "by",
+                                                           "filters", "data", "has_more", "next_cursor"],
+                            "properties": {
+                                "object": {"const": "list"},
+                                "start": {"type": "string", "format": "date-time"},
+                                "end": {"type": "string", "format": "date-time"},
+                                "bucket": {"enum": list(BUCKETS)}, "bucket_seconds": {"type": "integer"},
+                                "by": {"type": ["string", "null"]},
+                                "filters": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "data": {"type": "array", "items": _ref("UsagePoint")},
+                                "has_more": {"type": "boolean"},
+                                "next_cursor": {"type": ["string", "null"]}}},
             "RequestRecord": {"type": "object", "properties": {
                 "request_id": {"type": "string"}, "model": {"type": ["string", "null"]},
                 "attributes": {"type": "object"}, "cost": _USD, "status": {"type": "string"},
