@@ -9,7 +9,7 @@ from typing import cast
 import click
 
 from spendgate.alerts.events import DELIVERY_STATES, AlertEvent, DeliveryState
-from spendgate.gateway.cli_admin import EXIT_BAD_INPUT, _echo_json, _fail, _opened, ledger_options
+from spendgate.gateway.cli_admin import EXIT_BAD_INPUT, echo_json, fail, ledger_options, opened_ledger
 
 __all__ = ["alerts_group"]
 
@@ -36,12 +36,12 @@ def alerts_list_cmd(
     config_path: str | None,
 ) -> None:
     """Deliveries, newest alert first."""
-    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+    with opened_ledger(ledger_url, config_path) as ledger:
         records = ledger.alert_deliveries(
             state=cast(DeliveryState | None, state), destination=destination, limit=limit
         )
     if as_json:
-        _echo_json([r.to_data() for r in records])
+        echo_json([r.to_data() for r in records])
         return
     if not records:
         click.echo("no alert deliveries")
@@ -64,9 +64,9 @@ def alerts_retry_cmd(
     event_id: str, destination: str, ledger_url: str | None, config_path: str | None
 ) -> None:
     """Make a failed delivery due again now (a running gateway sends it within seconds)."""
-    with _opened(ledger_url, config_path, keys=False) as (ledger, _):
+    with opened_ledger(ledger_url, config_path) as ledger:
         if not ledger.retry_delivery(event_id, destination):
-            _fail(f"no failed delivery of {event_id!r} to {destination!r}", EXIT_BAD_INPUT)
+            fail(f"no failed delivery of {event_id!r} to {destination!r}", EXIT_BAD_INPUT)
     click.echo(f"{event_id} to {destination}: pending")
 
 
@@ -83,7 +83,7 @@ def alerts_test_cmd(config_path: str) -> None:
     try:
         settings = load_settings(config_path)
     except GatewayConfigError as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
+        fail(str(exc), EXIT_BAD_INPUT)
     now = datetime.now(UTC)
     event = AlertEvent(
         id=f"test:{int(now.timestamp() * 1_000_000)}",

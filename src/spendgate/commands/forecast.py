@@ -18,13 +18,12 @@ budget among them), 1 the ledger cannot be reached.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
@@ -34,43 +33,23 @@ from spendgate.clock import Clock
 from spendgate.errors import ConfigError, UnknownModelPriceError
 from spendgate.forecast import Forecast
 from spendgate.forecasting import forecast_budget, ledger_now
-from spendgate.gateway.cli_admin import budgets_group, ledger_options, resolve_ledger_url
+from spendgate.gateway.cli_admin import budgets_group, ledger_options, opened_ledger
+from spendgate.gateway.cli_admin import fail as _fail
 from spendgate.gateway.views import parse_instance
-from spendgate.ledger import Ledger, LedgerUnavailableError, open_ledger
+from spendgate.ledger import Ledger
 from spendgate.pricing.catalog import Catalog
 
 __all__ = ["budgets_advise_cmd", "budgets_forecast_cmd", "register"]
 
-EXIT_UNAVAILABLE = 1
 EXIT_UNKNOWN_MODEL = 3
-EXIT_BAD_INPUT = 4
-
-
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    click.echo(f"spendgate: error: {message}", err=True)
-    sys.exit(code)
 
 
 @contextmanager
 def _opened(ctx: click.Context, ledger_url: str | None, config_path: str | None) -> Iterator[Ledger]:
-    """The ledger, never created, on the clock in ``ctx.obj["clock"]`` when a caller gives one."""
+    """The ledger on the clock in ``ctx.obj["clock"]`` when a caller gives one (tests)."""
     clock = ctx.obj.get("clock") if isinstance(ctx.obj, dict) else None
-    try:
-        ledger = open_ledger(
-            resolve_ledger_url(ledger_url, config_path),
-            create=False,
-            clock=clock if isinstance(clock, Clock) else None,
-        )
-    except LedgerUnavailableError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
-    except ConfigError as exc:
-        _fail(str(exc))
-    try:
+    with opened_ledger(ledger_url, config_path, clock=clock if isinstance(clock, Clock) else None) as ledger:
         yield ledger
-    except LedgerUnavailableError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
-    finally:
-        ledger.close()
 
 
 def _instance(pairs: tuple[str, ...]) -> dict[str, str] | None:

@@ -17,32 +17,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 from rich.console import Console
 
 from spendgate.budgets import DIMENSIONS
 from spendgate.clock import Clock, SystemClock
-from spendgate.errors import ConfigError
-from spendgate.gateway.cli_admin import ledger_options, resolve_ledger_url
-from spendgate.ledger import Ledger, LedgerUnavailableError, open_ledger
+from spendgate.gateway.cli_admin import fail as _fail
+from spendgate.gateway.cli_admin import ledger_options, opened_ledger
+from spendgate.ledger import Ledger
 from spendgate.reports import BUCKETS, Report, parse_instant, pivot, report_json, write_csv
 from spendgate.reports.span import floor, is_relative
 from spendgate.reports.table import render
 
 __all__ = ["report_cmd"]
 
-EXIT_UNAVAILABLE = 1
-EXIT_BAD_INPUT = 4
 _WIDTH = 120  # the table's width when not on a terminal (a file, a pipe)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    click.echo(f"spendgate: error: {message}", err=True)
-    sys.exit(code)
 
 
 def _filter_options(func: F) -> F:
@@ -140,20 +133,10 @@ def report_cmd(
     width = BUCKETS[bucket]
     start, end = _span(since, until, width, clock.now())
     filters = {name.removeprefix("only_"): value for name, value in only.items() if value is not None}
-    try:
-        url = resolve_ledger_url(ledger_url, config_path)
-        ledger = open_ledger(url, create=False)  # never create: only the gateway starts a ledger
-    except LedgerUnavailableError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
-    except ConfigError as exc:
-        _fail(str(exc))
-    try:
-        report = _read(ledger, start, end, width, by, filters)
-    except LedgerUnavailableError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
-    except ValueError as exc:  # too many buckets for the span
-        _fail(str(exc))
-    finally:
-        ledger.close()
+    with opened_ledger(ledger_url, config_path) as ledger:
+        try:
+            report = _read(ledger, start, end, width, by, filters)
+        except ValueError as exc:  # too many buckets for the span
+            _fail(str(exc))
     with _output(output) as out:
         _write(report, fmt, out)

@@ -13,37 +13,30 @@ Exit codes follow spendgate.cli: 4 bad input, 1 the ledger cannot be reached.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import click
 import yaml
 
 from spendgate.budgets import DIMENSIONS, Budget, OnExceed, Window
 from spendgate.errors import ConfigError
-from spendgate.gateway.cli_admin import ledger_options, resolve_ledger_url
+from spendgate.gateway.cli_admin import fail as _fail
+from spendgate.gateway.cli_admin import ledger_options, opened_ledger
 from spendgate.gateway.views import iso, money, parse_time
-from spendgate.ledger import Ledger, LedgerUnavailableError, RequestRecord, open_ledger
+from spendgate.ledger import Ledger, RequestRecord
 from spendgate.limits import Limit
 from spendgate.money import Money, MoneyError
 from spendgate.replay import DEFAULT_MAX_WAIT, Outcome, Replay, ReplayError, replay, unreplayable
 
 __all__ = ["read_log", "simulate_cmd"]
 
-EXIT_UNAVAILABLE = 1
-EXIT_BAD_INPUT = 4
 PAGE = 1000
 _SHOW = ("refused", "delayed", "clamped", "admitted", "all")
-
-
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    click.echo(f"spendgate: error: {message}", err=True)
-    sys.exit(code)
 
 
 def read_log(
@@ -306,20 +299,9 @@ def simulate_cmd(
     values = {"key": key, "user": user, "team": team, "project": project,
               "customer": customer, "model": model, "tag": tag}  # fmt: skip
     filters = {dim: value for dim, value in values.items() if value is not None and dim in DIMENSIONS}
-    try:
-        url = resolve_ledger_url(ledger_url, config_path)
-        ledger = open_ledger(url, create=False)  # never create: only the gateway starts a ledger
-    except LedgerUnavailableError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
-    except ConfigError as exc:
-        _fail(str(exc))
-    try:
+    with opened_ledger(ledger_url, config_path) as ledger:
         proposal = _proposal(ledger, config_path, budgets, rate_limits)
         records = read_log(ledger, start, end, filters)
-    except LedgerUnavailableError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
-    finally:
-        ledger.close()
     proposal.budgets = _with_window(_with_limits(proposal.budgets, limits), window)
     wait = _seconds(max_wait, "--max-wait") if max_wait is not None else proposal.max_wait
     chosen = cast("OnExceed | None", on_exceed) or proposal.on_exceed

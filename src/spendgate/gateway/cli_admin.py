@@ -25,6 +25,7 @@ import click
 import yaml
 
 from spendgate.budgets import DIMENSIONS, Budget
+from spendgate.clock import Clock
 from spendgate.errors import ConfigError
 from spendgate.estimate import MAX_AMOUNT
 from spendgate.gateway.keys import KeyStore
@@ -41,7 +42,18 @@ from spendgate.ledger import Ledger, LedgerUnavailableError, open_keystore, open
 from spendgate.limits import KINDS, Limit
 from spendgate.money import Money, MoneyError
 
-__all__ = ["COMMANDS", "budgets_group", "keys_group", "limits_group", "resolve_ledger_url", "usage_cmd"]
+__all__ = [
+    "COMMANDS",
+    "budgets_group",
+    "echo_json",
+    "fail",
+    "keys_group",
+    "ledger_options",
+    "limits_group",
+    "opened_ledger",
+    "resolve_ledger_url",
+    "usage_cmd",
+]
 
 # The same numbers as spendgate.cli (not imported from there: it imports this module).
 EXIT_UNAVAILABLE = 1
@@ -51,7 +63,7 @@ DEFAULT_LEDGER = "sqlite:///spendgate.db"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     click.echo(f"spendgate: error: {message}", err=True)
     sys.exit(code)
 
@@ -87,41 +99,51 @@ def ledger_options(func: F) -> F:
 
 
 @contextmanager
+def opened_ledger(
+    ledger_url: str | None, config_path: str | None, *, clock: Clock | None = None
+) -> Iterator[Ledger]:
+    """The ledger a command works on, never created (only the gateway, and an SDK the user
+    builds, starts one); an unreachable or missing one, or one that fails meanwhile, is a clear
+    error and an exit code, never a traceback."""
+    try:
+        ledger = open_ledger(resolve_ledger_url(ledger_url, config_path), create=False, clock=clock)
+    except LedgerUnavailableError as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        yield ledger
+    except LedgerUnavailableError as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    finally:
+        ledger.close()
+
+
+@contextmanager
 def _opened(
     ledger_url: str | None, config_path: str | None, *, keys: bool
 ) -> Iterator[tuple[Ledger, KeyStore | None]]:
-    try:
-        url = resolve_ledger_url(ledger_url, config_path)
-        # Never create: only the gateway (and an SDK the user builds) starts a ledger.
-        ledger = open_ledger(url, create=False)
-    except LedgerUnavailableError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
-    except ConfigError as exc:
-        _fail(str(exc))
-    store: KeyStore | None = None
-    try:
+    with opened_ledger(ledger_url, config_path) as ledger:
+        store: KeyStore | None = None
         if keys:
             try:
-                store = open_keystore(url, create=False)
+                store = open_keystore(resolve_ledger_url(ledger_url, config_path), create=False)
             except LedgerUnavailableError as exc:
-                _fail(str(exc), EXIT_UNAVAILABLE)
+                fail(str(exc), EXIT_UNAVAILABLE)
             except ConfigError as exc:
-                _fail(str(exc))
+                fail(str(exc))
         try:
             yield ledger, store
-        except LedgerUnavailableError as exc:
-            _fail(str(exc), EXIT_UNAVAILABLE)
-    finally:
-        if store is not None:
-            store.close()
-        ledger.close()
+        finally:
+            if store is not None:
+                store.close()
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _echo_json(data: object) -> None:
+def echo_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
@@ -185,13 +207,13 @@ def keys_create_cmd(
             # written would be live without its budget and its secret never shown.
             limit = key_budget("key_check", budget, window).limit
             if limit > MAX_AMOUNT:  # the ledger stores nano-USD in 64-bit integers
-                _fail(f"--budget: must be at most {MAX_AMOUNT.decimal_str()} USD, got {budget}")
+                fail(f"--budget: must be at most {MAX_AMOUNT.decimal_str()} USD, got {budget}")
     except ConfigError as exc:
-        _fail(str(exc).replace("budget.limit", "--budget").replace("budget.window", "--window"))
+        fail(str(exc).replace("budget.limit", "--budget").replace("budget.window", "--window"))
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if expires_at is not None and expires_at <= _now():
-        _fail(f"--expires: {expires} is in the past")
+        fail(f"--expires: {expires} is in the past")
     with _opened(ledger_url, config_path, keys=True) as (ledger, store):
         assert store is not None
         try:
@@ -206,7 +228,7 @@ def keys_create_cmd(
                 name=name,
             )
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         usage = None
         if budget is not None:
             try:
@@ -216,7 +238,7 @@ def keys_create_cmd(
                 store.delete(key.id)  # all or nothing: no live key without its budget
                 raise
         if as_json:
-            _echo_json({"secret": secret, **key_json(key, _now(), usage)})
+            echo_json({"secret": secret, **key_json(key, _now(), usage)})
             return
         click.echo(f"key id: {key.id}")
         click.echo(f"secret: {secret}")
@@ -237,7 +259,7 @@ def keys_list_cmd(as_json: bool, ledger_url: str | None, config_path: str | None
         now = _now()
         rows = [key_json(key, now, usages.get(key.id)) for key in keys]
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     if not rows:
         click.echo("no keys yet; create one with `spendgate keys create --user NAME`")
@@ -266,7 +288,7 @@ def _key_action(verb: str, action: Callable[[KeyStore, str], Any]) -> Callable[.
             try:
                 result = action(store, key_id)
             except KeyError:
-                _fail(f"no key {key_id!r}; see `spendgate keys list`")
+                fail(f"no key {key_id!r}; see `spendgate keys list`")
         if verb == "rotate":
             key, secret = result
             click.echo(f"key id: {key.id}")
@@ -314,7 +336,7 @@ def budgets_list_cmd(as_json: bool, ledger_url: str | None, config_path: str | N
     with _opened(ledger_url, config_path, keys=False) as (ledger, _):
         rows = [budget_json(u) for u in ledger.list_budgets()]
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     if not rows:
         click.echo("no budgets; add them to the config's budgets: or with `spendgate keys create --budget`")
@@ -341,12 +363,12 @@ def budgets_set_limit_cmd(
     try:
         limit = Money.parse(amount, what="AMOUNT")
     except MoneyError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     with _opened(ledger_url, config_path, keys=False) as (ledger, _):
         try:
             ledger.set_limit(budget_id, limit)
         except KeyError:
-            _fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
+            fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
     click.echo(f"{budget_id}: limit {money(limit)} USD")
 
 
@@ -363,14 +385,14 @@ def budgets_reset_cmd(
     try:
         values = parse_instance(instance) or None
     except ConfigError as exc:
-        _fail(str(exc).replace("instance:", "--instance:"))
+        fail(str(exc).replace("instance:", "--instance:"))
     with _opened(ledger_url, config_path, keys=False) as (ledger, _):
         try:
             ledger.reset(budget_id, values)
         except KeyError:
-            _fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
+            fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     click.echo(f"{budget_id}: reset" + (f" ({', '.join(instance)})" if instance else ""))
 
 
@@ -381,14 +403,14 @@ def _config_ids(config_path: str, section: str, read: Callable[[Any, str], str])
     try:
         data = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        _fail(f"{config_path}: cannot read its {section}: {exc}")
+        fail(f"{config_path}: cannot read its {section}: {exc}")
     raw = data.get(section) if isinstance(data, dict) else None
     if not isinstance(raw, list):
         return frozenset()
     try:
         return frozenset(read(item, f"{section}[{i}]") for i, item in enumerate(raw))
     except ConfigError as exc:
-        _fail(f"{config_path}: {exc}")
+        fail(f"{config_path}: {exc}")
 
 
 def _config_budget_ids(config_path: str) -> frozenset[str]:
@@ -412,11 +434,11 @@ def budgets_delete_cmd(budget_id: str, yes: bool, ledger_url: str | None, config
     with _opened(ledger_url, config_path, keys=True) as (ledger, store):
         refused = why_not_delete(budget_id, configured=configured, keys=store)
         if refused is not None:
-            _fail(refused)
+            fail(refused)
         try:
             budget = ledger.get_budget(budget_id)
         except KeyError:
-            _fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
+            fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
         if not yes:
             click.confirm(
                 f"Delete budget {budget_id!r} ({money(budget.limit)} USD, {budget.label('')})? "
@@ -427,7 +449,7 @@ def budgets_delete_cmd(budget_id: str, yes: bool, ledger_url: str | None, config
         try:
             deleted = ledger.delete_budget(budget_id)
         except KeyError:
-            _fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
+            fail(f"no budget {budget_id!r}; see `spendgate budgets list`")
     click.echo(f"{budget_id}: deleted")
     if deleted.in_flight:
         click.echo(
@@ -465,8 +487,8 @@ def _limit_input(read: Callable[[], Limit], amount_option: str) -> Limit:
         field, sep, rest = exc.message.partition(":")
         top, _, sub = field.partition(".")
         if sep and top in options:
-            _fail(f"{options[top]}{' ' + sub if sub else ''}:{rest}")
-        _fail(exc.message)
+            fail(f"{options[top]}{' ' + sub if sub else ''}:{rest}")
+        fail(exc.message)
 
 
 def _config_limit_ids(config_path: str) -> frozenset[str]:
@@ -479,11 +501,11 @@ def _refuse_config_limit(limit_id: str, config_path: str | None) -> None:
     configured = _config_limit_ids(config_path) if config_path else frozenset()
     refused = why_not_change(limit_id, configured=configured)
     if refused is not None:
-        _fail(refused)
+        fail(refused)
 
 
 def _no_limit(limit_id: str) -> NoReturn:
-    _fail(f"no limit {limit_id!r}; see `spendgate limits list`")
+    fail(f"no limit {limit_id!r}; see `spendgate limits list`")
 
 
 def _limit_view(ledger: Ledger, limit_id: str) -> dict[str, Any]:
@@ -532,7 +554,7 @@ def limits_list_cmd(as_json: bool, ledger_url: str | None, config_path: str | No
     with _opened(ledger_url, config_path, keys=False) as (ledger, _):
         views = limit_views(ledger)
     if as_json:
-        _echo_json(views)
+        echo_json(views)
         return
     if not views:
         click.echo("no limits; add them to the config's limits: or with `spendgate limits create`")
@@ -566,7 +588,7 @@ def limits_show_cmd(limit_id: str, as_json: bool, ledger_url: str | None, config
     with _opened(ledger_url, config_path, keys=False) as (ledger, _):
         view = _limit_view(ledger, limit_id)
     if as_json:
-        _echo_json(view)
+        echo_json(view)
     else:
         _echo_limit(view)
 
@@ -621,9 +643,7 @@ def limits_create_cmd(
     try:
         values = parse_instance(selector)
     except ConfigError as exc:
-        _fail(
-            "--selector: " + exc.problem.replace("an instance", "a selector").replace("user=alice", "key=*")
-        )
+        fail("--selector: " + exc.problem.replace("an instance", "a selector").replace("user=alice", "key=*"))
     config: dict[str, Any] = {"selector": values}
     options = {"id": limit_id, "name": name, "per": per, "on_exceed": on_exceed}
     config |= {field: value for field, value in options.items() if value is not None}
@@ -635,10 +655,10 @@ def limits_create_cmd(
         except KeyError:
             ledger.put_limit(limit)
         else:
-            _fail(f"limit {limit.id!r} exists; change it with `spendgate limits set`")
+            fail(f"limit {limit.id!r} exists; change it with `spendgate limits set`")
         view = _limit_view(ledger, limit.id)
     if as_json:
-        _echo_json(view)
+        echo_json(view)
     else:
         click.echo(f"{limit.id}: {limit.label()}")
 
@@ -647,7 +667,7 @@ def _limit_amount(text: str) -> int:
     from spendgate.gateway.admin.handlers.limits import MAX_COUNT
 
     if not (text.isascii() and text.isdigit()) or int(text) > MAX_COUNT:
-        _fail(f"AMOUNT: a whole number from 0 to {MAX_COUNT}, got {text!r}")
+        fail(f"AMOUNT: a whole number from 0 to {MAX_COUNT}, got {text!r}")
     return int(text)
 
 
@@ -675,7 +695,7 @@ def limits_set_cmd(
     changes = {"amount": amount, "per": per, "on_exceed": on_exceed}
     changes = {field: value for field, value in changes.items() if value is not None}
     if not changes:
-        _fail("give at least one of --amount, --per, --on-exceed")
+        fail("give at least one of --amount, --per, --on-exceed")
     _refuse_config_limit(limit_id, config_path)
     with _opened(ledger_url, config_path, keys=False) as (ledger, _):
         try:
@@ -686,7 +706,7 @@ def limits_set_cmd(
         ledger.put_limit(new)
         view = _limit_view(ledger, limit_id)
     if as_json:
-        _echo_json(view)
+        echo_json(view)
         return
     click.echo(f"{limit_id}: {new.label()}")
     if not config_path:
@@ -747,14 +767,14 @@ def usage_cmd(
         start = parse_time(since, "--since") if since else None
         end = parse_time(until, "--until") if until else None
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if start and end and end <= start:
-        _fail("--until must be after --since")
+        fail("--until must be after --since")
     with _opened(ledger_url, config_path, keys=False) as (ledger, _):
         totals = ledger.usage_by(dimension, start, end)
     rows = sorted(totals.items(), key=lambda item: (-item[1].nanos, item[0]))
     if as_json:
-        _echo_json(
+        echo_json(
             {"by": dimension, "usage": [{dimension: value, "cost": money(cost)} for value, cost in rows]}
         )
         return
@@ -799,9 +819,9 @@ def ledger_rebuild_cmd(yes: bool, ledger_url: str | None, config_path: str | Non
     try:
         url = resolve_ledger_url(ledger_url, config_path)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not url.lower().startswith("redis://"):
-        _fail(
+        fail(
             f"only a redis:// ledger keeps counters apart from its log; {url.split('://')[0]}:// has none to rebuild"
         )
     from spendgate.ledger.redis.url import parse_redis_url
@@ -811,9 +831,9 @@ def ledger_rebuild_cmd(yes: bool, ledger_url: str | None, config_path: str | Non
         # The durable store must exist already: an admin command never creates a ledger.
         open_ledger(durable, create=False).close()
     except LedgerUnavailableError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
+        fail(str(exc), EXIT_UNAVAILABLE)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not yes:
         click.confirm(
             "Rebuild the Redis counters from the durable log? Requests that ended in Redis but never "
@@ -825,13 +845,13 @@ def ledger_rebuild_cmd(yes: bool, ledger_url: str | None, config_path: str | Non
     try:
         ledger = open_ledger(url)  # a lost Redis does not stop the open: setup waits for the rebuild
     except LedgerUnavailableError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
+        fail(str(exc), EXIT_UNAVAILABLE)
     try:
         if not isinstance(ledger, RedisLedger):
-            _fail(f"{url.split('@')[-1]!r} did not open a Redis ledger")
+            fail(f"{url.split('@')[-1]!r} did not open a Redis ledger")
         report = ledger.rebuild()
     except LedgerUnavailableError as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
+        fail(str(exc), EXIT_UNAVAILABLE)
     finally:
         ledger.close()
     click.echo(

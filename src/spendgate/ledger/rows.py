@@ -1,5 +1,6 @@
 """How the SQL backends' rows become spendgate values: the column layout SQLite and
-PostgreSQL share (budget definitions, the changes log, virtual keys, the request log).
+PostgreSQL share (budget definitions, the changes log, virtual keys, the request log, the alert
+outbox's deliveries).
 
 Instants are BIGINT microseconds since the epoch (``us``/``dt``) in both. Each backend still
 encodes what its driver types differently (``sqlite.codec``, ``postgres.codec``: tags and
@@ -13,12 +14,22 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from spendgate.alerts.events import AlertEvent, DeliveryRecord, DeliveryState
 from spendgate.budgets import EPOCH, Attributes, Budget
 from spendgate.gateway.settings import VirtualKey
 from spendgate.ledger.base import BudgetChanged, ChangeKind, RequestRecord
 from spendgate.money import Money
 
-__all__ = ["budget_changed", "budgets_of", "dt", "key_of", "record_of", "us"]
+__all__ = [
+    "budget_changed",
+    "budgets_of",
+    "deliveries_query",
+    "delivery_of",
+    "dt",
+    "key_of",
+    "record_of",
+    "us",
+]
 
 _US: Final = timedelta(microseconds=1)
 
@@ -100,4 +111,48 @@ def record_of(row: Sequence[Any], attrs: Attributes) -> RequestRecord:
         breakdown=json.loads(breakdown) if breakdown else {},
         status=status or "ok",
         estimate=None if estimate is None else Money(int(estimate)),
+    )
+
+
+_SQL_DELIVERIES: Final = """
+    SELECT e.seq, e.body, d.destination, d.state, d.attempts, d.next_at, d.last_error, d.delivered_at,
+           d.claimed_by
+    FROM alert_deliveries AS d JOIN alert_events AS e ON e.seq = d.event_seq"""
+
+
+def deliveries_query(
+    mark: str,
+    *,
+    state: DeliveryState | None,
+    destination: str | None,
+    before: int | None,
+    limit: int,
+    collate: str = "",
+) -> tuple[str, list[Any]]:
+    """``AlertOutbox.alert_deliveries``' statement in a backend's placeholder ``mark`` (``?``,
+    ``%s``), newest event first; ``collate`` orders destination names bytewise where it must."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (("d.state =", state), ("d.destination =", destination), ("d.event_seq <", before)):
+        if value is not None:
+            where.append(f"{column} {mark}")
+            params.append(value)
+    sql = _SQL_DELIVERIES + (" WHERE " + " AND ".join(where) if where else "")
+    sql += f" ORDER BY d.event_seq DESC, d.destination{collate} LIMIT {mark}"
+    return sql, [*params, limit]
+
+
+def delivery_of(row: Sequence[Any]) -> DeliveryRecord:
+    """A ``deliveries_query`` row as a ``DeliveryRecord`` (the body is the event's JSON text)."""
+    seq, body, destination, state, attempts, next_at, error, delivered, claimed_by = row
+    return DeliveryRecord(
+        seq=seq,
+        event=AlertEvent.from_json(body),
+        destination=destination,
+        state=state,
+        attempts=attempts,
+        next_attempt_at=dt(next_at) if state == "pending" else None,
+        last_error=error,
+        delivered_at=None if delivered is None else dt(delivered),
+        claimed_by=claimed_by,
     )

@@ -25,9 +25,7 @@ from spendgate.alerts.events import AlertEvent, Delivery, DeliveryRecord, Delive
 from spendgate.ledger.postgres.codec import us
 from spendgate.ledger.postgres.connection import Body, Q
 from spendgate.ledger.postgres.core import LedgerCore
-
-# The admin view's rows are the SQLite outbox's (the same columns, read by the same record_of).
-from spendgate.ledger.sqlite.outbox import _SQL_RECORDS, record_of
+from spendgate.ledger.rows import deliveries_query, delivery_of
 
 __all__ = ["AlertOutboxMixin", "event_row"]
 
@@ -167,25 +165,15 @@ class AlertOutboxMixin(LedgerCore):
         limit: int = 100,
         before: int | None = None,
     ) -> list[DeliveryRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        if state is not None:
-            where.append("d.state = %s")
-            params.append(state)
-        if destination is not None:
-            where.append("d.destination = %s")
-            params.append(destination)
-        if before is not None:
-            where.append("d.event_seq < %s")
-            params.append(before)
-        sql = _SQL_RECORDS + (" WHERE " + " AND ".join(where) if where else "")
-        sql += ' ORDER BY d.event_seq DESC, d.destination COLLATE "C" LIMIT %s'
+        sql, params = deliveries_query(
+            "%s", state=state, destination=destination, before=before, limit=limit, collate=' COLLATE "C"'
+        )
 
         def body() -> Body[list[tuple[Any, ...]]]:
-            return (yield Q(sql, (*params, limit)))
+            return (yield Q(sql, tuple(params)))
 
         rows: list[tuple[Any, ...]] = self._execute(body, txn=False)
-        return [record_of(row) for row in rows]
+        return [delivery_of(row) for row in rows]
 
     def retry_delivery(self, event_id: str, destination: str) -> bool:
         params = (us(self.clock.now()), destination, event_id)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from spendgate.alerts.events import AlertEvent, Delivery, DeliveryRecord, DeliveryState
-from spendgate.ledger.rows import dt
+from spendgate.ledger.rows import deliveries_query, delivery_of
 from spendgate.ledger.sqlite.codec import us
 from spendgate.ledger.sqlite.core import LedgerCore
 
@@ -24,10 +23,6 @@ _SQL_ADD = (
     "INSERT INTO alert_events (id, kind, budget_id, body, created_at) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO NOTHING"
 )
-_SQL_RECORDS = """
-    SELECT e.seq, e.body, d.destination, d.state, d.attempts, d.next_at, d.last_error, d.delivered_at,
-           d.claimed_by
-    FROM alert_deliveries AS d JOIN alert_events AS e ON e.seq = d.event_seq"""
 
 
 def add_events_in(conn: sqlite3.Connection, events: Sequence[AlertEvent]) -> list[str]:
@@ -163,21 +158,8 @@ class AlertOutboxMixin(LedgerCore):
         limit: int = 100,
         before: int | None = None,
     ) -> list[DeliveryRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        if state is not None:
-            where.append("d.state = ?")
-            params.append(state)
-        if destination is not None:
-            where.append("d.destination = ?")
-            params.append(destination)
-        if before is not None:
-            where.append("d.event_seq < ?")
-            params.append(before)
-        sql = _SQL_RECORDS + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY d.event_seq DESC, d.destination LIMIT ?"
-        rows = self._read(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
-        return [record_of(row) for row in rows]
+        sql, params = deliveries_query("?", state=state, destination=destination, before=before, limit=limit)
+        return [delivery_of(row) for row in self._read(lambda conn: conn.execute(sql, params).fetchall())]
 
     def retry_delivery(self, event_id: str, destination: str) -> bool:
         now = us(self.clock.now())
@@ -193,19 +175,3 @@ class AlertOutboxMixin(LedgerCore):
             return bool(cur.rowcount)
 
         return self._write(body)
-
-
-def record_of(row: Sequence[Any]) -> DeliveryRecord:
-    """A ``_SQL_RECORDS`` row (either SQL backend's) as a ``DeliveryRecord``."""
-    seq, body, destination, state, attempts, next_at, error, delivered, claimed_by = row
-    return DeliveryRecord(
-        seq=seq,
-        event=AlertEvent.from_json(body),
-        destination=destination,
-        state=state,
-        attempts=attempts,
-        next_attempt_at=dt(next_at) if state == "pending" else None,
-        last_error=error,
-        delivered_at=None if delivered is None else dt(delivered),
-        claimed_by=claimed_by,
-    )
