@@ -193,3 +193,35 @@ def test_the_bucket_limit_is_inclusive(make_ledger: MakeLedger) -> None:
         ledger.usage_timeseries(T0, T0 + MAX_BUCKETS * second + timedelta(microseconds=1), second)
     with pytest.raises(TypeError, match="bucket"):
         ledger.usage_timeseries(T0, T0 + DAY, 3600)  # type: ignore[arg-type]
+
+
+def test_a_sqlite_file_of_schema_4_gets_its_token_columns_filled(tmp_path: object) -> None:
+    """Migration 5 fills the new columns from the usage JSON of requests logged before it."""
+    import sqlite3
+    from pathlib import Path
+
+    from spendgate.ledger import open_ledger
+
+    assert isinstance(tmp_path, Path)
+    path = tmp_path / "old.db"
+    clock = ManualClock(T0)
+    ledger = open_ledger(f"sqlite:///{path}", clock=clock)
+    attrs = Attributes(user="alice")
+    assert isinstance(ledger.reserve("r1", attrs, Money.usd("1"), 60), Reservation)
+    record = RequestRecord(
+        "r1", attrs, Money.usd("1"), T0, T0, usage={"input_tokens": 70, "output_tokens": 9}
+    )
+    ledger.settle("r1", Money.usd("1"), record)
+    ledger.close()
+    with sqlite3.connect(path) as conn:  # as a file written before migration 5 holds it
+        conn.execute("UPDATE requests SET input_tokens = NULL, output_tokens = NULL")
+        conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE requests DROP COLUMN input_tokens")
+        conn.execute("ALTER TABLE requests DROP COLUMN output_tokens")
+    conn.close()
+    ledger = open_ledger(f"sqlite:///{path}", clock=clock, create=False)
+    [point] = ledger.usage_timeseries(T0 - timedelta(hours=1), T0 + timedelta(hours=1), timedelta(hours=1))
+    assert (point.requests, point.input_tokens, point.output_tokens) == (1, 70, 9)
+    ledger.close()

@@ -94,13 +94,18 @@ def test_a_version_2_file_upgrades_in_place(tmp_path: Path, opened: list[SQLiteL
     ledger_id = rows(db, "SELECT value FROM meta WHERE key = 'ledger_id'")
 
     ledger = open_on(db, opened, clock)
-    assert rows(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
+    assert rows(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
     assert rows(db, "SELECT value FROM meta WHERE key = 'ledger_id'") == ledger_id  # the same file
     fresh = tmp_path / "fresh.db"
     open_on(fresh, opened, clock).close()
     tables = "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
     assert rows(db, tables) == rows(fresh, tables)  # upgraded = created new
-    assert [column[1] for column in rows(db, "PRAGMA table_info(requests)")][-1] == "takes"
+    # Migration 3 added takes; 5 (token counts) the two columns after it.
+    assert [column[1] for column in rows(db, "PRAGMA table_info(requests)")][-3:] == [
+        "takes",
+        "input_tokens",
+        "output_tokens",
+    ]
     # What version 2 wrote is all there and ends as before (an old row took no limit).
     usage = ledger.usage("cap")
     assert (usage.spent, usage.reserved) == (Money.parse("1"), Money.parse("2"))

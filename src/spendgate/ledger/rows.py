@@ -10,7 +10,7 @@ lines as JSON text or ``jsonb``); what is the same row in both is read here once
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -28,6 +28,7 @@ __all__ = [
     "dt",
     "key_of",
     "record_of",
+    "tokens_of",
     "us",
 ]
 
@@ -112,6 +113,18 @@ def record_of(row: Sequence[Any], attrs: Attributes) -> RequestRecord:
         status=status or "ok",
         estimate=None if estimate is None else Money(int(estimate)),
     )
+
+
+def tokens_of(usage: Mapping[str, int] | None) -> tuple[int | None, int | None]:
+    """A logged request's ``input_tokens`` and ``output_tokens`` columns: its usage's own counts
+    (input includes cached tokens, output includes reasoning: docs/reports.md), None when absent."""
+    if not usage:
+        return None, None
+    return _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 _SQL_DELIVERIES: Final = """

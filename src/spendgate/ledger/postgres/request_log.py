@@ -113,16 +113,10 @@ class RequestLogMixin(LedgerCore):
             group = "t.value"
         else:
             group = "NULL::text" if by is None else f"requests.{DIM_COLUMNS[by]}"
-        # usage is JSON text: json_to_record parses it once for both counts (two ->> on
-        # usage::json parse it twice: about 1.3x the query's time on 100,000 rows).
-        source += (
-            " LEFT JOIN LATERAL json_to_record(requests.usage::json)"
-            " AS u(input_tokens bigint, output_tokens bigint) ON true"
-        )
         sql = (
             f'SELECT (requests.started_at - %s) / %s AS b, {group} COLLATE "C" AS g, '
             "sum(requests.cost)::bigint, count(*), "
-            "coalesce(sum(u.input_tokens), 0)::bigint, coalesce(sum(u.output_tokens), 0)::bigint "
+            "coalesce(sum(requests.input_tokens), 0)::bigint, coalesce(sum(requests.output_tokens), 0)::bigint "
             f"FROM {source} WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2 NULLS FIRST"
         )
         values = (series.origin_us, series.width_us, *params)

@@ -573,3 +573,17 @@ BEGIN
     RETURN sent;
 END
 $$;
+
+-- migration 3
+-- Each logged request's token counts as columns (the SQLite schema's migration 5): stored,
+-- generated from its usage JSON, so usage_timeseries sums them without parsing every row's
+-- JSON, and no statement that writes a request changes. A count that is not a whole number
+-- (never written by spendgate) is NULL, not an error.
+CREATE FUNCTION sg_tokens(p_usage text, p_key text) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN (j->>p_key) ~ '^[0-9]{1,18}$' THEN (j->>p_key)::bigint END
+    FROM (SELECT p_usage::jsonb AS j) AS u
+$$;
+ALTER TABLE requests
+    ADD COLUMN input_tokens bigint GENERATED ALWAYS AS (sg_tokens(usage, 'input_tokens')) STORED,
+    ADD COLUMN output_tokens bigint GENERATED ALWAYS AS (sg_tokens(usage, 'output_tokens')) STORED;

@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from spendgate.ledger.base import ArchivedRequest
+from spendgate.ledger.rows import tokens_of
 from spendgate.ledger.sqlite.codec import tags_json, us
 from spendgate.ledger.sqlite.core import LedgerCore
 
@@ -17,8 +18,8 @@ __all__ = ["RequestArchiveMixin"]
 _SQL_ARCHIVE = """
     INSERT INTO requests (request_id, state, estimate, cost, started_at, expires_at, finished_at, lines,
                           dim_key, dim_user, dim_team, dim_project, dim_customer, dim_model, tags,
-                          status, model, usage, breakdown, takes)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
+                          status, model, usage, breakdown, takes, input_tokens, output_tokens)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)
     ON CONFLICT (request_id) DO NOTHING"""
 
 
@@ -55,6 +56,7 @@ def _row(entry: ArchivedRequest) -> tuple[object, ...]:
     finished = us(record.finished_at)
     if state == "released":  # nothing charged, nothing to report (as release() leaves a row)
         cost, status, model, usage, breakdown = 0, None, None, None, None
+        tokens: tuple[int | None, int | None] = (None, None)
     else:
         parts = record.breakdown_strings()
         cost = record.cost.nanos
@@ -62,8 +64,9 @@ def _row(entry: ArchivedRequest) -> tuple[object, ...]:
         model = record.model
         usage = json.dumps(dict(record.usage), sort_keys=True) if record.usage else None
         breakdown = json.dumps(parts, sort_keys=True) if parts else None
+        tokens = tokens_of(record.usage)
     return (
         record.request_id, state, entry.estimate.nanos, cost, us(record.started_at), finished, finished,
         json.dumps(lines, separators=(",", ":")), a.key, a.user, a.team, a.project, a.customer, a.model,
-        tags_json(a.tags), status, model, usage, breakdown,
+        tags_json(a.tags), status, model, usage, breakdown, *tokens,
     )  # fmt: skip

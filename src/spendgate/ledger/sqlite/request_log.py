@@ -94,7 +94,7 @@ class RequestLogMixin(LedgerCore):
             source, group = "requests", "NULL" if by is None else DIM_COLUMNS[by]
         sql = (
             f"SELECT (started_at - ?) / ? AS b, {group} AS g, SUM(cost), COUNT(*), "
-            "SUM(json_extract(usage, '$.input_tokens')), SUM(json_extract(usage, '$.output_tokens')) "
+            "SUM(input_tokens), SUM(output_tokens) "
             f"FROM {source} WHERE {where} GROUP BY b, g ORDER BY b, g"  # NULL first, then BINARY
         )
         values = (series.origin_us, series.width_us, *params)

@@ -35,6 +35,7 @@ from spendgate.ledger.base import (
     ThresholdCrossed,
     UnknownReservationError,
 )
+from spendgate.ledger.rows import tokens_of
 from spendgate.ledger.sqlite.codec import attrs_of, dt, public_lines, tags_json, us
 from spendgate.ledger.sqlite.connection import Rollback
 from spendgate.ledger.sqlite.core import Catalog, LedgerCore, Op, fresh
@@ -65,7 +66,7 @@ _SQL_HOLD = """
 SQL_LINE = "SELECT spent, reserved FROM spend WHERE budget_id = ? AND window_start = ? AND instance = ?"
 _SQL_SETTLE = """
     UPDATE requests SET state = 'settled', cost = ?, finished_at = ?, status = ?, model = ?, usage = ?,
-                        breakdown = ?
+                        breakdown = ?, input_tokens = ?, output_tokens = ?
     WHERE request_id = ? AND state = 'open'
     RETURNING estimate, lines, takes"""
 _SQL_RELEASE = """
@@ -327,7 +328,7 @@ class ReservationsMixin(LedgerCore):
             raise TypeError(f"used must be a Demand, got {type(used).__name__}")
         now = self.clock.now()
         if record is None:
-            values: tuple[Any, ...] = (act, us(now), "ok", None, None, None, request_id)
+            values: tuple[Any, ...] = (act, us(now), "ok", None, None, None, None, None, request_id)
         else:
             breakdown = record.breakdown_strings()
             values = (
@@ -337,6 +338,7 @@ class ReservationsMixin(LedgerCore):
                 record.model,
                 json.dumps(dict(record.usage), sort_keys=True) if record.usage else None,
                 json.dumps(breakdown, sort_keys=True) if breakdown else None,
+                *tokens_of(record.usage),
                 request_id,
             )
         events: list[Event] = []
