@@ -195,6 +195,7 @@ def test_usage_and_requests(env: Env) -> None:
     data = env.client.get("/requests", params={"user": "alice"}).json()["data"]
     assert len(data) == 2 and {d["cost"] for d in data} == {"1.25", "2"}
     assert all(isinstance(d["cost"], str) for d in data)
+    assert {d["estimate"] for d in data} == {"1.25", "2"}  # support.spend reserves what it costs
     assert len(env.client.get("/requests?limit=1").json()["data"]) == 1
     # Paging, OpenAI style: has_more, first_id, last_id, after=<last_id>.
     seen: list[str] = []

@@ -114,6 +114,8 @@ def record_json(record: RequestRecord) -> dict[str, Any]:
         "model": record.model,
         "attributes": record.attributes.to_dict(),
         "cost": money(record.cost),
+        # What the request reserved before the call (its worst case): None where not kept.
+        "estimate": None if record.estimate is None else money(record.estimate),
         "status": record.status,
         "started_at": iso(record.started_at),
         "finished_at": iso(record.finished_at),
