@@ -23,6 +23,23 @@ if [ -z "$PY" ]; then
   PY="$(pick_python)" || { echo "no Python 3.11+ available" >&2; exit 1; }
 fi
 
+# The dashboard's browser tests (tests/gateway_ui) drive a real headless Chromium through
+# Playwright with executable_path=/usr/bin/chromium: Debian's chromium (and chromium-driver,
+# for Selenium) from apt, non-interactively, only when /usr/bin/chromium is missing; as root,
+# else through sudo when there is one, else a note and no browser tests.
+# `playwright install` is never run: nothing is downloaded besides Debian's packages.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else SUDO="none"; fi
+  if [ "$SUDO" = none ]; then
+    echo "setup: /usr/bin/chromium is missing and neither root nor sudo: the browser tests will be skipped" >&2
+  else
+    echo "setup: installing Debian's chromium and chromium-driver (apt-get) for the browser tests" >&2
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null ||
+      echo "setup: could not install chromium: the browser tests will be skipped" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv || {
     # Debian ships venv apart from python3.

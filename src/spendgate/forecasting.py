@@ -15,14 +15,23 @@ wildcards a ValueError (its message says what to pass).
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from spendgate.forecast import DEFAULT_HORIZON, LOOKBACK, Forecast, HourlySpend, forecast, hour_floor
+from spendgate.ledger.base import BudgetUsage
 from spendgate.ledger.protocols import BudgetAdmin, RequestLog
 
-__all__ = ["BudgetLedger", "forecast_budget", "forecast_budgets", "hourly_spend", "ledger_now"]
+__all__ = [
+    "BudgetLedger",
+    "ForecastCache",
+    "forecast_budget",
+    "forecast_budgets",
+    "hourly_spend",
+    "ledger_now",
+]
 
 _HOUR = timedelta(hours=1)
 
@@ -104,3 +113,32 @@ def ledger_now(ledger: object) -> datetime:
         raise TypeError("pass now=: this ledger has no clock")
     when: datetime = clock.now()
     return when
+
+
+class ForecastCache:
+    """Forecasts of budget instances, each reused for ``ttl`` of the ledger's clock.
+
+    Behind one forecast are 28 days of the request log hour by hour; a dashboard asks for the
+    same instances on every load. A forecast moves slowly, so one at most ``ttl`` old is kept,
+    unless the instance's limit changed (a paused budget is forecast again at once).
+    """
+
+    def __init__(self, ttl: timedelta = timedelta(seconds=60), size: int = 1000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[int, str, str, int], Forecast] = {}
+
+    def get(self, ledger: BudgetLedger, usage: BudgetUsage, now: datetime) -> Forecast:
+        """The forecast of ``usage``'s budget instance (``forecast_budget``), maybe a kept one."""
+        key = (id(ledger), usage.budget_id, usage.instance_key, usage.limit.nanos)
+        with self._lock:
+            kept = self._kept.get(key)
+        if kept is not None and kept.now <= now < kept.now + self.ttl:
+            return kept
+        made = forecast_budget(ledger, usage.budget_id, usage.instance_key, now=now)
+        with self._lock:
+            self._kept[key] = made
+            while len(self._kept) > self.size:  # the oldest put first
+                del self._kept[next(iter(self._kept))]
+        return made

@@ -1,4 +1,5 @@
-"""The gateway's ASGI app: the /v1 proxy routes, models, health, metrics and the admin API.
+"""The gateway's ASGI app: the /v1 proxy routes, models, health, metrics, the admin API and the
+dashboard (``/ui``, ``spendgate.gateway.ui``).
 
 The /v1 POST routes are dispatched by a dict lookup straight to ``proxy.handle``
 (measured: a framework router and Request/Response objects cost more than the
@@ -25,10 +26,10 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, Router
 
 from spendgate import telemetry
@@ -42,6 +43,9 @@ from spendgate.gateway.upstream_client import UpstreamClient, UpstreamResponse
 from spendgate.guard import Guard
 from spendgate.ledger import Ledger, open_ledger
 from spendgate.pricing.catalog import Catalog
+
+if TYPE_CHECKING:
+    from spendgate.gateway.ui.session import LoginLimiter, Sessions
 
 log = logging.getLogger("spendgate.gateway")
 
@@ -134,6 +138,8 @@ class GatewayState:
     _models: list[tuple[str, str]] | None = field(default=None, repr=False)
     _admin: ASGIApp | None = field(default=None, repr=False)
     _admin_tried: bool = field(default=False, repr=False)
+    _ui: ASGIApp | None = field(default=None, repr=False)
+    _ui_tried: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         alookup = getattr(self.keys, "alookup", None)
@@ -251,31 +257,53 @@ class GatewayState:
             self._models = sorted(seen.items())[:MAX_LISTED_MODELS]
         return self._models
 
+    def _admin_args(self, what: str) -> dict[str, Any] | None:
+        """What the admin API and the dashboard are built from; None (and why, logged) without
+        a key store."""
+        from spendgate.gateway.keys import KeyStore
+
+        if not isinstance(self.keys, KeyStore):
+            log.warning("no key store: %s is off", what)
+            return None
+        token = self.settings.admin_token
+        # Deleting one of these through the API would not last: every start and reload
+        # of the gateway puts the config's budgets (and limits) back.
+        configured = frozenset(budget.id for budget in self.settings.budgets)
+        configured_limits = frozenset(limit.id for limit in self.settings.limits)
+        recent = self.metrics.recent_refusals
+        return {
+            "keys": self.keys,
+            "ledger": self.ledger,
+            "admin_token": lambda: token,
+            "config_budgets": lambda: configured,
+            "config_limits": lambda: configured_limits,
+            "refusals": recent.last_hour,
+        }
+
     def admin_app(self) -> ASGIApp | None:
         if not self._admin_tried:
             self._admin_tried = True
             try:
                 from spendgate.gateway.admin import create_admin_app
-                from spendgate.gateway.keys import KeyStore
             except ImportError:
                 log.info("spendgate.gateway.admin is not available: /admin is off")
                 return None
-            if not isinstance(self.keys, KeyStore):
-                log.warning("no key store: /admin is off")
-            else:
-                token = self.settings.admin_token
-                # Deleting one of these through the API would not last: every start and reload
-                # of the gateway puts the config's budgets (and limits) back.
-                configured = frozenset(budget.id for budget in self.settings.budgets)
-                configured_limits = frozenset(limit.id for limit in self.settings.limits)
-                self._admin = create_admin_app(
-                    keys=self.keys,
-                    ledger=self.ledger,
-                    admin_token=lambda: token,
-                    config_budgets=lambda: configured,
-                    config_limits=lambda: configured_limits,
-                )
+            args = self._admin_args("/admin")
+            if args is not None:
+                self._admin = create_admin_app(**args)
         return self._admin
+
+    def ui_app(self, sessions: Sessions, limiter: LoginLimiter) -> ASGIApp | None:
+        """The dashboard (``spendgate.gateway.ui``) over this state; ``sessions`` and ``limiter``
+        are the process's (``GatewayApp``'s), so a reload keeps sessions and failed logins."""
+        if not self._ui_tried:
+            self._ui_tried = True
+            from spendgate.gateway.ui import create_ui_app
+
+            args = self._admin_args("/ui")
+            if args is not None:
+                self._ui = create_ui_app(**args, sessions=sessions, limiter=limiter, clock=self.guard.clock)
+        return self._ui
 
     async def aclose(self) -> None:
         self.guard.close()  # unsubscribes; the guard never owns a ledger passed to it
@@ -302,6 +330,9 @@ class GatewayApp:
         self._telemetry = False  # this app started telemetry (lifespan), so it shuts it down
         self._alerts: AlertDispatcher | None = None  # started by the lifespan (docs/alerts.md)
         self._retired: list[GatewayState] = []
+        # The dashboard's sessions and failed-login counts (spendgate.gateway.ui): the process's,
+        # kept across reloads; made at the first /ui request.
+        self._ui_auth: tuple[Sessions, LoginLimiter] | None = None
         self._router = Router(
             routes=[
                 _Route("/healthz", self._healthz, methods=["GET", "HEAD"]),
@@ -309,6 +340,8 @@ class GatewayApp:
                 _Route("/metrics", self._metrics, methods=["GET"]),
                 _Route("/v1/models", self._models, methods=["GET"]),
                 Mount("/admin", app=self._admin),
+                _Route("/ui", self._ui_root, methods=["GET", "HEAD"]),
+                Mount("/ui", app=self._ui),
             ],
             default=proxy.unmatched,
             redirect_slashes=False,  # a redirect is no answer an API client reads: a JSON 404
@@ -475,6 +508,23 @@ class GatewayApp:
         if app is None:
             response = JSONResponse(
                 {"error": {"message": "The admin API is not available."}}, status_code=404
+            )
+            await response(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    async def _ui_root(self, request: Request) -> Response:
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/ui/", status_code=307)
+
+    async def _ui(self, scope: proxy.Scope, receive: proxy.Receive, send: proxy.Send) -> None:
+        if self._ui_auth is None:
+            from spendgate.gateway.ui import LoginLimiter, Sessions
+
+            self._ui_auth = (Sessions(), LoginLimiter())
+        app = self.state.ui_app(*self._ui_auth)
+        if app is None:
+            response = JSONResponse(
+                {"error": {"message": "The dashboard is not available."}}, status_code=404
             )
             await response(scope, receive, send)
             return

@@ -204,7 +204,7 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
     except GatewayError as err:
         ctx.status = err.status
         ctx.error = err.code or err.reason
-        metrics.refusals.labels(err.reason).inc()
+        metrics.refused(err.reason)
         await respond(send, err.status, _dumps(err.payload(anthropic)), [_JSON, *err.headers])
     except _ClientGoneError:
         ctx.status = 499
@@ -225,7 +225,7 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
                 504, message + ".", etype="server_error", code="request_timeout", reason="request_timeout"
             )
             ctx.status = timed_out.status
-            metrics.refusals.labels(timed_out.reason).inc()
+            metrics.refused(timed_out.reason)
             await respond(send, timed_out.status, _dumps(timed_out.payload(anthropic)), [_JSON])
     except Exception:
         # A bug, not the client's input: logged, and answered in the provider's shape if the
@@ -238,7 +238,7 @@ async def handle(state: GatewayState, spec: EndpointSpec, scope: Scope, receive:
         failed = GatewayError(
             500, "The gateway failed on this request.", etype="server_error", reason="error"
         )
-        metrics.refusals.labels(failed.reason).inc()
+        metrics.refused(failed.reason)
         await respond(send, failed.status, _dumps(failed.payload(anthropic)), [_JSON])
     finally:
         elapsed = time.perf_counter() - started

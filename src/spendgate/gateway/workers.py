@@ -14,6 +14,8 @@ worker serves.
 - SIGTERM, SIGINT: every worker stops gracefully, then the parent exits 0.
 - Logs: each worker logs as the parent does (level and format in the environment it
   inherits, ``spendgate.logs.configure``), one line per request on the shared stderr.
+- The dashboard's sessions are signed with one random secret per run, given to every worker
+  in its environment, so a session works on whichever worker answers.
 - Metrics: counters and histograms go through prometheus_client's
   multiprocess files in a temporary directory, so a scrape of any worker
   counts every worker's requests.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
 import tempfile
 from collections.abc import Callable
@@ -35,6 +38,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from spendgate import logs
 from spendgate.gateway.app import GatewayApp, GatewayState, create_app
 from spendgate.gateway.settings import exposure_problem
+from spendgate.gateway.ui.session import SECRET_ENV as UI_SECRET_ENV
 
 log = logging.getLogger("spendgate.gateway")
 
@@ -114,6 +118,8 @@ def serve_workers(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         os.environ[CONFIG_ENV] = os.path.abspath(settings_path)
         os.environ[logs.LEVEL_ENV], os.environ[logs.FORMAT_ENV] = logging_options
+        # One dashboard session key for all the workers of this run (docs/ui.md).
+        os.environ[UI_SECRET_ENV] = secrets.token_hex(32)
         config = Config(
             "spendgate.gateway.workers:create_worker_app",
             factory=True,

@@ -3,28 +3,28 @@
 Every route needs ``Authorization: Bearer <admin token>`` (``auth``). Errors use OpenAI's shape
 ``{"error": {"message", "type", "code"}}`` (``errors``); money is a decimal string in USD, never a
 float. The handlers (``handlers.keys``, ``handlers.budgets``, ``handlers.limits``,
-``handlers.usage``) are plain functions of the request: the key store, ledger and token getter
+``handlers.usage``, ``handlers.overview``) are plain functions of the request: the key store, ledger and token getter
 are the app's ``AdminContext`` (``app.state.admin``). ``OPENAPI`` is the document served at
 ``/openapi.json``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from spendgate.gateway.admin.auth import Handler, admin_only
-from spendgate.gateway.admin.context import AdminContext
+from spendgate.gateway.admin.auth import Check, Handler, guarded, token_check
+from spendgate.gateway.admin.context import AdminContext, no_refusals
 from spendgate.gateway.admin.errors import unmatched
-from spendgate.gateway.admin.handlers import alerts, budgets, forecast, keys, limits, usage
+from spendgate.gateway.admin.handlers import alerts, budgets, forecast, keys, limits, overview, usage
 from spendgate.gateway.admin.openapi import OPENAPI, openapi
 from spendgate.gateway.keys import KeyStore
 from spendgate.ledger import Ledger
 
-__all__ = ["OPENAPI", "ROUTES", "AdminContext", "create_admin_app"]
+__all__ = ["OPENAPI", "ROUTES", "TABLE", "AdminContext", "create_admin_app", "routes"]
 
 
 class _AnyIdRoute(Route):
@@ -36,35 +36,52 @@ class _AnyIdRoute(Route):
         self.path = path
 
 
-#: Every admin route; each handler is behind the admin token check.
-ROUTES = [
-    Route("/keys", admin_only(keys.create_key), methods=["POST"]),
-    Route("/keys", admin_only(keys.list_keys), methods=["GET"]),
-    Route("/keys/{id}", admin_only(keys.get_key), methods=["GET"]),
-    Route("/keys/{id}", admin_only(keys.delete_key), methods=["DELETE"]),
-    Route("/keys/{id}/disable", admin_only(keys.disable_key), methods=["POST"]),
-    Route("/keys/{id}/enable", admin_only(keys.enable_key), methods=["POST"]),
-    Route("/keys/{id}/rotate", admin_only(keys.rotate_key), methods=["POST"]),
-    Route("/budgets", admin_only(budgets.list_budgets), methods=["GET"]),
-    Route("/budgets", admin_only(budgets.create_budget), methods=["POST"]),
-    Route("/budgets/{id}", admin_only(budgets.patch_budget), methods=["PATCH"]),
-    Route("/budgets/{id}", admin_only(budgets.delete_budget), methods=["DELETE"]),
-    Route("/budgets/{id}/reset", admin_only(budgets.reset_budget), methods=["POST"]),
-    _AnyIdRoute("/budgets/{id}/forecast", admin_only(forecast.budget_forecast), methods=["GET"]),
-    _AnyIdRoute("/budgets/{id}/advice", admin_only(forecast.budget_advice), methods=["GET"]),
-    Route("/limits", admin_only(limits.list_limits), methods=["GET"]),
-    Route("/limits", admin_only(limits.create_limit), methods=["POST"]),
-    _AnyIdRoute("/limits/{id}", admin_only(limits.get_limit), methods=["GET"]),
-    _AnyIdRoute("/limits/{id}", admin_only(limits.patch_limit), methods=["PATCH"]),
-    _AnyIdRoute("/limits/{id}", admin_only(limits.put_limit), methods=["PUT"]),
-    _AnyIdRoute("/limits/{id}", admin_only(limits.delete_limit), methods=["DELETE"]),
-    Route("/usage", admin_only(usage.usage), methods=["GET"]),
-    Route("/usage/timeseries", admin_only(usage.usage_timeseries), methods=["GET"]),
-    Route("/requests", admin_only(usage.requests_log), methods=["GET"]),
-    Route("/alerts", admin_only(alerts.list_alerts), methods=["GET"]),
-    Route("/alerts/retry", admin_only(alerts.retry_alert), methods=["POST"]),
-    Route("/openapi.json", admin_only(openapi), methods=["GET"]),
+#: Every admin route as (path, handler, methods): the handlers before any check.
+TABLE: list[tuple[str, Handler, list[str]]] = [
+    ("/keys", keys.create_key, ["POST"]),
+    ("/keys", keys.list_keys, ["GET"]),
+    ("/keys/{id}", keys.get_key, ["GET"]),
+    ("/keys/{id}", keys.delete_key, ["DELETE"]),
+    ("/keys/{id}/disable", keys.disable_key, ["POST"]),
+    ("/keys/{id}/enable", keys.enable_key, ["POST"]),
+    ("/keys/{id}/rotate", keys.rotate_key, ["POST"]),
+    ("/budgets", budgets.list_budgets, ["GET"]),
+    ("/budgets", budgets.create_budget, ["POST"]),
+    ("/budgets/{id}", budgets.patch_budget, ["PATCH"]),
+    ("/budgets/{id}", budgets.delete_budget, ["DELETE"]),
+    ("/budgets/{id}/reset", budgets.reset_budget, ["POST"]),
+    ("/budgets/{id}/forecast", forecast.budget_forecast, ["GET"]),
+    ("/budgets/{id}/advice", forecast.budget_advice, ["GET"]),
+    ("/limits", limits.list_limits, ["GET"]),
+    ("/limits", limits.create_limit, ["POST"]),
+    ("/limits/{id}", limits.get_limit, ["GET"]),
+    ("/limits/{id}", limits.patch_limit, ["PATCH"]),
+    ("/limits/{id}", limits.put_limit, ["PUT"]),
+    ("/limits/{id}", limits.delete_limit, ["DELETE"]),
+    ("/usage", usage.usage, ["GET"]),
+    ("/usage/timeseries", usage.usage_timeseries, ["GET"]),
+    ("/requests", usage.requests_log, ["GET"]),
+    ("/alerts", alerts.list_alerts, ["GET"]),
+    ("/alerts/retry", alerts.retry_alert, ["POST"]),
+    ("/overview", overview.overview, ["GET"]),
+    ("/openapi.json", openapi, ["GET"]),
 ]
+#: Routes whose ``{id}`` takes the rest of the path (a limit's id has slashes).
+_ANY_ID = frozenset({"/budgets/{id}/forecast", "/budgets/{id}/advice", "/limits/{id}"})
+
+
+def routes(check: Check) -> list[Route]:
+    """Every admin route, each handler behind ``check`` (``token_check`` for ``/admin``; the
+    dashboard's session check for ``/ui/api``)."""
+    out: list[Route] = []
+    for path, handler, methods in TABLE:
+        kind = _AnyIdRoute if path in _ANY_ID else Route
+        out.append(kind(path, guarded(handler, check), methods=methods))
+    return out
+
+
+#: Every admin route; each handler is behind the admin token check.
+ROUTES = routes(token_check)
 
 
 def create_admin_app(
@@ -74,10 +91,12 @@ def create_admin_app(
     admin_token: Callable[[], str | None],
     config_budgets: Callable[[], frozenset[str]] = frozenset,
     config_limits: Callable[[], frozenset[str]] = frozenset,
+    refusals: Callable[[], Mapping[str, int] | None] = no_refusals,
 ) -> Starlette:
     """The admin API as its own Starlette app. ``admin_token`` is asked on every request (config
     reloads); ``config_budgets`` gives the ids of the budgets the config defines (not deletable),
-    ``config_limits`` those of its rate limits (not changed or deleted)."""
+    ``config_limits`` those of its rate limits (not changed or deleted); ``refusals`` the
+    gateway's refusals of the last hour per reason (``/overview``; None where none are counted)."""
     app = Starlette(routes=list(ROUTES), exception_handlers={HTTPException: unmatched})
     app.state.admin = AdminContext(
         keys=keys,
@@ -85,5 +104,6 @@ def create_admin_app(
         admin_token=admin_token,
         config_budgets=config_budgets,
         config_limits=config_limits,
+        refusals=refusals,
     )
     return app

@@ -1,6 +1,8 @@
 """The admin token check every admin route goes through, and the mapping of handler errors.
 
-The token is compared in constant time. Without a configured token every route answers 403, so an
+``guarded(handler, check)`` puts any check in front of a handler with the same error mapping:
+``admin_only`` is the bearer token's; the dashboard (``spendgate.gateway.ui``) mounts the same
+handlers behind its session cookie and CSRF check. The token is compared in constant time. Without a configured token every route answers 403, so an
 unset variable never leaves the API open. Virtual keys (``sg-...``) are refused by name.
 """
 
@@ -19,11 +21,13 @@ from spendgate.gateway.admin.errors import ApiError, error_response
 from spendgate.gateway.keys import SECRET_PREFIX
 from spendgate.ledger import LedgerUnavailableError
 
-__all__ = ["Handler", "admin_only", "refusal"]
+__all__ = ["Check", "Handler", "admin_only", "guarded", "refusal", "token_check"]
 
 log = logging.getLogger("spendgate.gateway.admin")
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: A request's refusal (its answer), or None when it may go on to the handler.
+Check = Callable[[Request], Response | None]
 
 
 def refusal(request: Request, expected: str | None) -> Response | None:
@@ -50,12 +54,22 @@ def refusal(request: Request, expected: str | None) -> Response | None:
     return error_response(401, message, "authentication_error", "invalid_admin_token")
 
 
+def token_check(request: Request) -> Response | None:
+    """The admin API's check: ``Authorization: Bearer <admin token>``."""
+    return refusal(request, context(request).admin_token())
+
+
 def admin_only(handler: Handler) -> Handler:
     """``handler`` behind the token check, its ``ApiError``s and ledger outages as JSON errors."""
+    return guarded(handler, token_check)
+
+
+def guarded(handler: Handler, check: Check) -> Handler:
+    """``handler`` behind ``check``, its ``ApiError``s and ledger outages as JSON errors."""
 
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
-        refused = refusal(request, context(request).admin_token())
+        refused = check(request)
         if refused is not None:
             return refused
         try:

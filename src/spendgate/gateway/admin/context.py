@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from starlette.requests import Request
 
+from spendgate.forecasting import ForecastCache
 from spendgate.gateway.keys import KeyStore
 from spendgate.ledger import Ledger
 
-__all__ = ["AdminContext", "context"]
+__all__ = ["AdminContext", "context", "no_refusals"]
+
+
+def no_refusals() -> Mapping[str, int] | None:
+    """No gateway counts refusals here (an admin app built alone)."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,11 @@ class AdminContext:
     #: Ids of the rate limits the gateway's config defines (``limits:``): put back as written
     #: there at every start and reload, so the API refuses to change or delete them.
     config_limits: Callable[[], frozenset[str]] = field(default=frozenset)
+    #: The gateway process's refusals of the last hour per reason (``Metrics.recent_refusals``),
+    #: or None where no gateway counts them.
+    refusals: Callable[[], Mapping[str, int] | None] = field(default=no_refusals)
+    #: The overview's forecasts, each kept a minute (the dashboard asks on every load).
+    forecasts: ForecastCache = field(default_factory=ForecastCache)
 
     @staticmethod
     def now() -> datetime:

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from spendgate.budgets import DIMENSIONS
 from spendgate.gateway.admin.handlers.limits import MAX_COUNT
+from spendgate.gateway.admin.handlers.overview import MAX_BUDGETS
 from spendgate.gateway.admin.handlers.usage import DEFAULT_POINTS, DEFAULT_SPAN, MAX_POINTS, MAX_REQUESTS
 from spendgate.gateway.views import KEY_FIELDS
 from spendgate.limits import KINDS, WINDOWED
@@ -301,6 +302,11 @@ OPENAPI: Final[dict[str, Any]] = {
                               "additionalProperties": False,
                               "properties": {"event_id": {"type": "string"}, "destination": {"type": "string"}}}),
         },
+        "/overview": {
+            "get": _op("The dashboard's first page (docs/ui.md): spend today and this month (UTC), the "
+                       f"{MAX_BUDGETS} budget instances closest to their limit with their forecast, and "
+                       "this gateway process's refusals of the last hour", _json(_ref("Overview"))),
+        },
         "/openapi.json": {"get": _op("This document", _json({"type": "object"}))},
     },
     "components": {
@@ -315,6 +321,21 @@ OPENAPI: Final[dict[str, Any]] = {
                     "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
                     "last_error": {"type": ["string", "null"]},
                     "delivered_at": {"type": ["string", "null"], "format": "date-time"}}},
+            "Overview": {"type": "object", "required": ["now", "spend", "budgets", "budgets_total", "refusals"],
+                "properties": {"now": {"type": "string", "format": "date-time"},
+                    "spend": {"type": "object", "properties": {period: {"type": "object",
+                        "properties": {"cost": {"type": "string"}, "requests": {"type": "integer"},
+                                       "start": {"type": "string", "format": "date-time"}}}
+                        for period in ("today", "month")}},
+                    "budgets": {"type": "array", "description": "the fields of /budgets' rows, and forecast",
+                        "items": {"type": "object", "properties": {"forecast": {"type": ["object", "null"]}}}},
+                    "budgets_total": {"type": "integer"},
+                    "refusals": {"type": ["object", "null"], "description": "null: no gateway counts them",
+                        "properties": {"window_seconds": {"type": "integer"}, "scope": {"const": "process"},
+                                       "total": {"type": "integer"}, "budget": {"type": "integer"},
+                                       "rate_limit": {"type": "integer"},
+                                       "by_reason": {"type": "object",
+                                                     "additionalProperties": {"type": "integer"}}}}}},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                 "type": "object", "required": ["message", "type", "code"],
                 "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": "string"}}}}},
@@ -452,6 +473,7 @@ OPENAPI: Final[dict[str, Any]] = {
             "RequestRecord": {"type": "object", "properties": {
                 "request_id": {"type": "string"}, "model": {"type": ["string", "null"]},
                 "attributes": {"type": "object"}, "cost": _USD, "status": {"type": "string"},
+                "estimate": {"oneOf": [_USD, {"type": "null"}], "description": "what it reserved (its worst case)"},
                 "started_at": {"type": "string", "format": "date-time"},
                 "finished_at": {"type": "string", "format": "date-time"},
                 "usage": {"type": "object", "additionalProperties": {"type": "integer"}},
