@@ -60,6 +60,8 @@ PAGES = ("overview", "budgets", "usage", "keys", "requests", "alerts")
 XSS_MODEL = "gpt-<img src=x onerror=window.__xss=1>"
 XSS_USER = "<img src=x onerror=window.__xss=2>"
 XSS_TAG = "<script>window.__xss=3</script>"
+#: A rate limit of the gateway's config: listed, but the admin API refuses to change or delete it.
+CONFIG_LIMIT = "config-requests"
 HISTORY_MODELS = ("gpt-4o-mini", "gpt-4o", "claude-3-5-haiku")
 HISTORY_TEAMS = ("search", "support", "research")
 
@@ -160,6 +162,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory, up: FakeUpstream) -> Iterator[U
             "poll_interval": 0.5,
         },
         prices={XSS_MODEL: {"input": "2.50", "output": "10"}},
+        limits=[{"id": CONFIG_LIMIT, "selector": {"user": "config-limited"}, "requests": 1000, "per": "1m"}],
     )
     gateway = Gateway.start(config, tmp / "gateway.yaml", env={"SPENDGATE_ADMIN_TOKEN": ADMIN_TOKEN})
     admin = httpx.Client(
@@ -362,6 +365,70 @@ def test_reset_and_delete_a_budget(page: Page, ui: UiEnv) -> None:
     confirm(page)
     page.locator(".notice.error", has_text="config").wait_for()
     assert page.locator("tr[data-budget='global']").count() == 1
+
+
+def test_change_and_delete_a_rate_limit(page: Page, ui: UiEnv) -> None:
+    key = ui.admin.post("/keys", json={"name": "limited", "user": "limited"}).raise_for_status().json()
+    made = (
+        ui.admin.post("/limits", json={"selector": {"key": key["id"]}, "requests": 60, "per": "1m"})
+        .raise_for_status()
+        .json()
+    )
+    limit_id = made["id"]
+    assert "/" in limit_id  # the default id, e.g. key=key_.../requests/1m: URL-encoded by the UI
+    admin_path = "/limits/" + quote(limit_id, safe="")
+    open_page(page, "budgets")
+    row = page.locator(f"[data-testid=limits] tr[data-limit='{limit_id}']")
+    assert row.locator("[data-testid=amount]").inner_text() == "60"
+    assert "requests" in row.inner_text() and "1m" in row.inner_text()
+    assert row.locator("[data-testid=used]").inner_text() == "0"
+    assert bar_width(row) == 0
+    # A bad amount is refused in the page; 1 request a minute goes to the admin API.
+    row.get_by_role("button", name="Change amount").click()
+    page.fill("dialog[open] input", "lots")
+    confirm(page)
+    page.locator("[data-testid=limits-section] .notice.error", has_text="not an amount").wait_for()
+    page.locator(f"tr[data-limit='{limit_id}']").get_by_role("button", name="Change amount").click()
+    page.fill("dialog[open] input", "1")
+    confirm(page)
+    ready(page, "budgets")
+    page.locator("[data-testid=limits-section] .notice.ok", has_text="amount now 1").wait_for()
+    row = page.locator(f"tr[data-limit='{limit_id}']")
+    assert row.locator("[data-testid=amount]").inner_text() == "1"
+    assert ui.admin.get(admin_path).raise_for_status().json()["amount"] == "1"
+    client = ui.client_for(key["secret"])
+    chat(client)
+    with pytest.raises(openai.RateLimitError):
+        chat(client)
+    page.click("#refresh")
+    ready(page, "budgets")
+    row = page.locator(f"tr[data-limit='{limit_id}']")
+    assert row.locator("[data-testid=used]").inner_text() == "1"
+    assert bar_width(row) == 100
+    # Cancel leaves it; OK deletes it, and requests go through again.
+    row.get_by_role("button", name="Delete").click()
+    page.locator("dialog[open] button[value=cancel]").click()
+    assert page.locator(f"tr[data-limit='{limit_id}']").count() == 1
+    page.locator(f"tr[data-limit='{limit_id}']").get_by_role("button", name="Delete").click()
+    confirm(page)
+    ready(page, "budgets")
+    page.locator("[data-testid=limits-section] .notice.ok", has_text="deleted").wait_for()
+    assert page.locator(f"tr[data-limit='{limit_id}']").count() == 0
+    assert ui.admin.get(admin_path).status_code == 404
+    assert all(row["id"] != limit_id for row in ui.admin.get("/limits").json()["data"])
+    chat(client)
+    # A limit of the config cannot be changed or deleted: the admin API's reason is shown.
+    configured = page.locator(f"tr[data-limit='{CONFIG_LIMIT}']")
+    configured.get_by_role("button", name="Delete").click()
+    confirm(page)
+    page.locator("[data-testid=limits-section] .notice.error", has_text="config").wait_for()
+    ready(page, "budgets")
+    assert configured.count() == 1
+    configured.get_by_role("button", name="Change amount").click()
+    page.fill("dialog[open] input", "5")
+    confirm(page)
+    page.locator("[data-testid=limits-section] .notice.error", has_text="config").wait_for()
+    assert ui.admin.get("/limits/" + CONFIG_LIMIT).json()["amount"] == "1000"
 
 
 def test_create_disable_and_rotate_a_key(page: Page, ui: UiEnv) -> None:

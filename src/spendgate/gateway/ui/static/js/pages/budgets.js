@@ -1,8 +1,10 @@
 // #/budgets: each budget's use, reset time and forecast; change a limit, pause, reset, delete.
+// Below them the rate limits (./limits.js): use per instance; change the amount, delete.
 import { get, patch, post, del, path, query } from "../api.js";
 import { h, usd, when, pairs, table, bar, notice } from "../dom.js";
 import { confirmDialog, promptDialog } from "../ui.js";
 import { budgetLegend } from "./overview.js";
+import { loadLimits, limitsSection } from "./limits.js";
 
 export const TITLE = "Budgets";
 const MAX_FORECASTS = 100;
@@ -25,7 +27,7 @@ function forecastCell(cell, b) {
 }
 
 export async function render(view, _params, ctx) {
-  const { data } = await get("/budgets");
+  const [{ data }, limits] = await Promise.all([get("/budgets"), loadLimits()]);
   if (ctx.stale()) return;
   const messages = h("div", { class: "messages" });
   if (flash) messages.append(notice(flash, "ok"));
@@ -98,5 +100,6 @@ export async function render(view, _params, ctx) {
     messages,
     budgetLegend(),
     table(["Budget", "Use", "Available", "Resets", "Forecast", ""], rows,
-      { "data-testid": "budgets" }));
+      { "data-testid": "budgets" }),
+    limitsSection(limits, ctx));
 }
