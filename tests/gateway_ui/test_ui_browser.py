@@ -258,10 +258,11 @@ def bar_width(row: Any) -> float:
 
 
 def confirm(page: Page) -> None:
-    """OK in the open confirmation dialog, then wait for it to close."""
-    dialog = page.locator("dialog[open]")
-    dialog.locator("button[value=ok]").click()
-    dialog.wait_for(state="detached")
+    """OK in the open confirmation dialog, then wait for it to be gone: its "close" event, which
+    starts the change (and marks the page busy), comes a task after ``open`` is dropped, and
+    the page removes the dialog in that same event."""
+    page.locator("dialog[open] button[value=ok]").click()
+    page.locator("dialog.modal").wait_for(state="detached")
 
 
 # -- the tests ------------------------------------------------------------------------------------

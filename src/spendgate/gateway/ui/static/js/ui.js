@@ -1,5 +1,5 @@
 // Modal dialogs (<dialog>, no window.confirm) and the one-time secret panel.
-import { h } from "./dom.js";
+import { h, notice } from "./dom.js";
 
 function modal(title, body, buttons) {
   return new Promise((resolve) => {
@@ -62,4 +62,21 @@ export function secretPanel(title, secret, onClose) {
     h("div", { class: "secret-row" }, code, copy),
     h("button", { type: "button", class: "secondary", on: { click: () => { panel.remove(); onClose?.(); } } }, "Done"));
   return panel;
+}
+
+/** A page's change: clear its messages, mark the page busy, run it; on success tell
+ *  ``remember`` what it did and what it answered (a page shows it once after it reloads its
+ *  data) and re-render, else show the error. */
+export function acting(ctx, messages, remember) {
+  return async function act(run, done) {
+    messages.textContent = "";
+    const failed = ctx.busy();
+    try {
+      remember(done, await run());
+      ctx.rerender();
+    } catch (err) {
+      messages.append(notice(err.message));
+      failed();
+    }
+  };
 }

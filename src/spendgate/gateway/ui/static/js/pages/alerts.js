@@ -1,5 +1,6 @@
 // #/alerts: alert deliveries (what was sent where, what is pending, what failed); retry a failure.
 import { get, post, query } from "../api.js";
+import { acting } from "../ui.js";
 import { h, when, pairs, table, notice } from "../dom.js";
 
 export const TITLE = "Alerts";
@@ -24,22 +25,15 @@ export async function render(view, params, ctx) {
   const messages = h("div", { class: "messages" });
   if (flash) messages.append(notice(flash, "ok"));
   flash = null;
+  const act = acting(ctx, messages, (done) => { flash = done; });
   view.append(h("div", { class: "page-head" }, h("h1", {}, "Alert deliveries")), form, messages);
   const page = await get("/alerts" + query({ state, destination, before, limit: 100 }));
   if (ctx.stale()) return;
   const rows = page.data.map((d) => {
     const e = d.event || {};
     const retry = d.state === "failed" && e.id ? h("button", { type: "button", class: "small", on: { click: async () => {
-      messages.textContent = "";
-      const failed = ctx.busy();
-      try {
-        await post("/alerts/retry", { event_id: e.id, destination: d.destination });
-        flash = `Retrying ${e.type ?? "the alert"} to ${d.destination}`;
-        ctx.rerender();
-      } catch (err) {
-        messages.append(notice(err.message));
-        failed();
-      }
+      await act(() => post("/alerts/retry", { event_id: e.id, destination: d.destination }),
+        `Retrying ${e.type ?? "the alert"} to ${d.destination}`);
     } } }, "Retry") : null;
     return h("tr", { "data-event": e.id ?? "", "data-destination": d.destination },
       h("td", {}, h("strong", {}, e.type ?? ""), h("div", {}, e.budget ?? e.budget_id ?? ""),

@@ -2,7 +2,7 @@
 // Below them the rate limits (./limits.js): use per instance; change the amount, delete.
 import { get, patch, post, del, path, query } from "../api.js";
 import { h, usd, when, pairs, table, bar, notice } from "../dom.js";
-import { confirmDialog, promptDialog } from "../ui.js";
+import { acting, confirmDialog, promptDialog } from "../ui.js";
 import { budgetLegend } from "./overview.js";
 import { loadLimits, limitsSection } from "./limits.js";
 
@@ -33,18 +33,7 @@ export async function render(view, _params, ctx) {
   if (flash) messages.append(notice(flash, "ok"));
   flash = null;
 
-  async function act(run, done) {
-    messages.textContent = "";
-    const failed = ctx.busy();
-    try {
-      await run();
-      flash = done;
-      ctx.rerender();
-    } catch (err) {
-      messages.append(notice(err.message));
-      failed();
-    }
-  }
+  const act = acting(ctx, messages, (done) => { flash = done; });
 
   const rows = data.map((b, i) => {
     const name = b.label || b.id;

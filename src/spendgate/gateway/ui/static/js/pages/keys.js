@@ -1,7 +1,7 @@
 // #/keys: list, create (the secret shown once), disable/enable, rotate, delete; expiry.
 import { get, post, del, path } from "../api.js";
-import { h, usd, when, table, bar, notice } from "../dom.js";
-import { confirmDialog, secretPanel } from "../ui.js";
+import { h, usd, when, table, bar } from "../dom.js";
+import { acting, confirmDialog, secretPanel } from "../ui.js";
 
 export const TITLE = "Keys";
 const FIELDS = ["user", "team", "project", "customer"];
@@ -36,16 +36,9 @@ function createForm(messages, ctx) {
       body.budget = values.budget.trim();
       body.window = values.window;
     }
-    messages.textContent = "";
-    const failed = ctx.busy();
-    try {
-      const key = await post("/keys", body);
+    await acting(ctx, messages, (_, key) => {
       shown = { title: `Key ${key.name || key.id} created`, secret: key.secret };
-      ctx.rerender();
-    } catch (err) {
-      messages.append(notice(err.message));
-      failed();
-    }
+    })(() => post("/keys", body));
   });
   return form;
 }
@@ -59,18 +52,7 @@ export async function render(view, _params, ctx) {
     view.append(secretPanel(shown.title, shown.secret));
     shown = null;
   }
-  async function act(run, after) {
-    messages.textContent = "";
-    const failed = ctx.busy();
-    try {
-      const result = await run();
-      if (after) after(result);
-      ctx.rerender();
-    } catch (err) {
-      messages.append(notice(err.message));
-      failed();
-    }
-  }
+  const act = acting(ctx, messages, (after, result) => { if (after) after(result); });
   const rows = data.map((k) => {
     const name = k.name || k.id;
     const button = (label, cls, handler) => h("button", { type: "button", class: "small " + (cls || ""), on: { click: handler } }, label);

@@ -3,7 +3,7 @@
 // config are refused by the server (409): its message is shown.
 import { get, patch, del, path } from "../api.js";
 import { h, usd, pairs, table, notice } from "../dom.js";
-import { confirmDialog, promptDialog } from "../ui.js";
+import { acting, confirmDialog, promptDialog } from "../ui.js";
 
 const MAX_INSTANCES = 10; // per limit, the most used first
 const COUNT = /^[0-9]+$/;
@@ -71,18 +71,7 @@ export function limitsSection(rows, ctx) {
   if (flash) messages.append(notice(flash, "ok"));
   flash = null;
 
-  async function act(run, done) {
-    messages.textContent = "";
-    const failed = ctx.busy();
-    try {
-      await run();
-      flash = done;
-      ctx.rerender();
-    } catch (err) {
-      messages.append(notice(err.message));
-      failed();
-    }
-  }
+  const act = acting(ctx, messages, (done) => { flash = done; });
 
   const button = (label, handler) => h("button", { type: "button", class: "small", on: { click: handler } }, label);
   const trs = rows.map((l) => {
