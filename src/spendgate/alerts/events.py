@@ -33,6 +33,7 @@ __all__ = [
     "Delivery",
     "DeliveryRecord",
     "DeliveryState",
+    "finished_times",
     "forecast_event",
     "refusing_event",
     "reset_event",
@@ -286,6 +287,16 @@ def forecast_event(
 
 DeliveryState = Literal["pending", "delivered", "failed", "skipped"]
 DELIVERY_STATES: Final = get_args(DeliveryState)
+
+
+def finished_times(
+    state: DeliveryState, now: datetime, retry_at: datetime | None
+) -> tuple[datetime, datetime | None]:
+    """What ``AlertOutbox.finish_delivery`` records, for every backend alike: when the delivery is
+    next due (``retry_at``, needed to make it pending again; else now) and when it was delivered."""
+    if state == "pending" and retry_at is None:
+        raise ValueError("a delivery made pending again needs retry_at")
+    return (retry_at if retry_at is not None else now), (now if state == "delivered" else None)
 
 
 @dataclass(frozen=True, slots=True)

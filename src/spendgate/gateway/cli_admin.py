@@ -123,11 +123,15 @@ def opened_ledger(
 def _opened(
     ledger_url: str | None, config_path: str | None, *, keys: bool
 ) -> Iterator[tuple[Ledger, KeyStore | None]]:
-    with opened_ledger(ledger_url, config_path) as ledger:
+    try:
+        url = resolve_ledger_url(ledger_url, config_path)  # the config is read once, for both
+    except ConfigError as exc:
+        fail(str(exc))
+    with opened_ledger(url, None) as ledger:
         store: KeyStore | None = None
         if keys:
             try:
-                store = open_keystore(resolve_ledger_url(ledger_url, config_path), create=False)
+                store = open_keystore(url, create=False)
             except LedgerUnavailableError as exc:
                 fail(str(exc), EXIT_UNAVAILABLE)
             except ConfigError as exc:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from spendgate.alerts.events import AlertEvent, Delivery, DeliveryRecord, DeliveryState
+from spendgate.alerts.events import AlertEvent, Delivery, DeliveryRecord, DeliveryState, finished_times
 from spendgate.clock import Clock
 
 __all__ = ["MemoryOutbox"]
@@ -89,9 +89,7 @@ class MemoryOutbox:
         error: str | None = None,
         retry_at: datetime | None = None,
     ) -> bool:
-        if state == "pending" and retry_at is None:
-            raise ValueError("a delivery made pending again needs retry_at")
-        now = self.clock.now()
+        next_at, delivered_at = finished_times(state, self.clock.now(), retry_at)
         with self._ob_lock:
             row = self._ob_rows.get((delivery.seq, delivery.destination))
             if row is None or row.state != "pending":
@@ -99,8 +97,7 @@ class MemoryOutbox:
             if row.owner != delivery.owner or row.until != delivery.claimed_until:
                 return False
             row.state, row.error, row.owner, row.until = state, error, None, None
-            row.next_at = retry_at if retry_at is not None else now
-            row.delivered_at = now if state == "delivered" else None
+            row.next_at, row.delivered_at = next_at, delivered_at
             return True
 
     def alert_deliveries(

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from spendgate.alerts.events import AlertEvent, Delivery, DeliveryRecord, DeliveryState
+from spendgate.alerts.events import AlertEvent, Delivery, DeliveryRecord, DeliveryState, finished_times
 from spendgate.ledger.postgres.codec import us
 from spendgate.ledger.postgres.connection import Body, Q
 from spendgate.ledger.postgres.core import LedgerCore
@@ -140,12 +140,9 @@ class AlertOutboxMixin(LedgerCore):
         error: str | None = None,
         retry_at: datetime | None = None,
     ) -> bool:
-        if state == "pending" and retry_at is None:
-            raise ValueError("a delivery made pending again needs retry_at")
-        now = self.clock.now()
-        next_at = us(retry_at if retry_at is not None else now)
-        delivered = us(now) if state == "delivered" else None
-        params = (state, next_at, error, delivered, delivery.seq, delivery.destination, delivery.owner,
+        next_at, delivered_at = finished_times(state, self.clock.now(), retry_at)
+        delivered = None if delivered_at is None else us(delivered_at)
+        params = (state, us(next_at), error, delivered, delivery.seq, delivery.destination, delivery.owner,
                   us(delivery.claimed_until))  # fmt: skip
 
         def body() -> Body[bool]:

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from spendgate.alerts.events import AlertEvent, Delivery, DeliveryRecord, DeliveryState
+from spendgate.alerts.events import AlertEvent, Delivery, DeliveryRecord, DeliveryState, finished_times
 from spendgate.ledger.rows import deliveries_query, delivery_of
 from spendgate.ledger.sqlite.codec import us
 from spendgate.ledger.sqlite.core import LedgerCore
@@ -129,11 +129,8 @@ class AlertOutboxMixin(LedgerCore):
         error: str | None = None,
         retry_at: datetime | None = None,
     ) -> bool:
-        now = self.clock.now()
-        if state == "pending" and retry_at is None:
-            raise ValueError("a delivery made pending again needs retry_at")
-        next_at = us(retry_at if retry_at is not None else now)
-        delivered = us(now) if state == "delivered" else None
+        next_at, delivered_at = finished_times(state, self.clock.now(), retry_at)
+        delivered = None if delivered_at is None else us(delivered_at)
 
         def body(conn: sqlite3.Connection) -> bool:
             # Only the claim's owner: once its lease ran out another sender may have claimed it,
@@ -143,7 +140,7 @@ class AlertOutboxMixin(LedgerCore):
                 "claimed_by = NULL, claimed_until = NULL "
                 "WHERE event_seq = ? AND destination = ? AND claimed_by = ? AND claimed_until = ? "
                 "AND state = 'pending'",
-                (state, next_at, error, delivered, delivery.seq, delivery.destination, delivery.owner,
+                (state, us(next_at), error, delivered, delivery.seq, delivery.destination, delivery.owner,
                  us(delivery.claimed_until)),
             )  # fmt: skip
             return bool(cur.rowcount)
