@@ -804,6 +804,19 @@ def test_changes_reach_other_instances(make_ledger: MakeLedger) -> None:
     assert heard[-1].kind == "reset"
 
 
+def test_a_paused_budget_reaches_other_instances(make_ledger: MakeLedger) -> None:
+    """A limit of 0, configured or set at run time, is read back by another instance (it was
+    once written as '0E-9', which no instance could read: every start after it failed)."""
+    if make_ledger.backend not in SHARED:
+        pytest.skip("state is per ledger object")
+    first = make_ledger([budget(id="zero", limit="0"), budget(id="b", limit="5")])
+    first.set_limit("b", USD("0"))
+    second = make_ledger([budget(id="zero", limit="0"), budget(id="b", limit="5")])
+    second.refresh()
+    assert second.get_budget("zero").limit == USD("0") and second.get_budget("b").limit == USD("0")
+    refused(second.reserve("r1", ALICE, USD("0.01"), 60))
+
+
 def test_thresholds_once_across_instances(make_ledger: MakeLedger) -> None:
     if make_ledger.backend not in SHARED:
         pytest.skip("state is per ledger object")

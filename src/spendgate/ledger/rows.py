@@ -49,7 +49,7 @@ def budgets_of(rows: Iterable[Sequence[Any]]) -> dict[str, Budget]:
     budgets: dict[str, Budget] = {}
     for budget_id, definition, config_limit, override in rows:
         config = json.loads(definition)
-        config["limit"] = str(Money(override if override is not None else config_limit).to_decimal())
+        config["limit"] = Money(override if override is not None else config_limit).decimal_str()
         budgets[budget_id] = Budget.from_config(config, where=f"budgets[{budget_id!r}]")
     return budgets
 
