@@ -204,7 +204,7 @@ def test_an_older_file_gets_its_id_at_open(db: Path) -> None:
         conn.commit()
     ledger = SQLiteLedger(db, [CAP])
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert conn.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone() is not None
     assert isinstance(ledger.reserve("r", ALICE, USD("1"), 60), Reservation)
     ledger.close()

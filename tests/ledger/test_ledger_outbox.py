@@ -338,7 +338,7 @@ def test_a_postgres_schema_of_version_1_gets_the_outbox(clock: ManualClock) -> N
         with psycopg.connect(settings.conninfo, autocommit=True) as conn:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.schema)))
             assert conn.execute("SELECT version FROM spendgate_schema").fetchall() == [(SCHEMA_VERSION,)]
-            assert SCHEMA_VERSION == 3
+            assert SCHEMA_VERSION == 4
     finally:
         drop_test_data(url)
 

@@ -121,7 +121,7 @@ def test_ledger_is_abstract() -> None:
 
 
 def test_schema_file_is_the_migrations() -> None:
-    assert SCHEMA_VERSION == len(MIGRATIONS) == 5
+    assert SCHEMA_VERSION == len(MIGRATIONS) == 6
     assert sum(s.startswith("CREATE TABLE") for s in MIGRATIONS[0]) == 6
     assert MIGRATIONS[1] == ["INSERT INTO meta (key, value) VALUES ('ledger_id', random()), ('probes', 0)"]
     # Rate limits: their definitions, window buckets, counts in flight, and what a request took.

@@ -220,6 +220,7 @@ def test_a_sqlite_file_of_schema_4_gets_its_token_columns_filled(tmp_path: objec
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE requests DROP COLUMN input_tokens")
         conn.execute("ALTER TABLE requests DROP COLUMN output_tokens")
+        conn.execute("DROP TABLE refusal_counts")  # migration 6's
     conn.close()
     ledger = open_ledger(f"sqlite:///{path}", clock=clock, create=False)
     [point] = ledger.usage_timeseries(T0 - timedelta(hours=1), T0 + timedelta(hours=1), timedelta(hours=1))

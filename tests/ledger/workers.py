@@ -150,3 +150,21 @@ def claim_all(url: str, proc: int, destination: str, add: int, go: Any, out: Any
             break  # every delivery exists and none is pending: all delivered
     out.put(("claimed", proc, claimed))
     ledger.close()
+
+
+def add_refusal_batches(url: str, proc: int, batches: int, minute: Any, go: Any, out: Any) -> None:
+    """Add ``batches`` batches of refusal counts to the same minutes as the other processes
+    (b +1 and l +2 at ``minute``, b +1 the minute after), each in its own key order."""
+    from datetime import timedelta
+
+    ledger = open_ledger(url, busy_timeout=60)
+    out.put(("ready", proc, None))
+    if not go.wait(60):
+        return
+    later = minute + timedelta(minutes=1)
+    items = [((minute, "budget", "b"), 1), ((minute, "rate_limit", "l"), 2), ((later, "budget", "b"), 1)]
+    for n in range(batches):
+        turned = items[(n + proc) % 3 :] + items[: (n + proc) % 3]
+        ledger.add_refusals(dict(turned))
+    out.put(("added", proc, None))
+    ledger.close()

@@ -94,7 +94,7 @@ def test_a_version_2_file_upgrades_in_place(tmp_path: Path, opened: list[SQLiteL
     ledger_id = rows(db, "SELECT value FROM meta WHERE key = 'ledger_id'")
 
     ledger = open_on(db, opened, clock)
-    assert rows(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
+    assert rows(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(6,)]
     assert rows(db, "SELECT value FROM meta WHERE key = 'ledger_id'") == ledger_id  # the same file
     fresh = tmp_path / "fresh.db"
     open_on(fresh, opened, clock).close()

@@ -14,19 +14,27 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, Literal, NamedTuple
 
 from spendgate.budgets import DIMENSIONS, Attributes, Budget, OnExceed, instance_key, parse_instance_key
 from spendgate.clock import Clock, SystemClock
 from spendgate.errors import BudgetExceededError, ConfigError, SpendgateError
-from spendgate.ledger.protocols import AlertOutbox, BudgetAdmin, LimitAdmin, RequestLog, Reservations
+from spendgate.ledger.protocols import (
+    AlertOutbox,
+    BudgetAdmin,
+    LimitAdmin,
+    RefusalCounts,
+    RequestLog,
+    Reservations,
+)
 from spendgate.ledger.registry import BackendFactory, known_schemes, open_ledger, register_backend
 from spendgate.limits import Demand, LimitRefusal
 from spendgate.money import Money
 
 __all__ = [
+    "REFUSAL_KINDS",
     "ArchivedRequest",
     "BackendFactory",
     "BudgetAdmin",
@@ -39,6 +47,8 @@ __all__ = [
     "LedgerReplacedError",
     "LedgerUnavailableError",
     "Refusal",
+    "RefusalCount",
+    "RefusalCounts",
     "ReleaseOutcome",
     "RequestIdReusedError",
     "RequestLog",
@@ -49,8 +59,10 @@ __all__ = [
     "ThresholdCrossed",
     "UnknownReservationError",
     "UsagePoint",
+    "check_refusal_counts",
     "known_schemes",
     "open_ledger",
+    "refusal_minute",
     "register_backend",
 ]
 
@@ -318,6 +330,49 @@ class RequestRecord:
         return out
 
 
+#: What refused a request, as ``RefusalCounts`` counts it.
+REFUSAL_KINDS: tuple[str, ...] = ("budget", "rate_limit", "cost_cap")
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalCount:
+    """How many requests ``kind`` ``subject`` (a budget's or limit's id) refused in the minute
+    starting at ``minute`` (``RefusalCounts``), across every process sharing the ledger."""
+
+    minute: datetime
+    kind: str
+    subject: str
+    count: int
+
+
+def refusal_minute(at: datetime) -> datetime:
+    """The whole UTC minute holding ``at`` (what ``RefusalCounts`` keys by)."""
+    return at.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def check_refusal_counts(
+    counts: Mapping[tuple[datetime, str, str], int],
+) -> dict[tuple[datetime, str, str], int]:
+    """``counts`` checked for ``RefusalCounts.add_refusals``: whole UTC minutes, a known kind, a
+    string subject, a positive whole count (zeros dropped). A ValueError or TypeError names the
+    first bad entry; nothing is written then."""
+    out: dict[tuple[datetime, str, str], int] = {}
+    for key, count in counts.items():
+        minute, kind, subject = key
+        if not isinstance(minute, datetime) or minute.tzinfo is None or minute != refusal_minute(minute):
+            raise ValueError(f"refusal counts: {minute!r} is not a whole minute with a time zone")
+        if kind not in REFUSAL_KINDS:
+            raise ValueError(f"refusal counts: unknown kind {kind!r}; known: {', '.join(REFUSAL_KINDS)}")
+        if not isinstance(subject, str):
+            raise TypeError(f"refusal counts: the subject must be a string, got {subject!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"refusal counts: {count!r} is not a whole number >= 0")
+        if count:
+            utc = refusal_minute(minute)
+            out[(utc, kind, subject)] = out.get((utc, kind, subject), 0) + count
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class UsagePoint:
     """One bucket of logged usage (``RequestLog.usage_timeseries``): what requests started in
@@ -353,9 +408,9 @@ RefusalCallback = Callable[[Refusal], None]
 Event = ThresholdCrossed | BudgetChanged
 
 
-class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog, AlertOutbox):
-    """Budgets, reservations, settlements, the request log and the alert outbox, behind one
-    lock or transaction.
+class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog, AlertOutbox, RefusalCounts):
+    """Budgets, reservations, settlements, the request log, the alert outbox and the refusal
+    counts, behind one lock or transaction.
 
     What a backend implements: the protocols of ``protocols.py`` (their
     methods are abstract here), plus subscriptions, the asyncio defaults and

@@ -43,6 +43,7 @@ from spendgate.ledger.base import (
 )
 from spendgate.ledger.memory_limits import MemoryLimits, Take
 from spendgate.ledger.memory_outbox import MemoryOutbox
+from spendgate.ledger.memory_refusals import MemoryRefusals
 from spendgate.limits import Demand, Limit, LimitRefusal, LimitUsage
 from spendgate.money import Money
 
@@ -127,7 +128,7 @@ class _Open:
 _Entry = tuple[datetime, datetime, str, Attributes, int, str, RequestRecord | None, int]
 
 
-class MemoryLedger(MemoryOutbox, Ledger):  # the outbox first: it implements Ledger's AlertOutbox
+class MemoryLedger(MemoryOutbox, MemoryRefusals, Ledger):  # these first: they implement Ledger's parts
     """Thread-safe, in-process. ``max_log`` bounds the request log, ``max_finished``
     the ended request ids remembered for idempotent settle/release."""
 
@@ -145,6 +146,7 @@ class MemoryLedger(MemoryOutbox, Ledger):  # the outbox first: it implements Led
     ) -> None:
         super().__init__(clock=clock, retention=retention, fail_open=fail_open)
         self._outbox_init()
+        self._refusals_init()
         self._lock = threading.Lock()
         self._states: dict[str, _State] = {}
         self._retired: dict[str, _State] = {}  # removed budgets, so re-adding keeps their spend

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # base.py composes these protocols, so its types are only nam
         BudgetDeleted,
         BudgetUsage,
         Refusal,
+        RefusalCount,
         ReleaseOutcome,
         RequestRecord,
         Reservation,
@@ -43,6 +44,7 @@ __all__ = [
     "BudgetAdmin",
     "KeyStorage",
     "LimitAdmin",
+    "RefusalCounts",
     "RequestArchive",
     "RequestLog",
     "Reservations",
@@ -281,6 +283,26 @@ class RequestArchive(Protocol):
     def archive(self, entries: Sequence[ArchivedRequest]) -> int:
         """Write ended requests in one transaction; a request id already in the log is left as
         it is (so a copy retried after a crash writes nothing twice). How many were new."""
+
+
+@runtime_checkable
+class RefusalCounts(Protocol):
+    """How many requests the budgets and rate limits refused, per minute, kept in the ledger so
+    that every process sharing it sees every process's refusals (the dashboard's overview).
+
+    Counts arrive in batches (``spendgate.refusal_tally``: a process adds up its refusals and
+    writes them every few seconds), so adding is an increment, never a replacement. A minute is
+    a ``datetime`` at a whole UTC minute; ``kind`` is ``budget``, ``rate_limit`` or ``cost_cap``;
+    ``subject`` the budget's or limit's id (``""`` for a request's own cost cap). Kept as long as
+    the request log (the retention purge)."""
+
+    @abstractmethod
+    def add_refusals(self, counts: Mapping[tuple[datetime, str, str], int]) -> None:
+        """Add ``counts`` ((minute, kind, subject) -> how many) to what is kept, in one write."""
+
+    @abstractmethod
+    def refusal_counts(self, start: datetime, end: datetime) -> list[RefusalCount]:
+        """The minutes in ``[start, end)`` with refusals, ordered by minute, kind, subject."""
 
 
 @runtime_checkable

@@ -11,6 +11,7 @@ from spendgate.ledger.postgres.budgets import BudgetAdminMixin
 from spendgate.ledger.postgres.connection import Body, Q
 from spendgate.ledger.postgres.limits import LimitAdminMixin
 from spendgate.ledger.postgres.outbox import AlertOutboxMixin
+from spendgate.ledger.postgres.refusals import RefusalCountsMixin
 from spendgate.ledger.postgres.request_log import RequestLogMixin
 from spendgate.ledger.postgres.reservations import ReservationsMixin
 from spendgate.ledger.postgres.settings import parse_url
@@ -18,7 +19,14 @@ from spendgate.ledger.postgres.settings import parse_url
 __all__ = ["PostgresLedger", "postgres_factory"]
 
 
-class PostgresLedger(ReservationsMixin, BudgetAdminMixin, LimitAdminMixin, RequestLogMixin, AlertOutboxMixin):
+class PostgresLedger(
+    ReservationsMixin,
+    BudgetAdminMixin,
+    LimitAdminMixin,
+    RequestLogMixin,
+    AlertOutboxMixin,
+    RefusalCountsMixin,
+):
     """A ledger in one PostgreSQL schema; safe for many threads, processes and hosts.
 
     ``timeout`` (seconds; also the URL's ``timeout``) bounds the connect, each statement and
@@ -29,7 +37,7 @@ class PostgresLedger(ReservationsMixin, BudgetAdminMixin, LimitAdminMixin, Reque
 
     The jobs live in their own modules: pools and the two runners (``connection.py``), state,
     catalog and ops (``core.py``), reservations, budget administration, rate limits, the
-    request log and the alert outbox (one mixin each); the hot path's SQL is in server-side
+    request log, the alert outbox and the refusal counts (one mixin each); the hot path's SQL is in server-side
     functions (``schema.sql``).
     """
 

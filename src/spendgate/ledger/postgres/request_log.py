@@ -212,6 +212,7 @@ class RequestLogMixin(LedgerCore):
             "(SELECT 1 FROM alert_deliveries AS d WHERE d.event_seq = e.seq)",
             (cutoff,),
         )
+        yield Q("DELETE FROM refusal_counts WHERE minute < %s", (cutoff,))
         yield from prune_limits(now_us)  # buckets out of their window: ~21 rows an instance stay
         yield Q("DELETE FROM changes WHERE at < %s AND seq < (SELECT max(seq) FROM changes)", (cutoff,))
         return int(gone[0][0])

@@ -587,3 +587,14 @@ $$;
 ALTER TABLE requests
     ADD COLUMN input_tokens bigint GENERATED ALWAYS AS (sg_tokens(usage, 'input_tokens')) STORED,
     ADD COLUMN output_tokens bigint GENERATED ALWAYS AS (sg_tokens(usage, 'output_tokens')) STORED;
+
+-- migration 4
+-- How many requests each budget or rate limit refused, per minute (RefusalCounts; the SQLite
+-- schema's migration 6): every process adds its counts every few seconds.
+CREATE TABLE refusal_counts (
+    minute  bigint NOT NULL,  -- µs at a whole UTC minute
+    kind    text NOT NULL,    -- budget, rate_limit, cost_cap
+    subject text NOT NULL,    -- the budget's or limit's id ('' for a request's own cost cap)
+    count   bigint NOT NULL,
+    PRIMARY KEY (minute, kind, subject)
+);

@@ -22,6 +22,7 @@ from spendgate.ledger.base import (
     Event,
     LedgerUnavailableError,
     Refusal,
+    RefusalCount,
     ReleaseOutcome,
     RequestIdReusedError,
     RequestRecord,
@@ -886,6 +887,14 @@ class RedisLedger(RedisCore):
 
     def retry_delivery(self, event_id: str, destination: str) -> bool:
         return self._durable_now().retry_delivery(event_id, destination)
+
+    # -- the refusal counts (the durable store's) --------------------------------------------
+    # A batch every few seconds per process: the durable ledger takes them as they are.
+    def add_refusals(self, counts: Mapping[tuple[datetime, str, str], int]) -> None:
+        self._durable_now().add_refusals(counts)
+
+    def refusal_counts(self, start: datetime, end: datetime) -> list[RefusalCount]:
+        return self._durable_now().refusal_counts(start, end)
 
     # -- rebuild -------------------------------------------------------------------------------
     def rebuild(self) -> RebuildReport:

@@ -12,6 +12,7 @@ from spendgate.ledger.sqlite.budgets import BudgetAdminMixin
 from spendgate.ledger.sqlite.connection import sqlite_path
 from spendgate.ledger.sqlite.limits import LimitAdminMixin
 from spendgate.ledger.sqlite.outbox import AlertOutboxMixin
+from spendgate.ledger.sqlite.refusals import RefusalCountsMixin
 from spendgate.ledger.sqlite.request_log import RequestLogMixin
 from spendgate.ledger.sqlite.reservations import ReservationsMixin
 
@@ -25,6 +26,7 @@ class SQLiteLedger(
     RequestLogMixin,
     RequestArchiveMixin,
     AlertOutboxMixin,
+    RefusalCountsMixin,
 ):
     """A ledger in one SQLite file; safe for many threads and processes on one machine.
 
@@ -40,7 +42,8 @@ class SQLiteLedger(
     The jobs live in their own modules: connections and transactions
     (``connection.py``), state, catalog and write ops (``core.py``),
     reservations, budget administration, rate limits (``limits.py``: their administration,
-    and what a reservation takes from them) and the request log (one mixin each).
+    and what a reservation takes from them), the request log, the alert outbox and the refusal
+    counts (one mixin each).
     """
 
     def open_reservations(self) -> int:

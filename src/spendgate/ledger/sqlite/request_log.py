@@ -168,6 +168,7 @@ class RequestLogMixin(LedgerCore):
                 "(SELECT 1 FROM alert_deliveries AS d WHERE d.event_seq = alert_events.seq)",
                 (cutoff,),
             )
+            conn.execute("DELETE FROM refusal_counts WHERE minute < ?", (cutoff,))
             prune_limits(conn, now_us)  # buckets out of their window: the table stays ~21 rows an instance
             conn.execute(
                 "DELETE FROM changes WHERE at < ? AND seq < (SELECT max(seq) FROM changes)", (cutoff,)

@@ -166,3 +166,14 @@ ALTER TABLE requests ADD COLUMN output_tokens INTEGER;
 UPDATE requests SET input_tokens = json_extract(usage, '$.input_tokens'),
                     output_tokens = json_extract(usage, '$.output_tokens')
     WHERE usage IS NOT NULL;
+
+-- migration 6
+-- How many requests each budget or rate limit refused, per minute (RefusalCounts): every process
+-- adds its counts every few seconds, so the dashboard's overview counts every process's refusals.
+CREATE TABLE refusal_counts (
+        minute  INTEGER NOT NULL,  -- µs at a whole UTC minute
+        kind    TEXT NOT NULL,     -- budget, rate_limit, cost_cap
+        subject TEXT NOT NULL,     -- the budget's or limit's id ('' for a request's own cost cap)
+        count   INTEGER NOT NULL,
+        PRIMARY KEY (minute, kind, subject)
+    ) WITHOUT ROWID;
