@@ -233,3 +233,20 @@ def test_span_parsing() -> None:
     assert parse_bucket("Hour") == HOUR
     with pytest.raises(ValueError, match="hour, day"):
         parse_bucket("week")
+
+
+def test_csv_groups_a_spreadsheet_would_run_are_quoted(tmp_path: Path) -> None:
+    """A user id (client-chosen) that a spreadsheet reads as a formula gets a leading quote;
+    a number-like value stays as it is."""
+    url = f"sqlite:///{tmp_path / 'spend.db'}"
+    clock = ManualClock(T0)
+    ledger = open_ledger(url, clock=clock)
+    for i, user in enumerate(['=HYPERLINK("http://x.example","x")', "@SUM(A1)", "-5", "+1-2", "plain"]):
+        _log(ledger, clock, f"r{i}", Attributes(user=user), "0.01", {"input_tokens": 1})
+    ledger.close()
+    out = tmp_path / "report.csv"
+    result = run("--ledger", url, *SPAN, "--by", "user", "--format", "csv", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    with out.open(newline="", encoding="utf-8") as f:
+        groups = sorted(row["group"] for row in csv.DictReader(f))
+    assert groups == sorted(['\'=HYPERLINK("http://x.example","x")', "'@SUM(A1)", "-5", "'+1-2", "plain"])

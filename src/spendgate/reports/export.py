@@ -7,7 +7,9 @@ the ledger leaves them out), in the ledger's order (bucket start, then group):
     2026-03-10T00:00:00Z,2026-03-11T00:00:00Z,user,alice,0.0123,12,5400,800
 
 ``by`` is the grouping dimension (empty when not grouped), ``group`` its value (empty for
-requests without one). ``cost_usd`` is exact (``Decimal(cost_usd)`` is the ledger's amount to
+requests without one; a value a spreadsheet would read as a formula, one starting with ``=``,
+``+``, ``-``, ``@``, a tab or a carriage return and not a number, gets a leading ``'``: group
+values are user ids and tags the clients chose, and the dashboard's CSV does the same). ``cost_usd`` is exact (``Decimal(cost_usd)`` is the ledger's amount to
 the nano-USD). Tokens are the logged usage's (input includes cache reads and writes, output
 includes reasoning).
 """
@@ -23,9 +25,23 @@ from spendgate.ledger import UsagePoint
 from spendgate.reports.pivot import Cell, Report
 from spendgate.reports.span import bucket_name
 
-__all__ = ["CSV_COLUMNS", "cell_json", "point_json", "report_json", "write_csv"]
+__all__ = ["CSV_COLUMNS", "cell_json", "point_json", "report_json", "spreadsheet_safe", "write_csv"]
 
 CSV_COLUMNS: Final = ("start", "end", "by", "group", "cost_usd", "requests", "input_tokens", "output_tokens")
+
+
+_FORMULA: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text``, with a ``'`` before it when a spreadsheet would run it as a formula (OWASP's
+    CSV injection advice); a number (``-5``) is left as it is."""
+    if text.startswith(_FORMULA):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
 
 
 def write_csv(report: Report, out: TextIO) -> None:
@@ -37,7 +53,7 @@ def write_csv(report: Report, out: TextIO) -> None:
                 iso(p.start),
                 iso(p.start + report.bucket),
                 report.by or "",
-                p.group or "",
+                spreadsheet_safe(p.group or ""),
                 p.cost.decimal_str(),
                 p.requests,
                 p.input_tokens,
