@@ -18,8 +18,6 @@ budget among them), 1 the ledger cannot be reached.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -29,7 +27,6 @@ import click
 
 from spendgate.advice import DEFAULT_HEADROOM, Advice, advise_budget, traffic, what_if, window_days
 from spendgate.budgets import Budget
-from spendgate.clock import Clock
 from spendgate.errors import ConfigError, UnknownModelPriceError
 from spendgate.forecast import Forecast
 from spendgate.forecasting import forecast_budget, ledger_now
@@ -42,14 +39,6 @@ from spendgate.pricing.catalog import Catalog
 __all__ = ["budgets_advise_cmd", "budgets_forecast_cmd", "register"]
 
 EXIT_UNKNOWN_MODEL = 3
-
-
-@contextmanager
-def _opened(ctx: click.Context, ledger_url: str | None, config_path: str | None) -> Iterator[Ledger]:
-    """The ledger on the clock in ``ctx.obj["clock"]`` when a caller gives one (tests)."""
-    clock = ctx.obj.get("clock") if isinstance(ctx.obj, dict) else None
-    with opened_ledger(ledger_url, config_path, clock=clock if isinstance(clock, Clock) else None) as ledger:
-        yield ledger
 
 
 def _instance(pairs: tuple[str, ...]) -> dict[str, str] | None:
@@ -108,7 +97,7 @@ def budgets_forecast_cmd(
     (docs/forecasts.md). Without BUDGET_ID: every budget (and wildcard instance with spend).
     """
     values = _instance(instance)
-    with _opened(ctx, ledger_url, config_path) as ledger:
+    with opened_ledger(ledger_url, config_path) as ledger:
         now = ledger_now(ledger)
         results: list[Forecast] = []
         for ident, inst in _targets(ledger, budget_id, values):
@@ -252,7 +241,7 @@ def budgets_advise_cmd(
     if what_if_given and model is None:
         _fail("--requests-per-day, --input-tokens, --output-tokens and --traffic-of need --what-if-model")
     seen_filter = _instance(traffic_of) if traffic_of else None
-    with _opened(ctx, ledger_url, config_path) as ledger:
+    with opened_ledger(ledger_url, config_path) as ledger:
         now = ledger_now(ledger)
         advices: list[Advice] = []
         budget: Budget | None = None

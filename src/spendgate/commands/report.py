@@ -24,8 +24,8 @@ from rich.console import Console
 
 from spendgate.budgets import DIMENSIONS
 from spendgate.clock import Clock, SystemClock
+from spendgate.gateway.cli_admin import command_clock, ledger_options, opened_ledger
 from spendgate.gateway.cli_admin import fail as _fail
-from spendgate.gateway.cli_admin import ledger_options, opened_ledger
 from spendgate.ledger import Ledger
 from spendgate.reports import BUCKETS, Report, parse_instant, pivot, report_json, write_csv
 from spendgate.reports.span import floor, is_relative
@@ -129,7 +129,7 @@ def report_cmd(
 ) -> None:
     """Spend over time, per hour or day, optionally per key, user, team, project, customer,
     model or tag: a table with small charts, or CSV or JSON (exact USD). See docs/reports.md."""
-    clock: Clock = ctx.obj["clock"] if isinstance(ctx.obj, dict) and "clock" in ctx.obj else SystemClock()
+    clock: Clock = command_clock() or SystemClock()
     width = BUCKETS[bucket]
     start, end = _span(since, until, width, clock.now())
     filters = {name.removeprefix("only_"): value for name, value in only.items() if value is not None}

@@ -104,9 +104,10 @@ def opened_ledger(
 ) -> Iterator[Ledger]:
     """The ledger a command works on, never created (only the gateway, and an SDK the user
     builds, starts one); an unreachable or missing one, or one that fails meanwhile, is a clear
-    error and an exit code, never a traceback."""
+    error and an exit code, never a traceback. Its clock: ``clock``, else the command's."""
     try:
-        ledger = open_ledger(resolve_ledger_url(ledger_url, config_path), create=False, clock=clock)
+        url = resolve_ledger_url(ledger_url, config_path)
+        ledger = open_ledger(url, create=False, clock=clock or command_clock())
     except LedgerUnavailableError as exc:
         fail(str(exc), EXIT_UNAVAILABLE)
     except ConfigError as exc:
@@ -143,8 +144,21 @@ def _opened(
                 store.close()
 
 
+def command_clock() -> Clock | None:
+    """The clock a caller (a test) put in the click context's ``obj["clock"]``, else None (the
+    system's): every command's "now" comes from here, so one clock moves them all."""
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        clock = ctx.obj.get("clock") if isinstance(ctx.obj, dict) else None
+        if isinstance(clock, Clock):
+            return clock
+        ctx = ctx.parent
+    return None
+
+
 def _now() -> datetime:
-    return datetime.now(UTC)
+    clock = command_clock()
+    return clock.now() if clock is not None else datetime.now(UTC)
 
 
 def echo_json(data: object) -> None:
