@@ -17,6 +17,7 @@ tokens per minute) are global limits ``"client/rpm"`` and ``"client/tpm"``
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -398,6 +399,8 @@ class AsyncClient(_Base):
 
     async def close(self) -> None:
         await self.openai.close()
+        if self.guard.refusals.pending():  # a blocking ledger write: not on the loop
+            await asyncio.to_thread(self.guard.refusals.flush, self.guard.ledger)
         self._close_guard()
 
     async def __aenter__(self) -> AsyncClient:

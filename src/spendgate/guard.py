@@ -18,12 +18,13 @@ import contextlib
 import time
 import uuid
 import warnings
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Final, Literal, NamedTuple, cast
 
-from spendgate import attribution, logs
+from spendgate import attribution, logs, refusal_tally
 from spendgate.budgets import Attributes, Budget, instance_key
 from spendgate.clock import Clock, SystemClock
 from spendgate.cost import Cost, cost_of
@@ -42,6 +43,7 @@ from spendgate.estimate import (
     estimate_request,
 )
 from spendgate.ledger import (
+    BudgetUsage,
     Ledger,
     Refusal,
     ReleaseOutcome,
@@ -51,7 +53,7 @@ from spendgate.ledger import (
     open_ledger,
 )
 from spendgate.lifecycle.ending import Action, Ending, Happened, Report
-from spendgate.limits import Demand, Limit, LimitRefusal
+from spendgate.limits import Demand, Limit, LimitRefusal, LimitUsage
 from spendgate.logs import REQUESTS, request_line
 from spendgate.money import Money
 from spendgate.pricing.catalog import Catalog, UnknownModelPolicy
@@ -72,6 +74,9 @@ _MAX_OUTPUT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "responses": ("max_output_tokens",),
     "messages": ("max_tokens",),
 }
+#: What ``_admitting`` raises when a budget, a rate limit or the caller's own cap refuses: each
+#: counted (``self.refusals``), then written by the shell when due.
+_REFUSED: Final = (BudgetExceededError, RateLimitExceededError, CostCapExceededError)
 
 
 @dataclass(slots=True)
@@ -130,6 +135,7 @@ class Guard:
         unbounded_input: UnboundedInputPolicy = "context_window",
         default_max_output_tokens: int | None = None,
         default_max_tool_calls: int | None = DEFAULT_MAX_TOOL_CALLS,
+        refusal_interval: float = refusal_tally.DEFAULT_INTERVAL,
     ) -> None:
         if unbounded_input not in UNBOUNDED_INPUT_POLICIES:
             raise ConfigError(
@@ -201,6 +207,8 @@ class Guard:
         self.lease = timedelta(seconds=lease)
         self.poll_interval = float(poll_interval)
         self._lines = WaitLines()
+        #: The refusals of this guard not yet counted in the ledger (``spendgate.refusal_tally``).
+        self.refusals = refusal_tally.RefusalTally(self.clock, interval=refusal_interval)
         self._unsubscribe = ledger.on_change(lambda _event: self._lines.wake_heads())
 
     # -- admission ----------------------------------------------------------------
@@ -277,16 +285,24 @@ class Guard:
         reserved and charged."""
         waiter = SyncWaiter()
         steps = self._admitting(endpoint, request, attributes, request_id, on_exceed, waiter, max_cost, where)
-        with contextlib.closing(steps):
-            step = _next(steps, None)
-            while not isinstance(step, Admission):
-                if isinstance(step, _Wait):
-                    step = _next(steps, waiter.wait(step.seconds))
-                else:
-                    step = _next(
-                        steps, self.ledger.reserve(step.rid, step.attrs, step.amount, self.lease, step.demand)
-                    )
-            return step
+        try:
+            with contextlib.closing(steps):
+                step = _next(steps, None)
+                while not isinstance(step, Admission):
+                    if isinstance(step, _Wait):
+                        step = _next(steps, waiter.wait(step.seconds))
+                    elif isinstance(step, _Read):
+                        step = _next(steps, step.run())
+                    else:
+                        step = _next(
+                            steps,
+                            self.ledger.reserve(step.rid, step.attrs, step.amount, self.lease, step.demand),
+                        )
+                return step
+        except _REFUSED:
+            if self.refusals.due():
+                self.refusals.flush(self.ledger)
+            raise
 
     async def admit_async(
         self,
@@ -303,17 +319,24 @@ class Guard:
         commit), and waiting suspends the task, never the loop."""
         waiter = AsyncWaiter()
         steps = self._admitting(endpoint, request, attributes, request_id, on_exceed, waiter, max_cost, where)
-        with contextlib.closing(steps):  # a cancelled waiter leaves its line and holds nothing
-            step = _next(steps, None)
-            while not isinstance(step, Admission):
-                if isinstance(step, _Wait):
-                    step = _next(steps, await waiter.wait(step.seconds))
-                else:
-                    reserved = await self.ledger.areserve(
-                        step.rid, step.attrs, step.amount, self.lease, step.demand
-                    )
-                    step = _next(steps, reserved)
-            return step
+        try:
+            with contextlib.closing(steps):  # a cancelled waiter leaves its line and holds nothing
+                step = _next(steps, None)
+                while not isinstance(step, Admission):
+                    if isinstance(step, _Wait):
+                        step = _next(steps, await waiter.wait(step.seconds))
+                    elif isinstance(step, _Read):  # a blocking ledger read: never on the loop
+                        step = _next(steps, await asyncio.to_thread(step.run))
+                    else:
+                        reserved = await self.ledger.areserve(
+                            step.rid, step.attrs, step.amount, self.lease, step.demand
+                        )
+                        step = _next(steps, reserved)
+                return step
+        except _REFUSED:
+            if self.refusals.due():  # a blocking write, at most once an interval: on a thread
+                await asyncio.to_thread(self.refusals.flush, self.ledger)
+            raise
 
     # The admission itself, without I/O: a generator that yields the ledger reservations and
     # the waits it needs to its shell (``admit`` runs them blocking, ``admit_async`` awaits
@@ -343,10 +366,13 @@ class Guard:
             try:  # the caller's own cap: clamped to fit or refused, before the ledger is touched
                 estimate, clamped = self._capped(endpoint, estimate, cap, chosen)
             except CostCapExceededError as err:
+                self.refusals.add("cost_cap", "")
                 if logs.line_wanted():
                     self._log_cap_refusal(rid, endpoint, attrs, estimate, err, started)
                 raise
-        result: Reservation | Refusal | LimitRefusal | None = self._queued(rid, attrs, estimate, chosen)
+        result: Reservation | Refusal | LimitRefusal | None = yield from self._queued(
+            rid, attrs, estimate, chosen
+        )
         if result is None:
             result = yield _reserve(rid, attrs, estimate)
         if isinstance(result, LimitRefusal):
@@ -358,6 +384,7 @@ class Guard:
                 else:
                     raise result.to_error()
             except RateLimitExceededError as err:
+                self.refusals.add("rate_limit", err.limit_id)
                 if logs.line_wanted():
                     self._log_limit_refusal(rid, endpoint, attrs, estimate, err, started)
                 raise
@@ -371,6 +398,7 @@ class Guard:
                 else:
                     raise result.to_error()
             except BudgetExceededError as err:
+                self.refusals.add("budget", err.budget_id)
                 _suggest_fit(err, endpoint, estimate)
                 if logs.line_wanted():
                     self._log_refusal(rid, endpoint, attrs, estimate, err, started)
@@ -399,20 +427,20 @@ class Guard:
 
     def _queued(
         self, rid: str, attrs: Attributes, estimate: Estimate, chosen: OnExceed | None
-    ) -> Refusal | LimitRefusal | None:
+    ) -> Generator[_Step, Any, Refusal | LimitRefusal | None]:
         """A refusal without trying when others already wait on one of this request's budgets
         or rate limits (and it waits): no overtaking."""
         if self._lines and (key := self._lines.busy(self._keys(attrs))) is not None:
             if key.startswith(_LIMIT_LINE):
-                return self._queued_limit_refusal(rid, key, estimate, chosen)
+                return (yield from self._queued_limit_refusal(rid, key, estimate, chosen))
             budget_id = key.partition("|")[0]
             if (chosen or self._policy_of(budget_id)) == "wait":
-                return self._queued_refusal(rid, key, estimate)
+                return (yield from self._queued_refusal(rid, key, estimate))
         return None
 
     def _queued_limit_refusal(
         self, rid: str, key: str, estimate: Estimate, chosen: OnExceed | None
-    ) -> LimitRefusal | None:
+    ) -> Generator[_Step, Any, LimitRefusal | None]:
         limit_id, _, instance = key.removeprefix(_LIMIT_LINE).partition("|")
         try:
             limit = self.ledger.get_limit(limit_id)
@@ -421,8 +449,10 @@ class Guard:
         waits = chosen == "wait" if chosen in ("raise", "wait") else limit.on_exceed == "wait"
         if not waits:
             return None
-        used = self.ledger.limit_usage(limit_id, instance or None).used
-        return LimitRefusal(rid, limit, instance, used, _demand(estimate).of(limit.kind), 0.0)
+        now: LimitUsage | None = yield _Read(partial(self.ledger.limit_usage, limit_id, instance or None))
+        if now is None:  # removed meanwhile
+            return None
+        return LimitRefusal(rid, limit, instance, now.used, _demand(estimate).of(limit.kind), 0.0)
 
     # Clamping tries a smaller output cap until one fits: at most once per budget, plus one.
     def _clamping(
@@ -479,9 +509,13 @@ class Guard:
         # A soft budget never refuses; should it be one now (changed meanwhile), nothing to wait for.
         return "raise" if policy == "alert" else policy
 
-    def _queued_refusal(self, rid: str, key: str, estimate: Estimate) -> Refusal:
+    def _queued_refusal(
+        self, rid: str, key: str, estimate: Estimate
+    ) -> Generator[_Step, Any, Refusal | None]:
         budget_id, _, instance = key.partition("|")
-        usage = self.ledger.usage(budget_id, instance or None)
+        usage: BudgetUsage | None = yield _Read(partial(self.ledger.usage, budget_id, instance or None))
+        if usage is None:  # removed meanwhile: nothing to wait behind
+            return None
         return Refusal(
             request_id=rid,
             budget_id=budget_id,
@@ -528,7 +562,7 @@ class Guard:
                     if not _may_fit(refusal):  # the limit was set below this request: it never fits
                         raise refusal.to_error()
                 if self.clock.now() >= deadline:
-                    raise self._gave_up(refusal)
+                    raise (yield from self._gave_up(refusal))
                 yield _Wait(self._tick(refusal))
         finally:
             self._lines.leave(key, waiter)
@@ -540,15 +574,22 @@ class Guard:
             return max(0.0, min(self.poll_interval, refusal.retry_after))
         return self.poll_interval
 
-    def _gave_up(self, refusal: Refusal | LimitRefusal) -> BudgetExceededError | RateLimitExceededError:
+    def _gave_up(
+        self, refusal: Refusal | LimitRefusal
+    ) -> Generator[_Step, Any, BudgetExceededError | RateLimitExceededError]:
         """The error after waiting in vain, with the budget's (or limit's) numbers as they are now."""
         if isinstance(refusal, LimitRefusal):
-            try:
-                now = self.ledger.limit_usage(refusal.limit.id, refusal.instance or None)
-            except KeyError:  # removed meanwhile
+            now: LimitUsage | None = yield _Read(
+                partial(self.ledger.limit_usage, refusal.limit.id, refusal.instance or None)
+            )
+            if now is None:  # removed meanwhile
                 return refusal.to_error()
             return replace(refusal, used=now.used).to_error()
-        fresh = self.ledger.usage(refusal.budget_id, refusal.instance or None)
+        fresh: BudgetUsage | None = yield _Read(
+            partial(self.ledger.usage, refusal.budget_id, refusal.instance or None)
+        )
+        if fresh is None:
+            return refusal.to_error()
         return replace(
             refusal, spent=fresh.spent, reserved=fresh.reserved, limit=fresh.limit, resets_at=fresh.window_end
         ).to_error()
@@ -860,7 +901,9 @@ class Guard:
         )
 
     def close(self) -> None:
-        """Stop listening to the ledger, and close it if this guard opened it from a URL."""
+        """Write the refusals not yet counted in the ledger, stop listening to it, and close it
+        if this guard opened it from a URL."""
+        self.refusals.flush(self.ledger)
         self._unsubscribe()
         if self._owns_ledger:
             self.ledger.close()
@@ -980,7 +1023,22 @@ class _Wait:
     seconds: float
 
 
-_Step = _Reserve | _Wait
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A step of the admission: a blocking ledger read (the async shell runs it on a thread, so
+    a waiting request never blocks the event loop). What it gives back: the call's result, or
+    None when what it reads was removed meanwhile (KeyError)."""
+
+    call: Callable[[], Any]
+
+    def run(self) -> Any:
+        try:
+            return self.call()
+        except KeyError:
+            return None
+
+
+_Step = _Reserve | _Wait | _Read
 
 
 def _next(steps: Generator[_Step, Any, Admission], value: Any) -> _Step | Admission:

@@ -19,6 +19,7 @@ import pytest
 
 from spendgate import Guard, wrap
 from spendgate.attribution import attribute
+from spendgate.errors import BudgetExceededError, RateLimitExceededError
 from spendgate.ledger.sqlite import SQLiteLedger
 from spendgate.money import Money
 from spendgate.testing import FakeUpstream
@@ -54,6 +55,14 @@ class WatchedLedger(SQLiteLedger):
     def expire_leases(self) -> int:
         self._watch("expire_leases")
         return super().expire_leases()
+
+    def usage(self, *args: Any, **kwargs: Any) -> Any:
+        self._watch("usage")
+        return super().usage(*args, **kwargs)
+
+    def limit_usage(self, *args: Any, **kwargs: Any) -> Any:
+        self._watch("limit_usage")
+        return super().limit_usage(*args, **kwargs)
 
 
 @pytest.fixture
@@ -173,6 +182,36 @@ def test_async_admission_clamp_and_wait(tmp_path: Path) -> None:
             await guard.release_async(clamped)  # frees the budget: the waiter is admitted
             admitted = await waiting
             await guard.release_async(admitted)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert ledger.blocking_on_loop == []
+    guard.close()
+    ledger.close()
+
+
+def test_async_waiting_lines_read_the_ledger_off_the_loop(tmp_path: Path) -> None:
+    """A request that joins a line others wait in reads the budget's (or limit's) numbers, and
+    one that gives up reads them again for its error: both on a thread, not on the loop."""
+    ledger = WatchedLedger(tmp_path / "spend.db")
+    ledger.blocking_on_loop = []
+    # team a waits in the budget's line (it fits one request at a time), team b in the limit's
+    budget = {"id": "g", "selector": {"team": "a"}, "limit": "0.001", "on_exceed": "wait"}
+    limit = {"id": "rpm", "selector": {"team": "b"}, "requests": 1, "per": "1m", "on_exceed": "wait"}
+    guard = Guard(ledger, budgets=[budget], limits=[limit], max_wait=0.2, poll_interval=0.01)
+    small = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 40}
+
+    async def line_of(team: str, n: int) -> list[BaseException | Any]:
+        with attribute(team=team):
+            first = await guard.admit_async("chat", small)  # holds the budget (and the minute's request)
+            waiters = [asyncio.ensure_future(guard.admit_async("chat", small)) for _ in range(n)]
+            done = await asyncio.gather(*waiters, return_exceptions=True)  # each gives up after max_wait
+            await guard.release_async(first)
+            return done
+
+    async def scenario() -> None:
+        budget_line, limit_line = await asyncio.gather(line_of("a", 3), line_of("b", 3))
+        assert all(isinstance(outcome, BudgetExceededError) for outcome in budget_line), budget_line
+        assert all(isinstance(outcome, RateLimitExceededError) for outcome in limit_line), limit_line
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
     assert ledger.blocking_on_loop == []
