@@ -37,7 +37,7 @@ from spendgate.budgets import Budget
 from spendgate.clock import as_utc
 from spendgate.cost import cost_of
 from spendgate.forecast import Forecast
-from spendgate.forecasting import BudgetLedger, forecast_budget, ledger_now
+from spendgate.forecasting import BudgetLedger, HourlyHistory, forecast_budget, ledger_now
 from spendgate.ledger.protocols import RequestLog
 from spendgate.money import Money
 from spendgate.pricing.schema import ModelPrice
@@ -285,9 +285,11 @@ def advise_budget(
     *,
     now: datetime | None = None,
     headroom_percent: int = DEFAULT_HEADROOM,
+    history: HourlyHistory | None = None,
 ) -> Advice:
     """The advice for one budget instance (KeyError: no such budget; ValueError: an instance
-    that does not fit its wildcards). Blocking ledger reads: run it on a thread under asyncio."""
+    that does not fit its wildcards). Blocking ledger reads: run it on a thread under asyncio.
+    ``history``: the forecast's hourly series kept from earlier calls (``forecast_budget``)."""
     budget = ledger.get_budget(budget_id)
     key = budget.instance_key(instance)
     at = now if now is not None else ledger_now(ledger)
@@ -295,7 +297,7 @@ def advise_budget(
     if not isinstance(retention, timedelta):
         retention = DEFAULT_RETENTION
     windows = past_windows(ledger, budget, key, at, retention)
-    result = forecast_budget(ledger, budget_id, key, now=at)
+    result = forecast_budget(ledger, budget_id, key, now=at, history=history)
     if budget.window.resets:
         advice = recommend(
             windows,

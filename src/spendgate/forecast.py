@@ -253,8 +253,15 @@ class _Model:
         return max(self.level + self.slope * ahead, 0.0) * self.shape[_slot(hour, self.period)]
 
 
+def _hours(hour: datetime) -> int:
+    """Whole hours since ``_MONDAY`` (``(hour - _MONDAY) // HOUR``, in integers: the loops below
+    ask it for every hour of the history and of what is ahead)."""
+    since = hour - _MONDAY
+    return since.days * DAY_HOURS + since.seconds // 3600
+
+
 def _slot(hour: datetime, period: int) -> int:
-    return int((hour - _MONDAY) // HOUR) % period
+    return _hours(hour) % period
 
 
 def _median(values: Sequence[float]) -> float:
@@ -276,16 +283,17 @@ def _clip(values: list[float], start: datetime, period: int) -> tuple[list[float
     if n < DAY_HOURS:
         return values, 0, typical
     slots: dict[int, list[float]] = {}
+    first = _hours(start)  # hour i of the history is at slot (first + i) % period
     if period > 1:
         for i, value in enumerate(values):
-            slot = _slot(start + HOUR * i, period)
+            slot = (first + i) % period
             for near in (slot - 1, slot, slot + 1):
                 slots.setdefault(near % period, []).append(value)
     medians = {slot: _median(vals) for slot, vals in slots.items()}
     out: list[float] = []
     cut = 0
     for i, value in enumerate(values):
-        ceiling = SPIKE_FACTOR * max(medians.get(_slot(start + HOUR * i, period), 0.0), typical)
+        ceiling = SPIKE_FACTOR * max(medians.get((first + i) % period, 0.0), typical)
         if value > ceiling:
             cut += 1
         out.append(min(value, ceiling))
@@ -299,8 +307,9 @@ def _shape(values: Sequence[float], start: datetime, period: int, hours: int) ->
     n = len(values)
     sums = [0.0] * period
     counts = [0] * period
+    first = _hours(start)
     for i in range(max(n - hours, 0), n):
-        slot = _slot(start + HOUR * i, period)
+        slot = (first + i) % period
         for near in (slot - 1, slot, slot + 1):
             sums[near % period] += values[i]
             counts[near % period] += 1
@@ -434,14 +443,21 @@ class _Band:
     trend_se: float  # relative to the weekly level, per week; 0: no trend fitted
     centers: tuple[float, ...]
     recent: float  # the recent blend's own noise (relative)
+    _mean_x: float = field(init=False, repr=False, compare=False, default=0.0)
+    _sxx: float = field(init=False, repr=False, compare=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        # The centres' mean and spread, once: the band is asked for every hour ahead.
+        mean_x = sum(self.centers) / len(self.centers) if self.centers else 0.0
+        object.__setattr__(self, "_mean_x", mean_x)
+        object.__setattr__(self, "_sxx", sum((x - mean_x) ** 2 for x in self.centers))
 
     def __call__(self, ahead: timedelta) -> float:
         days = max(ahead / timedelta(days=1), 1 / DAY_HOURS)
         variance = self.spread**2 / days + self.recent**2
         if self.trend_se and self.centers:
             # The fitted line's error at the middle of what is ahead.
-            mean_x = sum(self.centers) / len(self.centers)
-            sxx = sum((x - mean_x) ** 2 for x in self.centers)
+            mean_x, sxx = self._mean_x, self._sxx
             middle = days / 7 / 2
             variance += (self.trend_se**2) * sxx * (1 / len(self.centers) + (middle - mean_x) ** 2 / sxx)
         else:

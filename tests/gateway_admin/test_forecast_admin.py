@@ -101,6 +101,38 @@ def test_forecast_route(api: Api) -> None:
     error(api.client.get("/budgets/ml-daily/forecast", params={"usr": "x"}), 400, "invalid_field", "usr")
 
 
+def test_a_kept_forecast_within_max_age(api: Api) -> None:
+    """max_age: a forecast made at most that long ago, at the same limit, stands in for a fresh
+    one (the dashboard's budgets page asks for 60 s); without it, every answer is fresh."""
+    clock = api.ledger.clock
+    assert isinstance(clock, ManualClock)
+    first = api.client.get("/budgets/ml-daily/forecast", params={"max_age": 60}).json()
+    assert first["now"] == "2027-03-04T12:00:00Z"
+    clock.advance(30)
+    again = api.client.get("/budgets/ml-daily/forecast", params={"max_age": 60}).json()
+    assert again == first  # kept
+    fresh = api.client.get("/budgets/ml-daily/forecast").json()
+    assert fresh["now"] == "2027-03-04T12:00:30Z"
+    assert api.client.get("/budgets/ml-daily/forecast", params={"max_age": 0}).json()["now"] == fresh["now"]
+    clock.advance(61)
+    later = api.client.get("/budgets/ml-daily/forecast", params={"max_age": 60}).json()
+    assert later["now"] == "2027-03-04T12:01:31Z"  # too old: made again
+    api.ledger.set_limit("ml-daily", Money.usd(20))
+    paused = api.client.get("/budgets/ml-daily/forecast", params={"max_age": 3600}).json()
+    assert paused["limit"] == "20" and paused["runs_out_at"] == paused["now"]  # another limit: fresh
+    alice = api.client.get("/budgets/per-user/forecast", params={"user": "alice", "max_age": 60}).json()
+    assert alice["instance"] == {"user": "alice"}
+    for bad in ("-1", "3601", "1.5", "soon"):
+        error(
+            api.client.get("/budgets/ml-daily/forecast", params={"max_age": bad}),
+            400,
+            "invalid_field",
+            "max_age",
+        )
+    error(api.client.get("/budgets/per-user/forecast", params={"max_age": 60}), 400, "invalid_field", "user")
+    error(api.client.get("/budgets/nope/forecast", params={"max_age": 60}), 404, "not_found", "nope")
+
+
 def test_advice_route(api: Api) -> None:
     body = api.client.get("/budgets/ml-daily/advice").json()
     assert body["source"] == "windows" and [w["spent"] for w in body["windows"]] == ["48", "48", "48"]

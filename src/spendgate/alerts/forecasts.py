@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from spendgate.alerts.events import AlertEvent, forecast_event
-from spendgate.forecasting import forecast_budgets
+from spendgate.forecasting import HourlyHistory, forecast_budgets
 
 if TYPE_CHECKING:
     from spendgate.ledger.base import Ledger
@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 __all__ = ["forecast_alerts"]
 
 
-def forecast_alerts(ledger: Ledger, now: datetime) -> list[AlertEvent]:
-    """A forecast event for each budget instance expected to run out before its window ends."""
+def forecast_alerts(ledger: Ledger, now: datetime, history: HourlyHistory | None = None) -> list[AlertEvent]:
+    """A forecast event for each budget instance expected to run out before its window ends.
+    ``history``: the hourly series kept from earlier forecasts (the gateway's, shared)."""
     out: list[AlertEvent] = []
-    for forecast in forecast_budgets(ledger, now=now):
+    for forecast in forecast_budgets(ledger, now=now, history=history):
         if not forecast.runs_out_before_end or forecast.exhausted or forecast.budget_id is None:
             continue
         assert forecast.runs_out_at is not None

@@ -12,8 +12,9 @@ organisational (team, project, model, tag), and ``"*"`` for a budget with a wild
 people or credentials (user, customer, key): one series, its instance that runs out first (else
 the one expected highest over its limit). A forecast reads the request log, so a refresh reads
 at most ``PER_BUDGET`` instances of each wildcard budget, the most used first, and
-``MAX_FORECASTS`` in all. ``refresh`` runs the reads on a thread; ``collector`` yields what the
-last refresh found.
+``MAX_FORECASTS`` in all, through ``history`` (``HourlyHistory``: only each selector's last hours
+are read again; the gateway shares it with the dashboard and the forecast alerts). ``refresh``
+runs the reads on a thread; ``collector`` yields what the last refresh found.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from spendgate.forecast import Forecast
-from spendgate.forecasting import BudgetLedger, forecast_budget, ledger_now
+from spendgate.forecasting import BudgetLedger, HourlyHistory, forecast_budget, ledger_now
 from spendgate.ledger.base import BudgetUsage
 from spendgate.money import NANO_PER_USD
 
@@ -57,8 +58,10 @@ class _Row:
 class ForecastGauges:
     """The forecast gauges of one process; shared by successive gateway states (reloads)."""
 
-    def __init__(self, interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(self, interval: float = DEFAULT_INTERVAL, history: HourlyHistory | None = None) -> None:
         self.interval = timedelta(seconds=interval)
+        #: The process's hourly series of the selectors forecast (the dashboard shares it).
+        self.history = history if history is not None else HourlyHistory()
         self._lock = threading.Lock()
         self._rows: tuple[_Row, ...] = ()
         self._at: datetime | None = None
@@ -83,14 +86,14 @@ class ForecastGauges:
             now = ledger_now(ledger)
             if self._fresh(ledger, now):
                 return
-            rows = tuple(_rows(ledger, now))
+            rows = tuple(_rows(ledger, now, self.history))
             self._rows, self._at, self._ledger = rows, now, ledger
 
     def collector(self) -> Collector:
         return _Collector(self._rows)
 
 
-def _rows(ledger: BudgetLedger, now: datetime) -> Iterator[_Row]:
+def _rows(ledger: BudgetLedger, now: datetime, history: HourlyHistory) -> Iterator[_Row]:
     by_budget: dict[str, list[BudgetUsage]] = {}
     for usage in ledger.list_budgets():
         by_budget.setdefault(usage.budget_id, []).append(usage)
@@ -106,7 +109,7 @@ def _rows(ledger: BudgetLedger, now: datetime) -> Iterator[_Row]:
         forecasts: list[Forecast] = []
         for usage in chosen:
             try:
-                forecasts.append(forecast_budget(ledger, budget_id, usage.instance, now=now))
+                forecasts.append(forecast_budget(ledger, budget_id, usage.instance, now=now, history=history))
             except (KeyError, ValueError):
                 continue  # deleted or changed since list_budgets answered
         if not forecasts:

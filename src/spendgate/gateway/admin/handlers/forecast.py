@@ -3,12 +3,16 @@ the limit its past windows suggest (``spendgate.forecasting``, ``spendgate.advic
 
 The instance of a wildcard budget is given by its dimensions as query parameters
 (``?user=alice``). The ledger reads (its usage, the request log's hourly series) run on a
-thread, never on the event loop; "now" is the ledger's clock.
+thread, never on the event loop; "now" is the ledger's clock. The hourly series go through the
+admin context's ``HourlyHistory`` (``ctx.forecasts.history``, one per gateway process), so a
+budgets page asking one forecast per row reads only the last hours of each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
+from functools import partial
 from typing import Any, Final, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -17,13 +21,16 @@ from starlette.responses import JSONResponse, Response
 
 from spendgate.advice import DEFAULT_HEADROOM, advise_budget
 from spendgate.budgets import DIMENSIONS
-from spendgate.forecasting import forecast_budget
+from spendgate.forecast import Forecast
+from spendgate.forecasting import forecast_budget, ledger_now
 from spendgate.gateway.admin.context import context
 from spendgate.gateway.admin.errors import bad, not_found
 
 __all__ = ["budget_advice", "budget_forecast"]
 
 _MAX_HEADROOM: Final = 1000
+#: The oldest kept forecast ``max_age`` may ask for (seconds).
+_MAX_AGE: Final = 3600
 T = TypeVar("T")
 
 
@@ -45,15 +52,38 @@ def _read(budget_id: str, call: Callable[[], T]) -> T:
 
 
 async def budget_forecast(request: Request) -> Response:
-    """The forecast of a budget instance in its current window (``Forecast.to_dict``)."""
+    """The forecast of a budget instance in its current window (``Forecast.to_dict``).
+    ``max_age`` (seconds): a forecast of this instance made at most that long ago, at the same
+    limit, may be given instead of a fresh one (the overview's and the dashboard's are kept)."""
     budget_id = request.path_params["id"]
-    instance = _instance(request, ())
-    ledger = context(request).ledger
+    instance = _instance(request, ("max_age",))
+    max_age = _max_age(request.query_params.get("max_age"))
+    ctx = context(request)
+    ledger, history = ctx.ledger, ctx.forecasts.history  # the hours the overview's read too
 
-    def read() -> dict[str, Any]:
-        return _read(budget_id, lambda: forecast_budget(ledger, budget_id, instance or None)).to_dict()
+    def fresh() -> dict[str, Any]:
+        return _read(
+            budget_id, lambda: forecast_budget(ledger, budget_id, instance or None, history=history)
+        ).to_dict()
 
-    return JSONResponse(await run_in_threadpool(read))
+    def kept(age: timedelta) -> dict[str, Any]:
+        def made() -> Forecast:
+            budget = ledger.get_budget(budget_id)
+            now = ledger_now(ledger)
+            usage = ledger.usage(budget_id, budget.instance_key(instance or None), at=now)
+            return ctx.forecasts.get(ledger, usage, now, ttl=age)
+
+        return _read(budget_id, made).to_dict()
+
+    return JSONResponse(await run_in_threadpool(fresh if max_age is None else partial(kept, max_age)))
+
+
+def _max_age(text: str | None) -> timedelta | None:
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) > _MAX_AGE:
+        raise bad("max_age", f"must be whole seconds from 0 to {_MAX_AGE}")
+    return timedelta(seconds=int(text))
 
 
 async def budget_advice(request: Request) -> Response:
@@ -66,11 +96,15 @@ async def budget_advice(request: Request) -> Response:
         if not text.isdigit() or int(text) > _MAX_HEADROOM:
             raise bad("headroom", f"must be a whole percent from 0 to {_MAX_HEADROOM}")
         headroom = int(text)
-    ledger = context(request).ledger
+    ctx = context(request)
+    ledger, history = ctx.ledger, ctx.forecasts.history
 
     def read() -> dict[str, Any]:
         advice = _read(
-            budget_id, lambda: advise_budget(ledger, budget_id, instance or None, headroom_percent=headroom)
+            budget_id,
+            lambda: advise_budget(
+                ledger, budget_id, instance or None, headroom_percent=headroom, history=history
+            ),
         )
         return advice.to_dict()
 
