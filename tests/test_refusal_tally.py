@@ -225,3 +225,15 @@ def _not_sent() -> Any:
     from spendgate.lifecycle import Happened, Report
 
     return Report(Happened.NOT_SENT)
+
+
+def test_one_caller_claims_each_write() -> None:
+    """A hundred requests refused at once: one of them writes (the others find it claimed)."""
+    ticks = Ticks()
+    tally = RefusalTally(ManualClock(T0), interval=5, monotonic=ticks)
+    assert not tally.claim()  # nothing held
+    for _ in range(100):
+        tally.add("budget", "b")
+    assert [tally.claim() for _ in range(100)].count(True) == 1
+    ticks.now += 5
+    assert tally.claim() and not tally.claim()

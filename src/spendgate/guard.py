@@ -300,7 +300,7 @@ class Guard:
                         )
                 return step
         except _REFUSED:
-            if self.refusals.due():
+            if self.refusals.claim():
                 self.refusals.flush(self.ledger)
             raise
 
@@ -334,7 +334,7 @@ class Guard:
                         step = _next(steps, reserved)
                 return step
         except _REFUSED:
-            if self.refusals.due():  # a blocking write, at most once an interval: on a thread
+            if self.refusals.claim():  # a blocking write, at most once an interval: on a thread
                 await asyncio.to_thread(self.refusals.flush, self.ledger)
             raise
 

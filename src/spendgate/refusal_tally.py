@@ -81,6 +81,17 @@ class RefusalTally:
         """Whether there is something to write and the interval since the last write is over."""
         return bool(self._counts) and self._monotonic() >= self._next_write
 
+    def claim(self) -> bool:
+        """``due()``, for one caller: the next is due an interval later. The guard's shells ask
+        this after a refusal, so a hundred requests refused at once make one write, not a
+        hundred threads racing to find it done."""
+        with self._lock:
+            now = self._monotonic()
+            if not self._counts or now < self._next_write:
+                return False
+            self._next_write = now + self.interval
+            return True
+
     def flush(self, ledger: RefusalCounts) -> int:
         """Write what is held (blocking: an asyncio caller runs it on a thread). How many
         refusals were written; 0 when there was nothing, or the write failed (they are kept)."""
