@@ -27,9 +27,11 @@ from urllib.parse import quote
 import httpx
 import openai
 import pytest
+from click.testing import CliRunner
 
 from gateway.conftest import Gateway, base_config, closed_port
 from spendgate.budgets import Attributes
+from spendgate.cli import main
 from spendgate.clock import ManualClock
 from spendgate.ledger import RequestRecord, open_ledger
 from spendgate.money import Money
@@ -111,7 +113,8 @@ def seed_history(ledger_url: str) -> None:
             rhythm = 1 + math.sin((started_hour.hour - 8) / 24 * 2 * math.pi)
             for n, model in enumerate(HISTORY_MODELS):
                 team = HISTORY_TEAMS[(hour + n) % len(HISTORY_TEAMS)]
-                attributes = Attributes.of(user=f"{team}-bot", team=team, model=model, tags=["seed"])
+                tags = ["seed", "eval"] if n == 0 else ["seed"]  # two tags: counted under each
+                attributes = Attributes.of(user=f"{team}-bot", team=team, model=model, tags=tags)
                 micros = int((12_000, 30_000, 8_000)[n] * (0.2 + rhythm)) + hour * 13
                 cost = Money.usd(str(Decimal(micros).scaleb(-6)))
                 request_id = f"seed-{hour}-{n}"
@@ -329,6 +332,17 @@ def test_pausing_a_budget_refuses_the_next_request(page: Page, ui: UiEnv) -> Non
     assert ui.budget("pausable")["limit"] == "0"
     with pytest.raises(openai.RateLimitError):
         chat(client)
+    # The overview counts the refusal, and names the budget that refused.
+    open_page(page, "overview")
+    refuser = page.locator("[data-testid=overview-refusers] tr", has_text="pausable")
+    refuser.wait_for()
+    assert int(refuser.locator("td.num").inner_text().replace(",", "")) >= 1
+    assert int(page.locator("[data-testid=refusals-budget] .value").inner_text().replace(",", "")) >= 1
+    page.locator("[data-testid=overview-refusals] .uplot").wait_for()  # the per-minute chart drew
+    open_page(page, "budgets")
+    page.locator(
+        "tr[data-budget='pausable'] [data-testid=refused]", has_text="refused in the last hour"
+    ).wait_for()
     # Change the limit back in the UI: requests go through again.
     page.locator("tr[data-budget='pausable']").get_by_role("button", name="Change limit").click()
     page.fill("dialog[open] input", "10")
@@ -406,6 +420,7 @@ def test_change_and_delete_a_rate_limit(page: Page, ui: UiEnv) -> None:
     row = page.locator(f"tr[data-limit='{limit_id}']")
     assert row.locator("[data-testid=used]").inner_text() == "1"
     assert bar_width(row) == 100
+    assert row.locator("[data-testid=refused]").inner_text().startswith("1 refused in the last hour")
     # Cancel leaves it; OK deletes it, and requests go through again.
     row.get_by_role("button", name="Delete").click()
     page.locator("dialog[open] button[value=cancel]").click()
@@ -506,10 +521,55 @@ def test_usage_csv_export_has_the_admin_api_numbers(page: Page, ui: UiEnv, tmp_p
         rows = list(csv.DictReader(f))
     api = ui.admin.get("/usage/timeseries", params={**query, "limit": 10000}).raise_for_status().json()
     assert not api["has_more"]
-    expected = [{k: "" if v is None else str(v) for k, v in point.items()} for point in api["data"]]
+    expected = [
+        {
+            "start": p["start"],
+            "end": p["end"],
+            "by": "model",
+            "group": p["group"] or "",
+            "cost_usd": p["cost"],
+            **{k: str(p[k]) for k in ("requests", "input_tokens", "output_tokens")},
+        }
+        for p in api["data"]
+    ]
     assert rows == expected
     assert {row["group"] for row in rows} >= {"gpt-4o-mini", "gpt-4o"}
     assert sum(int(row["requests"]) for row in rows) == sum(p["requests"] for p in api["data"])
+    # The same file `spendgate report --format csv` writes for that span (its columns, its rows)
+    cli = CliRunner().invoke(
+        main,
+        [
+            "report",
+            "--ledger",
+            ui.gateway.ledger_url,
+            "--since",
+            api["start"].removesuffix("Z"),
+            "--until",
+            api["end"].removesuffix("Z"),
+            "--bucket",
+            "hour",
+            "--by",
+            "model",
+            "--format",
+            "csv",
+        ],
+    )
+    assert cli.exit_code == 0, cli.output
+    assert path.read_text(encoding="utf-8") == cli.stdout
+
+
+def test_usage_by_tag_counts_each_request_once_in_its_total(page: Page, ui: UiEnv) -> None:
+    """A request with two tags is in both tags' rows, and once in the headline (as in the
+    ungrouped series and `spendgate report`'s total)."""
+    query = {"start": "4d", "bucket": "day", "by": "tag"}
+    open_page(page, "usage?" + "&".join(f"{k}={v}" for k, v in query.items()))
+    page.wait_for_selector("#usage-chart canvas")
+    headline = page.locator(".card .page-head h2").first.inner_text()
+    whole = ui.admin.get("/usage/timeseries", params={**query, "by": "", "limit": 10000}).json()["data"]
+    by_tag = ui.admin.get("/usage/timeseries", params={**query, "limit": 10000}).json()["data"]
+    requests = sum(p["requests"] for p in whole)
+    assert sum(p["requests"] for p in by_tag) > requests  # the "eval" requests count twice there
+    assert f"{requests:,} requests" in headline, headline
 
 
 def test_an_xss_attempt_is_rendered_as_text(page: Page, ui: UiEnv) -> None:

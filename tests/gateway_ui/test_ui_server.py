@@ -22,11 +22,11 @@ from spendgate.gateway.admin import create_admin_app
 from spendgate.gateway.app import GatewayState, create_app
 from spendgate.gateway.config import parse_settings
 from spendgate.gateway.keys import KeyStore, open_keystore
-from spendgate.gateway.metrics import RecentCounts
 from spendgate.gateway.ui import CSP, STATIC, LoginLimiter, Sessions, create_ui_app
 from spendgate.gateway.ui.session import SECRET_ENV
 from spendgate.ledger import Ledger, RequestRecord, open_ledger
 from spendgate.money import Money
+from spendgate.refusal_tally import RefusalTally
 
 TOKEN = "admin-" + "u" * 26
 START = datetime(2027, 3, 15, 10, 30, tzinfo=UTC)
@@ -42,12 +42,13 @@ class Env:
         self.ledger: Ledger = open_ledger(url, clock=self.clock)
         self.keys: KeyStore = open_keystore(url, cache_ttl=0)
         self.seconds = 0.0
-        self.recent = RecentCounts(lambda: self.seconds)
+        # this process's refusals, not yet written: the overview writes them before it reads
+        self.tally = RefusalTally(self.clock, monotonic=lambda: self.seconds)
         args: dict[str, Any] = {
             "keys": self.keys,
             "ledger": self.ledger,
             "admin_token": lambda: self.token,
-            "refusals": self.recent.last_hour,
+            "flush_refusals": lambda: self.tally.flush(self.ledger),
         }
         self.ui = create_ui_app(**args, sessions=Sessions(), limiter=LoginLimiter(), clock=self.clock)
         self.app = Router(routes=[Mount("/ui", app=self.ui), Mount("/admin", app=create_admin_app(**args))])
@@ -378,6 +379,8 @@ def test_ui_api_answers_as_the_admin_api(env: Env) -> None:
         "/budgets/team-ml/advice",
         "/alerts",
         "/overview",
+        "/refusals",
+        "/refusals?start=1d",
         "/openapi.json",
         "/budgets/nope/forecast",
         "/no-such-route",
@@ -459,10 +462,17 @@ def test_overview_numbers_against_the_ledger(env: Env) -> None:
     assert env.ledger.reserve(
         "open", Attributes.of(team="ml", user="carol"), Money.usd("1"), lease=60
     ).admitted
-    env.recent.add("budget")
-    env.recent.add("budget")
-    env.recent.add("rate_limit")
-    env.recent.add("auth")
+    env.tally.add("budget", "team-ml")
+    env.tally.add("budget", "team-ml")
+    env.tally.add("rate_limit", "rpm")
+    # another process's counts, already in the ledger: 30 minutes ago, and just over the hour
+    env.ledger.add_refusals(
+        {
+            (datetime(2027, 3, 15, 10, 0, tzinfo=UTC), "budget", "paused"): 5,
+            (datetime(2027, 3, 15, 10, 0, tzinfo=UTC), "cost_cap", ""): 1,
+            (datetime(2027, 3, 15, 9, 30, tzinfo=UTC), "budget", "team-ml"): 7,
+        }
+    )
 
     client, _ = env.logged_in()
     view = client.get("/ui/api/overview").json()
@@ -498,39 +508,63 @@ def test_overview_numbers_against_the_ledger(env: Env) -> None:
     for row in budgets:  # every field of /budgets' row, as it stands
         usage = rows[(row["id"], "&".join(f"{k}={v}" for k, v in sorted(row["instance"].items())))]
         assert row["spent"] == usage.spent.decimal_str() and row["percent"] == usage.percent
-    assert view["refusals"] == {
+    refusals = view["refusals"]
+    per_minute = refusals.pop("per_minute")
+    assert refusals == {
         "window_seconds": 3600,
-        "scope": "process",
-        "total": 4,
-        "budget": 2,
+        "start": "2027-03-15T09:31:00Z",  # 60 minutes, the current one (10:30) last
+        "end": "2027-03-15T10:31:00Z",
+        "total": 9,
+        "budget": 7,
         "rate_limit": 1,
-        "by_reason": {"auth": 1, "budget": 2, "rate_limit": 1},
+        "cost_cap": 1,
+        "top": [
+            {"kind": "budget", "id": "paused", "count": 5, "last_minute": "2027-03-15T10:00:00Z"},
+            {"kind": "budget", "id": "team-ml", "count": 2, "last_minute": "2027-03-15T10:30:00Z"},
+            {"kind": "cost_cap", "id": "", "count": 1, "last_minute": "2027-03-15T10:00:00Z"},
+            {"kind": "rate_limit", "id": "rpm", "count": 1, "last_minute": "2027-03-15T10:30:00Z"},
+        ],
     }
-    env.seconds += 3600 + 60  # an hour on: gone
+    # /refusals: the same counts for any span (by default the same last hour), every budget and limit
+    listed = client.get("/ui/api/refusals").json()
+    assert listed == env.admin().get("/admin/refusals").json()
+    assert {k: listed[k] for k in ("start", "end", "total", "budget")} == {
+        "start": "2027-03-15T09:31:00Z",
+        "end": "2027-03-15T10:31:00Z",
+        "total": 9,
+        "budget": 7,
+    }
+    assert listed["data"] == refusals["top"]
+    longer = client.get("/ui/api/refusals?start=2h").json()  # 09:30 counts now
+    assert longer["start"] == "2027-03-15T08:30:00Z" and longer["budget"] == 14
+    assert longer["data"][0] == {
+        "kind": "budget",
+        "id": "team-ml",
+        "count": 9,
+        "last_minute": "2027-03-15T10:30:00Z",
+    }
+    for bad in ("start=tomorrow", "start=40d", "end=2027-03-15T09:00:00&start=2027-03-15T10:00:00", "x=1"):
+        answer = client.get("/ui/api/refusals?" + bad)
+        assert answer.status_code == 400 and answer.json()["error"]["type"] == "invalid_request_error", bad
+    assert env.tally.pending() == 0  # written by the overview
+    assert per_minute["budget"][59] == 2 and per_minute["budget"][29] == 5 and sum(per_minute["budget"]) == 7
+    assert per_minute["rate_limit"][59] == 1 and per_minute["cost_cap"][29] == 1
+    assert all(len(counts) == 60 for counts in per_minute.values())
+    env.clock.set(START + timedelta(hours=1))  # an hour on: gone
     assert client.get("/ui/api/overview").json()["refusals"]["total"] == 0
 
 
-def test_recent_counts_window() -> None:
-    now = [0.0]
-    counts = RecentCounts(lambda: now[0])
-    counts.add("budget")
-    now[0] = 59 * 60.0
-    counts.add("budget")
-    assert counts.last_hour() == {"budget": 2}
-    now[0] = 60 * 60.0  # the first minute's slot is an hour old
-    assert counts.last_hour() == {"budget": 1}
-    counts.add("rate_limit")  # reuses the first minute's slot
-    assert counts.last_hour() == {"budget": 1, "rate_limit": 1}
-    now[0] = 10 * 3600.0
-    assert counts.last_hour() == {}
-
-
-def test_admin_app_alone_has_no_refusal_counts(tmp_path: Path) -> None:
+def test_admin_app_alone_reads_the_ledgers_refusal_counts(tmp_path: Path) -> None:
     ledger = open_ledger("memory://", clock=ManualClock(START))
     keys = open_keystore("memory://")
     app = create_admin_app(keys=keys, ledger=ledger, admin_token=lambda: TOKEN)
     view = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}).get("/overview").json()
-    assert view["refusals"] is None and view["budgets"] == [] and view["spend"]["today"]["cost"] == "0"
+    assert view["refusals"]["total"] == 0 and view["budgets"] == [] and view["spend"]["today"]["cost"] == "0"
+    ledger.add_refusals({(datetime(2027, 3, 15, 10, 30, tzinfo=UTC), "rate_limit", "rpm"): 3})
+    view = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}).get("/overview").json()
+    assert view["refusals"]["rate_limit"] == 3 and view["refusals"]["top"] == [
+        {"kind": "rate_limit", "id": "rpm", "count": 3, "last_minute": "2027-03-15T10:30:00Z"}
+    ]
 
 
 # -- in the gateway -----------------------------------------------------------------------------
@@ -574,6 +608,9 @@ def test_the_gateway_serves_the_dashboard(tmp_path: Path) -> None:
         assert refused.status_code == 429, refused.text
         after = client.get("/ui/api/overview").json()
         assert after["refusals"]["budget"] == 1 and after["refusals"]["total"] == 1
+        assert [(t["kind"], t["id"], t["count"]) for t in after["refusals"]["top"]] == [
+            ("budget", "global", 1)
+        ]
         assert after["budgets"][0]["id"] == "global" and after["budgets"][0]["limit"] == "0"
         admin = client.get("/admin/overview", headers={"Authorization": f"Bearer {TOKEN}"}).json()
         assert admin["refusals"] == after["refusals"]

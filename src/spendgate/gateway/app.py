@@ -26,6 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
@@ -36,6 +37,7 @@ from spendgate import telemetry
 from spendgate.alerts.dispatcher import AlertDispatcher
 from spendgate.alerts.forecasts import forecast_alerts
 from spendgate.clock import Clock
+from spendgate.forecasting import ForecastCache, start_warming
 from spendgate.gateway import proxy
 from spendgate.gateway.metrics import CONTENT_TYPE, Metrics
 from spendgate.gateway.settings import GatewaySettings, Upstream, VirtualKey
@@ -188,6 +190,7 @@ class GatewayState:
             max_wait=settings.max_wait,
             lease=settings.lease,
             default_max_output_tokens=settings.default_max_output_tokens,
+            refusal_interval=settings.refusal_interval,
         )
         if metrics is None:
             metrics = Metrics()
@@ -270,14 +273,17 @@ class GatewayState:
         # of the gateway puts the config's budgets (and limits) back.
         configured = frozenset(budget.id for budget in self.settings.budgets)
         configured_limits = frozenset(limit.id for limit in self.settings.limits)
-        recent = self.metrics.recent_refusals
+        tally, ledger = self.guard.refusals, self.guard.ledger
         return {
             "keys": self.keys,
             "ledger": self.ledger,
             "admin_token": lambda: token,
             "config_budgets": lambda: configured,
             "config_limits": lambda: configured_limits,
-            "refusals": recent.last_hour,
+            # The process's hourly series, shared with /metrics' forecasts and the alerts.
+            "forecasts": ForecastCache(history=self.metrics.forecasts.history),
+            # The overview writes this process's refusal counts before it reads everyone's.
+            "flush_refusals": lambda: tally.flush(ledger),
         }
 
     def admin_app(self) -> ASGIApp | None:
@@ -306,6 +312,8 @@ class GatewayState:
         return self._ui
 
     async def aclose(self) -> None:
+        if self.guard.refusals.pending():  # written before the ledger closes (a blocking write)
+            await asyncio.to_thread(self.guard.refusals.flush, self.guard.ledger)
         self.guard.close()  # unsubscribes; the guard never owns a ledger passed to it
         if self.owns_client:
             await self.client.aclose()
@@ -329,6 +337,7 @@ class GatewayApp:
         self._inflight: dict[GatewayState, int] = {}
         self._telemetry = False  # this app started telemetry (lifespan), so it shuts it down
         self._alerts: AlertDispatcher | None = None  # started by the lifespan (docs/alerts.md)
+        self._sweeper: asyncio.Task[None] | None = None  # the refusal counts' writer (lifespan)
         self._retired: list[GatewayState] = []
         # The dashboard's sessions and failed-login counts (spendgate.gateway.ui): the process's,
         # kept across reloads; made at the first /ui request.
@@ -369,7 +378,8 @@ class GatewayApp:
         return old
 
     def _start_alerts(self, state: GatewayState) -> None:
-        dispatcher = state.settings.alerts.dispatcher(state.guard.ledger, forecaster=forecast_alerts)
+        forecaster = partial(forecast_alerts, history=state.metrics.forecasts.history)
+        dispatcher = state.settings.alerts.dispatcher(state.guard.ledger, forecaster=forecaster)
         if dispatcher is not None:
             dispatcher.start()
         self._alerts = dispatcher
@@ -433,6 +443,9 @@ class GatewayApp:
                         telemetry.start(telemetry_settings)
                         self._telemetry = True
                     self._start_alerts(self.state)
+                    if self.state.settings.admin_token:  # the dashboard's first forecasts, off the loop
+                        start_warming(self.state.metrics.forecasts.history, self.state.ledger)
+                    self._sweeper = asyncio.get_running_loop().create_task(self._sweep_refusals())
                 except Exception as exc:
                     log.exception("gateway startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -441,6 +454,9 @@ class GatewayApp:
             elif message["type"] == "lifespan.shutdown":
                 # uvicorn calls this after in-flight requests finished (and settled).
                 try:
+                    if self._sweeper is not None:
+                        self._sweeper.cancel()
+                        self._sweeper = None
                     await asyncio.to_thread(self._stop_alerts)  # before the ledger closes
                     await self.aclose()
                     if self._telemetry:  # export what is queued (spans, a last metric export)
@@ -452,6 +468,17 @@ class GatewayApp:
                     return
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _sweep_refusals(self) -> None:
+        """Every ``refusal_interval``: write the refusal counts this process still holds. A
+        refusal writes them itself when a write is due; this catches the last ones before a
+        quiet spell, so the overview of any process sees them within the interval."""
+        while True:
+            state = self.state
+            await asyncio.sleep(max(state.settings.refusal_interval, 0.5))
+            tally = state.guard.refusals
+            if tally.claim():
+                await asyncio.to_thread(tally.flush, state.guard.ledger)  # logs its own failure
 
     # -- the other routes -------------------------------------------------------------------
     async def _healthz(self, request: Request) -> Response:

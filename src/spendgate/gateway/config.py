@@ -114,6 +114,7 @@ _DEFAULT_KEYS: Final = (
     "request_timeout",
     "lease",
     "max_output_tokens",
+    "refusal_interval",
 )
 _LIMIT_KEYS: Final = ("id", "name", "selector", "per", "on_exceed", *LIMIT_KINDS)
 _COUNT_KINDS: Final = tuple(kind for kind in LIMIT_KINDS if kind != "usd")
@@ -417,6 +418,9 @@ def _parse(
         ),
         request_timeout=_default(r, defaults, "request_timeout", base.request_timeout, r.seconds),
         lease=_default(r, defaults, "lease", base.lease, r.seconds),
+        refusal_interval=_default(
+            r, defaults, "refusal_interval", base.refusal_interval, r.seconds, zero_ok=True
+        ),
         keys_required=keys_required,
         telemetry=_telemetry(r, top.get("telemetry"), env),
         alerts=_alerts(r, top.get("alerts"), env),

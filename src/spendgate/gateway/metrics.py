@@ -29,9 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -98,42 +96,6 @@ def pool_metrics() -> PoolMetrics:
     return PoolMetrics()
 
 
-class RecentCounts:
-    """How many refusals of each reason this process answered in the last hour (the dashboard's
-    overview: ``/admin/overview``). One-minute slots in a ring of ``slots``: a count leaves
-    when its minute is more than an hour old. ``now`` gives seconds (monotonic; tests pass a
-    manual one). Reasons are the gateway's own bounded names (``GatewayError.reason``)."""
-
-    def __init__(
-        self, now: Callable[[], float] = time.monotonic, *, slots: int = 60, width: float = 60.0
-    ) -> None:
-        self._now = now
-        self._width = width
-        self._slots: list[tuple[int, dict[str, int]]] = [(-1, {}) for _ in range(slots)]
-        self._lock = threading.Lock()
-
-    def add(self, reason: str) -> None:
-        tick = int(self._now() // self._width)
-        with self._lock:
-            index = tick % len(self._slots)
-            at, counts = self._slots[index]
-            if at != tick:
-                counts = {}
-                self._slots[index] = (tick, counts)
-            counts[reason] = counts.get(reason, 0) + 1
-
-    def last_hour(self) -> dict[str, int]:
-        """Per reason, the counts of the slots of the last ``slots`` minutes (this one included)."""
-        tick = int(self._now() // self._width)
-        out: dict[str, int] = {}
-        with self._lock:
-            for at, counts in self._slots:
-                if tick - len(self._slots) < at <= tick:
-                    for reason, n in counts.items():
-                        out[reason] = out.get(reason, 0) + n
-        return out
-
-
 class Metrics:
     """Every metric the gateway exports; shared by successive states across reloads."""
 
@@ -178,8 +140,6 @@ class Metrics:
         self._models: Mapping[str, str] = {}
         #: Budget forecasts (gateway/forecast_gauges.py): refreshed off the loop before a scrape.
         self.forecasts = ForecastGauges()
-        #: This process's refusals of the last hour, per reason (the dashboard's overview).
-        self.recent_refusals = RecentCounts()
 
     def known_models(self, exact_routes: Iterable[str], catalog: Catalog | None) -> None:
         """The model names that become labels: routed by exact name, or listed in ``catalog``.
@@ -211,9 +171,8 @@ class Metrics:
         self._child(self.upstream_duration, upstream).observe(seconds)
 
     def refused(self, reason: str) -> None:
-        """The gateway refused a request (``spendgate_refusals``, and the last hour's counts)."""
+        """The gateway refused a request (``spendgate_refusals``)."""
         self._child(self.refusals, reason).inc()
-        self.recent_refusals.add(reason)
 
     def limit_refused(self, limit_id: str, kind: str) -> None:
         """A rate limit refused a request (``limit_id``: the limit's id, never its instance)."""

@@ -87,6 +87,8 @@ class GatewaySettings:
     max_body_bytes: int = 10 * 1024 * 1024
     request_timeout: float = 900.0  # a whole client request, waiting included
     lease: float = 900.0  # ledger lease for a request in flight
+    #: Seconds between two writes of one process's refusal counts (spendgate.refusal_tally).
+    refusal_interval: float = 5.0
     keys_required: bool = True  # False only for local demos: unauthenticated requests get no key attribute
     telemetry: TelemetrySettings | None = None  # OpenTelemetry (docs/telemetry.md); None: off
     alerts: AlertSettings = field(default_factory=AlertSettings)  # docs/alerts.md; to the log by default

@@ -10,16 +10,26 @@ are the app's ``AdminContext`` (``app.state.admin``). ``OPENAPI`` is the documen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from spendgate.forecasting import ForecastCache
 from spendgate.gateway.admin.auth import Check, Handler, guarded, token_check
-from spendgate.gateway.admin.context import AdminContext, no_refusals
+from spendgate.gateway.admin.context import AdminContext, nothing_to_flush
 from spendgate.gateway.admin.errors import unmatched
-from spendgate.gateway.admin.handlers import alerts, budgets, forecast, keys, limits, overview, usage
+from spendgate.gateway.admin.handlers import (
+    alerts,
+    budgets,
+    forecast,
+    keys,
+    limits,
+    overview,
+    refusals,
+    usage,
+)
 from spendgate.gateway.admin.openapi import OPENAPI, openapi
 from spendgate.gateway.keys import KeyStore
 from spendgate.ledger import Ledger
@@ -64,6 +74,7 @@ TABLE: list[tuple[str, Handler, list[str]]] = [
     ("/alerts", alerts.list_alerts, ["GET"]),
     ("/alerts/retry", alerts.retry_alert, ["POST"]),
     ("/overview", overview.overview, ["GET"]),
+    ("/refusals", refusals.refusals, ["GET"]),
     ("/openapi.json", openapi, ["GET"]),
 ]
 #: Routes whose ``{id}`` takes the rest of the path (a limit's id has slashes).
@@ -91,12 +102,13 @@ def create_admin_app(
     admin_token: Callable[[], str | None],
     config_budgets: Callable[[], frozenset[str]] = frozenset,
     config_limits: Callable[[], frozenset[str]] = frozenset,
-    refusals: Callable[[], Mapping[str, int] | None] = no_refusals,
+    flush_refusals: Callable[[], None] = nothing_to_flush,
+    forecasts: ForecastCache | None = None,
 ) -> Starlette:
     """The admin API as its own Starlette app. ``admin_token`` is asked on every request (config
     reloads); ``config_budgets`` gives the ids of the budgets the config defines (not deletable),
-    ``config_limits`` those of its rate limits (not changed or deleted); ``refusals`` the
-    gateway's refusals of the last hour per reason (``/overview``; None where none are counted)."""
+    ``config_limits`` those of its rate limits (not changed or deleted); ``flush_refusals``
+    writes the refusal counts this process holds (``/overview`` calls it before it reads)."""
     app = Starlette(routes=list(ROUTES), exception_handlers={HTTPException: unmatched})
     app.state.admin = AdminContext(
         keys=keys,
@@ -104,6 +116,8 @@ def create_admin_app(
         admin_token=admin_token,
         config_budgets=config_budgets,
         config_limits=config_limits,
-        refusals=refusals,
+        flush_refusals=flush_refusals,
+        # The gateway passes one over its process's hourly series (shared by every consumer).
+        forecasts=forecasts if forecasts is not None else ForecastCache(),
     )
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -12,12 +12,11 @@ from spendgate.forecasting import ForecastCache
 from spendgate.gateway.keys import KeyStore
 from spendgate.ledger import Ledger
 
-__all__ = ["AdminContext", "context", "no_refusals"]
+__all__ = ["AdminContext", "context", "nothing_to_flush"]
 
 
-def no_refusals() -> Mapping[str, int] | None:
-    """No gateway counts refusals here (an admin app built alone)."""
-    return None
+def nothing_to_flush() -> None:
+    """No guard of this process holds refusal counts (an admin app built alone)."""
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,11 @@ class AdminContext:
     #: Ids of the rate limits the gateway's config defines (``limits:``): put back as written
     #: there at every start and reload, so the API refuses to change or delete them.
     config_limits: Callable[[], frozenset[str]] = field(default=frozenset)
-    #: The gateway process's refusals of the last hour per reason (``Metrics.recent_refusals``),
-    #: or None where no gateway counts them.
-    refusals: Callable[[], Mapping[str, int] | None] = field(default=no_refusals)
-    #: The overview's forecasts, each kept a minute (the dashboard asks on every load).
+    #: Writes the refusal counts this process holds to the ledger (``RefusalTally.flush``,
+    #: blocking): the overview calls it before it reads every process's counts.
+    flush_refusals: Callable[[], None] = field(default=nothing_to_flush)
+    #: The overview's forecasts, each kept a minute (the dashboard asks on every load); its
+    #: ``history`` (the hourly series read) serves the forecast and advice routes too.
     forecasts: ForecastCache = field(default_factory=ForecastCache)
 
     @staticmethod

@@ -13,8 +13,10 @@ from starlette.responses import JSONResponse, Response
 from spendgate.budgets import DIMENSIONS
 from spendgate.gateway.admin.handlers.limits import MAX_COUNT
 from spendgate.gateway.admin.handlers.overview import MAX_BUDGETS
+from spendgate.gateway.admin.handlers.refusals import MAX_SPAN as MAX_REFUSAL_SPAN
 from spendgate.gateway.admin.handlers.usage import DEFAULT_POINTS, DEFAULT_SPAN, MAX_POINTS, MAX_REQUESTS
 from spendgate.gateway.views import KEY_FIELDS
+from spendgate.ledger.base import REFUSAL_KINDS
 from spendgate.limits import KINDS, WINDOWED
 from spendgate.reports.span import BUCKETS
 
@@ -63,6 +65,13 @@ _TIME_RANGE: Final = [
     },
 ]
 _USD: Final = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "description": "USD as a decimal string"}
+#: A span's refusal totals (``/refusals`` and ``/overview``'s ``refusals``).
+_REFUSAL_TOTALS: Final[dict[str, Any]] = {
+    "start": {"type": "string", "format": "date-time"},
+    "end": {"type": "string", "format": "date-time"},
+    "total": {"type": "integer"},
+    **{kind: {"type": "integer"} for kind in REFUSAL_KINDS},
+}
 
 
 _CONFLICT: Final = {"409": _json(_ref("Error"), "A budget with this id exists: PATCH it")}
@@ -236,7 +245,12 @@ OPENAPI: Final[dict[str, Any]] = {
         "/budgets/{id}/forecast": {
             "get": _op("Expected spend at the window's end with a band, and when the budget runs out "
                        "(docs/forecasts.md); a wildcard budget's instance as query parameters (?user=alice)",
-                       _json(_ref("Forecast")), found=True, parameters=[*_ID, *_INSTANCE_PARAMS]),
+                       _json(_ref("Forecast")), found=True, parameters=[*_ID, *_INSTANCE_PARAMS,
+                           {"name": "max_age", "in": "query",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 3600},
+                            "description": "seconds: a forecast of this instance made at most this long "
+                                           "ago at the same limit may be given (its `now` says when); "
+                                           "absent: a fresh one"}]),
         },
         "/budgets/{id}/advice": {
             "get": _op("A recommended limit: the 95th percentile of past windows' spend plus headroom, "
@@ -305,7 +319,17 @@ OPENAPI: Final[dict[str, Any]] = {
         "/overview": {
             "get": _op("The dashboard's first page (docs/ui.md): spend today and this month (UTC), the "
                        f"{MAX_BUDGETS} budget instances closest to their limit with their forecast, and "
-                       "this gateway process's refusals of the last hour", _json(_ref("Overview"))),
+                       "the last hour's refusals by every process sharing the ledger", _json(_ref("Overview"))),
+        },
+        "/refusals": {
+            "get": _op("Requests the budgets, rate limits and requests' own cost caps refused in [start, end), "
+                       "counted by every process sharing the ledger, per kind and per budget or limit (most "
+                       "first). Default: the last 60 minutes, the current one included; at most "
+                       f"{MAX_REFUSAL_SPAN.days} days", _json(_ref("Refusals")),
+                       parameters=[{"name": name, "in": "query", "schema": {"type": "string"},
+                                    "description": "ISO 8601 (UTC without an offset) or a span before now "
+                                                   "(1h, 7d), rounded down to the minute"}
+                                   for name in ("start", "end")]),
         },
         "/openapi.json": {"get": _op("This document", _json({"type": "object"}))},
     },
@@ -330,12 +354,27 @@ OPENAPI: Final[dict[str, Any]] = {
                     "budgets": {"type": "array", "description": "the fields of /budgets' rows, and forecast",
                         "items": {"type": "object", "properties": {"forecast": {"type": ["object", "null"]}}}},
                     "budgets_total": {"type": "integer"},
-                    "refusals": {"type": ["object", "null"], "description": "null: no gateway counts them",
-                        "properties": {"window_seconds": {"type": "integer"}, "scope": {"const": "process"},
-                                       "total": {"type": "integer"}, "budget": {"type": "integer"},
-                                       "rate_limit": {"type": "integer"},
-                                       "by_reason": {"type": "object",
-                                                     "additionalProperties": {"type": "integer"}}}}}},
+                    "refusals": {"type": "object",
+                        "description": "requests the budgets, rate limits and requests' own cost caps refused "
+                                       "in the last 60 minutes (the current one included), by every process "
+                                       "sharing the ledger; each process writes its counts every "
+                                       "defaults.refusal_interval seconds",
+                        "required": ["window_seconds", "start", "end", "total", *REFUSAL_KINDS, "per_minute", "top"],
+                        "properties": {"window_seconds": {"type": "integer"},
+                                       **_REFUSAL_TOTALS,
+                                       "per_minute": {"type": "object", "description": "per kind, 60 counts, oldest first",
+                                           "properties": {kind: {"type": "array", "items": {"type": "integer"}}
+                                                          for kind in REFUSAL_KINDS}},
+                                       "top": {"type": "array", "description": "the budgets and limits that refused most",
+                                           "items": _ref("Refuser")}}}}},
+            "Refusals": {"type": "object", "required": ["start", "end", "total", *REFUSAL_KINDS, "data"],
+                "properties": {**_REFUSAL_TOTALS, "data": {"type": "array", "items": _ref("Refuser")}}},
+            "Refuser": {"type": "object", "required": ["kind", "id", "count", "last_minute"],
+                "properties": {"kind": {"enum": list(REFUSAL_KINDS)},
+                               "id": {"type": "string", "description": "the budget's or limit's id; '' for cost caps"},
+                               "count": {"type": "integer"},
+                               "last_minute": {"type": "string", "format": "date-time",
+                                               "description": "the last minute it refused in"}}},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                 "type": "object", "required": ["message", "type", "code"],
                 "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": "string"}}}}},

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -28,8 +28,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from spendgate.clock import Clock, SystemClock
+from spendgate.forecasting import ForecastCache
 from spendgate.gateway.admin import routes
-from spendgate.gateway.admin.context import AdminContext, no_refusals
+from spendgate.gateway.admin.context import AdminContext, nothing_to_flush
 from spendgate.gateway.admin.errors import error_response, unmatched
 from spendgate.gateway.keys import SECRET_PREFIX, KeyStore
 from spendgate.gateway.ui.session import COOKIE, LoginLimiter, Session, Sessions
@@ -171,13 +172,17 @@ async def login_page(request: Request) -> Response:
 
 
 async def _form(request: Request) -> dict[str, str] | None:
-    """The url-encoded form of the body (its first value per name), or None past ``_MAX_FORM``."""
+    """The url-encoded form of the body (its first value per name), or None past ``_MAX_FORM``
+    bytes or 20 fields (the login form has one, the logout form one)."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > _MAX_FORM:
             return None
-    fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=20)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=20)
+    except ValueError:  # more fields than that: no form of ours
+        return None
     return {name: values[0] for name, values in fields.items()}
 
 
@@ -240,8 +245,14 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     """Ends the session (revoked here, the cookie cleared); needs its CSRF token (header or form
-    field ``csrf``)."""
+    field ``csrf``), and is refused from another site even without a session."""
     ctx = _ui(request)
+    if not same_origin(request):
+        # Even without a session: another site's form would otherwise clear the cookie (a
+        # forced logout: SameSite keeps the cookie from being sent, not from being cleared).
+        return error_response(
+            403, "dashboard: this request came from another site", "permission_error", "origin_mismatch"
+        )
     session = ctx.session(request)
     if session is not None:
         given = request.headers.get("x-csrf-token")
@@ -314,7 +325,8 @@ def create_ui_app(
     admin_token: Callable[[], str | None],
     config_budgets: Callable[[], frozenset[str]] = frozenset,
     config_limits: Callable[[], frozenset[str]] = frozenset,
-    refusals: Callable[[], Mapping[str, int] | None] = no_refusals,
+    flush_refusals: Callable[[], None] = nothing_to_flush,
+    forecasts: ForecastCache | None = None,
     sessions: Sessions | None = None,
     limiter: LoginLimiter | None = None,
     clock: Clock | None = None,
@@ -339,7 +351,9 @@ def create_ui_app(
         admin_token=admin_token,
         config_budgets=config_budgets,
         config_limits=config_limits,
-        refusals=refusals,
+        flush_refusals=flush_refusals,
+        # The gateway passes one over its process's hourly series (shared by every consumer).
+        forecasts=forecasts if forecasts is not None else ForecastCache(),
     )
     api.state.ui = ui
     app = Starlette(

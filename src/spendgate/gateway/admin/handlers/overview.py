@@ -3,15 +3,15 @@
 Spend today and this month (UTC) from the request log's daily series (``usage_timeseries``:
 the numbers of ``/usage/timeseries?bucket=1d``), the budget instances closest to their limit
 (``/budgets``' rows) with their forecast run-out (``spendgate.forecasting``; each at most a
-minute old, unless its limit changed), and the requests
-this gateway process refused in the last hour per reason (``Metrics.recent_refusals``). Every
-ledger read runs on a thread; "now" is the ledger's clock.
+minute old, unless its limit changed), and the requests the budgets, rate limits and cost caps
+refused in the last hour, counted by every process sharing the ledger (``RefusalCounts``; this
+process writes its own counts first, so they are never late here). Every ledger read runs on a
+thread; "now" is the ledger's clock.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -21,8 +21,10 @@ from starlette.responses import JSONResponse, Response
 
 from spendgate.forecasting import ledger_now
 from spendgate.gateway.admin.context import AdminContext, context
+from spendgate.gateway.admin.handlers.refusals import MINUTE, read_refusals, summary
 from spendgate.gateway.views import budget_json, iso, money
 from spendgate.ledger import BudgetUsage
+from spendgate.ledger.base import REFUSAL_KINDS, refusal_minute
 from spendgate.money import Money
 
 __all__ = ["MAX_BUDGETS", "overview", "read_overview"]
@@ -31,9 +33,10 @@ log = logging.getLogger("spendgate.gateway.admin")
 
 #: How many budget instances the overview lists (the most used first).
 MAX_BUDGETS: Final = 10
-#: Reasons always present in ``refusals`` (0 when none): what the overview's tiles show.
-_SHOWN: Final = ("budget", "rate_limit")
+#: How many budgets and limits ``refusals.top`` names (those that refused most).
+MAX_REFUSERS: Final = 10
 _DAY: Final = timedelta(days=1)
+_MINUTES: Final = 60  # the last hour, in the minutes the counts are kept by
 _FORECAST_FIELDS: Final = (
     "runs_out_at",
     "earliest_run_out",
@@ -85,14 +88,19 @@ def _spend(ctx: AdminContext, now: datetime) -> dict[str, Any]:
     }
 
 
-def _refusals(counts: Mapping[str, int] | None) -> dict[str, Any] | None:
-    if counts is None:
-        return None
-    by_reason = {reason: counts[reason] for reason in sorted(counts)}
-    out: dict[str, Any] = {"window_seconds": 3600, "scope": "process", "total": sum(by_reason.values())}
-    out.update({reason: by_reason.get(reason, 0) for reason in _SHOWN})
-    out["by_reason"] = by_reason
-    return out
+def _refusals(ctx: AdminContext, now: datetime) -> dict[str, Any]:
+    """The last 60 minutes' refusals (the current minute included): ``/refusals``' summary of
+    them, with ``MAX_REFUSERS`` budgets and limits, and a count per kind and minute."""
+    end = refusal_minute(now) + MINUTE
+    start = end - _MINUTES * MINUTE
+    rows = read_refusals(ctx, start, end)
+    out = summary(rows, start, end, top=MAX_REFUSERS)
+    out["top"] = out.pop("data")
+    per_minute = {kind: [0] * _MINUTES for kind in REFUSAL_KINDS}
+    for row in rows:
+        if row.kind in per_minute:
+            per_minute[row.kind][(row.minute - start) // MINUTE] += row.count
+    return {"window_seconds": _MINUTES * 60, **out, "per_minute": per_minute}
 
 
 def read_overview(ctx: AdminContext, *, now: datetime | None = None) -> dict[str, Any]:
@@ -109,7 +117,7 @@ def read_overview(ctx: AdminContext, *, now: datetime | None = None) -> dict[str
         "spend": _spend(ctx, at),
         "budgets": top,
         "budgets_total": len(rows),
-        "refusals": _refusals(ctx.refusals()),
+        "refusals": _refusals(ctx, at),
     }
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_SPAN",
     "MAX_POINTS",
     "MAX_REQUESTS",
+    "instant_param",
     "requests_log",
     "usage",
     "usage_timeseries",
@@ -119,7 +120,7 @@ async def requests_log(request: Request) -> Response:
 # -- /usage/timeseries ----------------------------------------------------------------------------
 
 
-def _instant(params: QueryParams, name: str, now: datetime, bucket: timedelta) -> datetime | None:
+def instant_param(params: QueryParams, name: str, now: datetime, bucket: timedelta) -> datetime | None:
     """ISO 8601 (UTC without an offset) or a span before now (``7d``, ``24h``: from the start
     of its bucket, so the first bucket is whole)."""
     text = params.get(name)
@@ -196,9 +197,9 @@ async def usage_timeseries(request: Request) -> Response:
     except ValueError:
         raise bad("bucket", f"must be one of {', '.join(BUCKETS)}") from None
     now = ledger.clock.now()
-    end = _instant(params, "end", now, bucket) or now
+    end = instant_param(params, "end", now, bucket) or now
     try:
-        start = _instant(params, "start", now, bucket) or floor(end - DEFAULT_SPAN, bucket)
+        start = instant_param(params, "start", now, bucket) or floor(end - DEFAULT_SPAN, bucket)
     except OverflowError:
         raise bad(
             "end", f"leaves no room for the default start, {DEFAULT_SPAN.days} days before it"

@@ -39,12 +39,13 @@ export function usd(text) {
   return text === null || text === undefined ? "–" : "$" + text;
 }
 
-/** A date-time string as local time, short; the ISO text stays in the title. */
+/** A date-time string as local time, short, with its zone (the overview's spans are UTC: a
+ *  time without a zone would be ambiguous); the ISO text stays in the title. */
 export function when(iso) {
   if (!iso) return h("span", { class: "muted" }, "–");
   const d = new Date(iso);
   const shown = isNaN(d) ? iso : d.toLocaleString(undefined, {
-    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short",
   });
   return h("time", { datetime: iso, title: iso }, shown);
 }
@@ -53,19 +54,37 @@ export function num(n) {
   return n === null || n === undefined ? "–" : Number(n).toLocaleString();
 }
 
+/** How many requests a budget or limit refused in the last hour (GET /refusals), or nothing.
+ * `whole`: the row is one instance of a wildcard budget or limit, and the count is all of them. */
+export function refusedNote(count, what, whole) {
+  if (!count) return null;
+  return h("div", { class: "refused", "data-testid": "refused",
+    title: `Requests this ${what} refused in the last hour, counted by every gateway process and SDK ` +
+      "sharing the ledger. A request is refused when its worst case does not fit what is left, " +
+      "so a budget can refuse before it is 100% used." },
+  `${num(count)} refused in the last hour${whole ? " (all instances)" : ""}`);
+}
+
+/** GET /refusals' answer as a lookup: "budget|team-ml" -> count. */
+export function refusalCounts(answer) {
+  return new Map(((answer && answer.data) || []).map((r) => [`${r.kind}|${r.id}`, r.count]));
+}
+
 /** {user: "alice", team: "x"} -> "user=alice, team=x" (as text). */
 export function pairs(obj) {
   const entries = Object.entries(obj || {});
   return entries.length ? entries.map(([k, v]) => `${k}=${v}`).join(", ") : "";
 }
 
-/** A table that scrolls sideways on a narrow screen. */
-export function table(headers, rows, attrs) {
+/** A table that scrolls sideways on a narrow screen; ``empty``: what an empty one says. An
+ *  empty header (a column of buttons) is named "Actions" for screen readers. */
+export function table(headers, rows, attrs, empty = "Nothing here yet.") {
   return h("div", { class: "table-wrap" },
     h("table", attrs || {},
-      h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" },
+        t === "" ? h("span", { class: "visually-hidden" }, "Actions") : t)))),
       h("tbody", {}, rows.length ? rows
-        : h("tr", {}, h("td", { colspan: headers.length, class: "muted empty" }, "Nothing here yet.")))));
+        : h("tr", {}, h("td", { colspan: headers.length, class: "muted empty" }, empty)))));
 }
 
 /** Bar of spent (and reserved) against a limit. Widths via CSSOM, allowed by the CSP. */

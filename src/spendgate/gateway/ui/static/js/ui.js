@@ -77,6 +77,7 @@ export function acting(ctx, messages, remember) {
     } catch (err) {
       messages.append(notice(err.message));
       failed();
+      messages.scrollIntoView?.({ block: "nearest" });
     }
   };
 }

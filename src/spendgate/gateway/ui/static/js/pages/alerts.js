@@ -47,7 +47,9 @@ export async function render(view, params, ctx) {
       h("td", { class: "wrap error-text" }, d.last_error ?? ""));
   });
   view.append(
-    table(["Event", "Summary", "Destination", "State", "Delivered / next", "Last error"], rows, { "data-testid": "alerts" }),
+    table(["Event", "Summary", "Destination", "State", "Delivered / next", "Last error"], rows, { "data-testid": "alerts" },
+      state || destination ? "No deliveries match these filters."
+        : "No alerts yet: one is sent when a budget crosses a threshold, is forecast to run out, or starts refusing requests."),
     h("div", { class: "pager" },
       before ? h("button", { type: "button", on: { click: () => ctx.setQuery({ state, destination }) } }, "← Newest") : null,
       page.next_before ? h("button", { type: "button", on: { click: () => ctx.setQuery({ state, destination, before: page.next_before }) } }, "Older →") : null));

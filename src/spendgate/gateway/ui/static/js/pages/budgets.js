@@ -1,7 +1,7 @@
 // #/budgets: each budget's use, reset time and forecast; change a limit, pause, reset, delete.
 // Below them the rate limits (./limits.js): use per instance; change the amount, delete.
 import { get, patch, post, del, path, query } from "../api.js";
-import { h, usd, when, pairs, table, bar, notice } from "../dom.js";
+import { h, usd, when, pairs, table, bar, notice, refusedNote, refusalCounts } from "../dom.js";
 import { acting, confirmDialog, promptDialog } from "../ui.js";
 import { budgetLegend } from "./overview.js";
 import { loadLimits, limitsSection } from "./limits.js";
@@ -12,9 +12,10 @@ const AMOUNT = /^[0-9]+(\.[0-9]+)?$/;
 let flash = null; // what the last change did, shown once after the page reloads its data
 
 function forecastCell(cell, b) {
-  get(path`/budgets/${b.id}/forecast` + query(b.instance || {})).then((f) => {
+  // A forecast made in the last minute will do (the overview's are kept): it moves slowly.
+  get(path`/budgets/${b.id}/forecast` + query({ ...(b.instance || {}), max_age: 60 })).then((f) => {
     cell.textContent = "";
-    const expected = h("div", {}, "expected ", usd(f.expected), h("span", { class: "muted" }, ` (${f.low}–${f.high})`));
+    const expected = h("div", {}, "expected ", usd(f.expected), h("span", { class: "muted" }, ` (${usd(f.low)}–${usd(f.high)})`));
     const out = f.runs_out_at
       ? h("div", { class: f.runs_out_before_end ? "badge bad" : "badge warn" }, "runs out ", when(f.runs_out_at))
       : h("div", { class: "badge ok" }, f.window_end ? "lasts the window" : "no run-out in 30 days");
@@ -27,8 +28,10 @@ function forecastCell(cell, b) {
 }
 
 export async function render(view, _params, ctx) {
-  const [{ data }, limits] = await Promise.all([get("/budgets"), loadLimits()]);
+  // The last hour's refusals: a note on each budget and limit that refused (none: the page stands).
+  const [{ data }, limits, refused] = await Promise.all([get("/budgets"), loadLimits(), get("/refusals").catch(() => null)]);
   if (ctx.stale()) return;
+  const refusals = refusalCounts(refused);
   const messages = h("div", { class: "messages" });
   if (flash) messages.append(notice(flash, "ok"));
   flash = null;
@@ -41,9 +44,13 @@ export async function render(view, _params, ctx) {
     const forecast = h("td", { class: "wrap" }, h("span", { class: "muted" }, i < MAX_FORECASTS ? "…" : "–"));
     if (i < MAX_FORECASTS) forecastCell(forecast, b);
     const paused = b.limit === "0";
+    // A wildcard budget's row is one instance (user=alice) of it, but its limit, pause and
+    // deletion are the whole budget's: every instance. Its reset is the instance's own.
+    const whole = instance ? b.id : name;
+    const every = instance ? `This changes ${b.id} for every ${Object.keys(instance).join(" and ")}, not only ${pairs(instance)}. ` : "";
     const button = (label, cls, handler) => h("button", { type: "button", class: "small " + (cls || ""), on: { click: handler } }, label);
     return h("tr", { "data-budget": b.id, "data-instance": instance ? pairs(instance) : "" },
-      h("td", {}, h("strong", {}, name), name !== b.id ? h("div", { class: "muted mono" }, b.id) : null,
+      h("td", { class: "name" }, h("strong", {}, name), name !== b.id ? h("div", { class: "muted mono" }, b.id) : null,
         h("div", { class: "muted" }, instance ? pairs(instance) : pairs(b.selector) || "every request")),
       h("td", {}, bar(b.spent, b.reserved, b.limit),
         h("div", { class: "use" },
@@ -51,25 +58,26 @@ export async function render(view, _params, ctx) {
           b.reserved !== "0" ? [" + ", h("span", { "data-testid": "reserved" }, usd(b.reserved)), " held"] : null,
           " of ",
           paused ? h("span", { class: "badge bad", "data-testid": "limit" }, "paused") : h("span", { "data-testid": "limit" }, usd(b.limit)),
-          h("span", { class: "muted" }, ` · ${b.percent}%`))),
+          h("span", { class: "muted" }, ` · ${b.percent}%`)),
+        refusedNote(refusals.get(`budget|${b.id}`), "budget", Boolean(instance))),
       h("td", { class: "num" }, usd(b.available)),
       h("td", {}, when(b.resets_at)),
       forecast,
       h("td", {}, h("div", { class: "actions" },
         button("Change limit", "", async () => {
-          const value = await promptDialog(`Change the limit of ${name}`, "New limit (USD)", b.limit,
-            "Takes effect now for new requests.");
+          const value = await promptDialog(`Change the limit of ${whole}`, "New limit (USD)", b.limit,
+            `${every}Takes effect now for new requests.`);
           if (value === null) return;
           if (!AMOUNT.test(value)) {
             messages.textContent = "";
             messages.append(notice(`"${value}" is not an amount: write it like 25 or 12.50`));
             return;
           }
-          act(() => patch(path`/budgets/${b.id}`, { limit: value }), `${name}: limit now $${value}`);
+          act(() => patch(path`/budgets/${b.id}`, { limit: value }), `${whole}: limit now $${value}`);
         }),
         paused ? null : button("Pause", "", async () => {
-          if (await confirmDialog(`Pause ${name}?`, "Its limit becomes 0: every new request it covers is refused (429) until you change the limit again.", "Pause", true)) {
-            act(() => patch(path`/budgets/${b.id}`, { limit: "0" }), `${name} paused (limit 0)`);
+          if (await confirmDialog(`Pause ${whole}?`, `${every}Its limit becomes 0: every new request it covers is refused (429) until you change the limit again.`, "Pause", true)) {
+            act(() => patch(path`/budgets/${b.id}`, { limit: "0" }), `${whole} paused (limit 0)`);
           }
         }),
         button("Reset", "", async () => {
@@ -79,8 +87,8 @@ export async function render(view, _params, ctx) {
           }
         }),
         button("Delete", "", async () => {
-          if (await confirmDialog(`Delete ${name}?`, "The budget stops being enforced. Requests in flight against it end as usual.", "Delete", true)) {
-            act(() => del(path`/budgets/${b.id}`), `${name} deleted`);
+          if (await confirmDialog(`Delete ${whole}?`, `${every}The budget stops being enforced. Requests in flight against it end as usual.`, "Delete", true)) {
+            act(() => del(path`/budgets/${b.id}`), `${whole} deleted`);
           }
         }))));
   });
@@ -90,5 +98,5 @@ export async function render(view, _params, ctx) {
     budgetLegend(),
     table(["Budget", "Use", "Available", "Resets", "Forecast", ""], rows,
       { "data-testid": "budgets" }),
-    limitsSection(limits, ctx));
+    limitsSection(limits, ctx, refusals));
 }

@@ -1,11 +1,12 @@
 // #/keys: list, create (the secret shown once), disable/enable, rotate, delete; expiry.
 import { get, post, del, path } from "../api.js";
-import { h, usd, when, table, bar } from "../dom.js";
+import { h, usd, when, table, bar, notice } from "../dom.js";
 import { acting, confirmDialog, secretPanel } from "../ui.js";
 
 export const TITLE = "Keys";
 const FIELDS = ["user", "team", "project", "customer"];
 let shown = null; // {title, secret}: shown once, on the render after the change
+let flash = null; // what the last change did, shown once after the page reloads its data
 
 const list = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
 
@@ -16,7 +17,7 @@ function createForm(messages, ctx) {
     h("h2", {}, "Create a key"),
     h("div", { class: "form-grid" },
       field("Name", input("name")),
-      ...FIELDS.map((f) => field(f, input(f))),
+      ...FIELDS.map((f) => field(f[0].toUpperCase() + f.slice(1), input(f))),
       field("Tags", input("tags"), "comma-separated"),
       field("Models", input("models"), "globs, comma-separated; empty: all"),
       field("Expires", input("expires_at", { type: "datetime-local" }), "your local time; empty: never"),
@@ -47,17 +48,23 @@ export async function render(view, _params, ctx) {
   const { data } = await get("/keys");
   if (ctx.stale()) return;
   const messages = h("div", { class: "messages" });
+  if (flash) messages.append(notice(flash, "ok"));
+  flash = null;
   view.append(h("div", { class: "page-head" }, h("h1", {}, "Keys"), h("span", { class: "muted" }, `${data.length} keys`)), messages);
   if (shown) {
     view.append(secretPanel(shown.title, shown.secret));
     shown = null;
   }
-  const act = acting(ctx, messages, (after, result) => { if (after) after(result); });
+  // `after`: a note to show once the list is back, or what to do with the answer (a rotation's secret)
+  const act = acting(ctx, messages, (after, result) => {
+    if (typeof after === "function") after(result);
+    else flash = after ?? null;
+  });
   const rows = data.map((k) => {
     const name = k.name || k.id;
     const button = (label, cls, handler) => h("button", { type: "button", class: "small " + (cls || ""), on: { click: handler } }, label);
     return h("tr", { "data-key": k.id },
-      h("td", {}, h("strong", {}, name), h("div", { class: "muted mono" }, k.id),
+      h("td", { class: "name" }, h("strong", {}, name), h("div", { class: "muted mono" }, k.id),
         h("div", { class: "muted mono", title: "the secret's first characters" }, k.hint)),
       h("td", {}, h("span", { class: "badge " + k.state }, k.state)),
       h("td", { class: "attrs" },
@@ -70,10 +77,10 @@ export async function render(view, _params, ctx) {
       h("td", {}, when(k.created_at)),
       h("td", {}, h("div", { class: "actions" },
         k.disabled
-          ? button("Enable", "", () => act(() => post(path`/keys/${k.id}/enable`)))
+          ? button("Enable", "", () => act(() => post(path`/keys/${k.id}/enable`), `${name} enabled: its requests are served again`))
           : button("Disable", "", async () => {
             if (await confirmDialog(`Disable ${name}?`, "Requests with this key are refused (401) until you enable it again.", "Disable", true)) {
-              act(() => post(path`/keys/${k.id}/disable`));
+              act(() => post(path`/keys/${k.id}/disable`), `${name} disabled: its requests are refused (401)`);
             }
           }),
         button("Rotate", "", async () => {
@@ -83,11 +90,12 @@ export async function render(view, _params, ctx) {
         }),
         button("Delete", "", async () => {
           if (await confirmDialog(`Delete ${name}?`, "The key stops working for good.", "Delete", true)) {
-            act(() => del(path`/keys/${k.id}`));
+            act(() => del(path`/keys/${k.id}`), `${name} deleted`);
           }
         }))));
   });
   view.append(
-    table(["Key", "State", "Attributes", "Own budget", "Expires", "Created", ""], rows, { "data-testid": "keys" }),
+    table(["Key", "State", "Attributes", "Own budget", "Expires", "Created", ""], rows, { "data-testid": "keys" },
+      "No keys yet: create one below."),
     h("div", { class: "spacer" }), createForm(messages, ctx));
 }

@@ -2,7 +2,7 @@
 // window; change its amount, delete it (each after a confirmation). Limits of the gateway's
 // config are refused by the server (409): its message is shown.
 import { get, patch, del, path } from "../api.js";
-import { h, usd, pairs, table, notice } from "../dom.js";
+import { h, usd, pairs, table, notice, refusedNote } from "../dom.js";
 import { acting, confirmDialog, promptDialog } from "../ui.js";
 
 const MAX_INSTANCES = 10; // per limit, the most used first
@@ -42,7 +42,7 @@ function useBar(limit, use) {
 
 function useCell(limit) {
   const uses = [...(limit.instances || [])].sort((a, b) => b.percent - a.percent);
-  if (!uses.length) return h("td", {}, h("span", { class: "muted" }, "nothing counted in this window"));
+  if (!uses.length) return h("span", { class: "muted" }, "nothing counted in this window");
   const wildcard = Object.values(limit.selector || {}).includes("*");
   const shown = uses.slice(0, MAX_INSTANCES).map((u) => {
     const instance = pairs(u.instance);
@@ -55,11 +55,11 @@ function useCell(limit) {
         h("span", { class: "muted" }, ` · ${u.percent}%`)));
   });
   const more = uses.length - shown.length;
-  return h("td", {}, shown, more > 0 ? h("div", { class: "muted" }, `and ${more} more`) : null);
+  return [shown, more > 0 ? h("div", { class: "muted" }, `and ${more} more`) : null];
 }
 
 /** The section: `rows` is loadLimits()'s answer (rows, or the error that came instead). */
-export function limitsSection(rows, ctx) {
+export function limitsSection(rows, ctx, refusals = new Map()) {
   const messages = h("div", { class: "messages" });
   const head = (count) => h("div", { class: "page-head" }, h("h2", {}, "Rate limits"),
     count === null ? null : h("span", { class: "muted" }, `${count} ${count === 1 ? "limit" : "limits"}`));
@@ -78,12 +78,13 @@ export function limitsSection(rows, ctx) {
     const name = l.name || l.id;
     const usdLimit = l.kind === "usd";
     return h("tr", { "data-limit": l.id },
-      h("td", {}, h("strong", {}, name), name !== l.id ? h("div", { class: "muted mono" }, l.id) : null,
+      h("td", { class: "name" }, h("strong", {}, name), name !== l.id ? h("div", { class: "muted mono" }, l.id) : null,
         h("div", { class: "muted" }, l.label)),
       h("td", {}, l.kind),
       h("td", { class: "num" }, h("span", { "data-testid": "amount" }, amountText(l, l.amount))),
       h("td", {}, perText(l)),
-      useCell(l),
+      h("td", {}, useCell(l), refusedNote(refusals.get(`rate_limit|${l.id}`), "rate limit",
+        Object.values(l.selector || {}).includes("*"))),
       h("td", {}, h("span", { class: "badge" + (l.on_exceed === "raise" ? "" : " warn"),
         title: l.on_exceed === "raise" ? "refused (429) when over" : "waits for room when over" }, l.on_exceed)),
       h("td", {}, h("div", { class: "actions" },

@@ -48,7 +48,8 @@ function kv(obj, labels) {
 
 const MONEY_FIELDS = new Set(["cost", "estimate", "estimated_cost", "reserved", "reservation"]);
 
-function detail(r) {
+/** One request's detail; its Close gives the focus back to ``row``. */
+function detail(r, row) {
   const head = {};
   for (const [k, v] of Object.entries(r)) {
     if (["attributes", "usage", "breakdown"].includes(k)) continue;
@@ -57,7 +58,11 @@ function detail(r) {
   const breakdown = Object.fromEntries(Object.entries(r.breakdown || {}).map(([k, v]) => [k, usd(v)]));
   return h("section", { class: "card", id: "request-detail", "data-request": r.request_id },
     h("div", { class: "page-head" }, h("h2", {}, "Request ", h("span", { class: "mono" }, r.request_id)),
-      h("button", { type: "button", class: "small", on: { click: (e) => e.target.closest("section").remove() } }, "Close")),
+      h("button", { type: "button", class: "small", on: { click: (e) => {
+        e.target.closest("section").remove();
+        row.classList.remove("selected");
+        row.focus({ preventScroll: false });
+      } } }, "Close")),
     kv(head),
     h("h3", {}, "Attributes"), kv(r.attributes || {}),
     h("h3", {}, "Usage (tokens)"), kv(r.usage || {}),
@@ -93,15 +98,22 @@ export async function render(view, params, ctx) {
       h("td", { class: "num" }, num((r.usage || {}).output_tokens ?? 0)),
       h("td", {}, a.user ?? ""),
       h("td", {}, a.key ?? ""),
-      h("td", {}, pairs(Object.fromEntries(Object.entries(a).filter(([k]) => !["user", "key", "model"].includes(k) && a[k] !== null && !(Array.isArray(a[k]) && !a[k].length))))));
-    const open = () => {
+      h("td", { class: "other" }, pairs(Object.fromEntries(Object.entries(a).filter(([k]) => !["user", "key", "model"].includes(k) && a[k] !== null && !(Array.isArray(a[k]) && !a[k].length))))));
+    const open = (byKeyboard) => {
       for (const other of view.querySelectorAll("tr.selected")) other.classList.remove("selected");
       row.classList.add("selected");
-      clear(holder).append(detail(r));
+      const shown = detail(r, row);
+      clear(holder).append(shown);
       holder.scrollIntoView({ block: "nearest" });
+      if (byKeyboard) shown.querySelector("button").focus(); // from the keyboard: on to the detail
     };
-    row.addEventListener("click", open);
-    row.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
+    row.addEventListener("click", () => open(false));
+    row.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") {
+        e.preventDefault();
+        open(true);
+      }
+    });
     return row;
   });
   const pager = h("div", { class: "pager" },
@@ -115,6 +127,8 @@ export async function render(view, params, ctx) {
     } } }, "Older →"),
     h("span", { class: "muted" }, `${page.data.length} requests on this page`));
   view.append(holder,
-    table(["Started", "Model", "Status", "Cost", "Input", "Output", "User", "Key", "Other"], rows, { "data-testid": "requests" }),
+    table(["Started", "Model", "Status", "Cost", "Input tokens", "Output tokens", "User", "Key", "Other"], rows,
+      { "data-testid": "requests" },
+      Object.keys(filters).length ? "No requests match these filters." : "No requests yet: they appear once a request goes through the gateway."),
     pager);
 }

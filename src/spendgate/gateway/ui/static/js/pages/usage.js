@@ -17,7 +17,8 @@ const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2"
 const MAX_SERIES = 8;
 const MAX_PAGES = 20;
 const SHOWN_ROWS = 500;
-const CSV_COLUMNS = ["start", "end", "group", "cost", "requests", "input_tokens", "output_tokens"];
+// The columns of `spendgate report --format csv` (spendgate.reports.export), in its order.
+const CSV_COLUMNS = ["start", "end", "by", "group", "cost_usd", "requests", "input_tokens", "output_tokens"];
 
 /** Every page of the series (cursor after cursor), up to MAX_PAGES. */
 async function fetchAll(params) {
@@ -40,10 +41,14 @@ function csvField(value) {
   return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
 }
 
-export function toCsv(points) {
+/** The CSV `spendgate report --format csv` writes for the same points (one row per point). */
+export function toCsv(points, by) {
   const lines = [CSV_COLUMNS.join(",")];
-  for (const p of points) lines.push(CSV_COLUMNS.map((c) => csvField(p[c])).join(","));
-  return lines.join("\r\n") + "\r\n";
+  for (const p of points) {
+    const row = { ...p, by: by || "", cost_usd: p.cost };
+    lines.push(CSV_COLUMNS.map((c) => csvField(row[c])).join(","));
+  }
+  return lines.join("\n") + "\n";
 }
 
 function download(name, text) {
@@ -127,6 +132,9 @@ function drawChart(holder, series, metric) {
     width: Math.max(280, holder.clientWidth || 800),
     height: holder.clientWidth < 500 ? 240 : 320,
     scales: { x: { time: true } },
+    // The buckets are UTC hours and days (the points' table says so): the axis in UTC too, so a
+    // day's point sits at its midnight whatever the browser's zone.
+    tzDate: (ts) => window.uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
     series: [{}, ...names.map((name, i) => ({
       label: name, // uPlot writes labels as text
       stroke: COLORS[i % COLORS.length],
@@ -135,7 +143,7 @@ function drawChart(holder, series, metric) {
       points: { show: data[0].length <= 60 },
       value: (_u, v) => (v === null || v === undefined ? "–" : money ? "$" + v.toFixed(4) : v.toLocaleString()),
     }))],
-    axes: [{}, { label: METRICS[metric][0], size: 70, values: (_u, ticks) => ticks.map((v) => (money ? "$" + v : v.toLocaleString())) }],
+    axes: [{ label: "time (UTC)" }, { label: METRICS[metric][0], size: 70, values: (_u, ticks) => ticks.map((v) => (money ? "$" + v : v.toLocaleString())) }],
   };
   const plot = new window.uPlot(opts, data, holder);
   const resize = new ResizeObserver(() => {
@@ -162,7 +170,7 @@ function totalsTable(series) {
   }
   const rows = [...groups.entries()].map(([g, t]) => ({ g, ...t, cost: addMoney(...t.cost) }));
   rows.sort((a, b) => b.requests - a.requests);
-  return table([series.by || "", "Spend", "Requests", "Input tokens", "Output tokens"], rows.map((r) =>
+  return table([series.by || "group", "Spend", "Requests", "Input tokens", "Output tokens"], rows.map((r) =>
     h("tr", {}, h("td", { class: "group" }, r.g === null ? h("span", { class: "muted" }, series.by ? `(no ${series.by})` : "all") : r.g),
       h("td", { class: "num" }, usd(r.cost)), h("td", { class: "num" }, num(r.requests)),
       h("td", { class: "num" }, num(r.input_tokens)), h("td", { class: "num" }, num(r.output_tokens)))),
@@ -176,11 +184,15 @@ export async function render(view, params, ctx) {
   view.append(h("div", { class: "page-head" }, h("h1", {}, "Usage")), filterForm(params, ctx));
   const series = await fetchAll(request);
   if (ctx.stale()) return;
-  const total = addMoney(...series.data.map((p) => p.cost));
-  const requests = series.data.reduce((n, p) => n + p.requests, 0);
-  const tokens = series.data.reduce((n, p) => n + p.input_tokens + p.output_tokens, 0);
+  // By tag a request counts once under each of its tags: the headline reads the same span
+  // ungrouped, so it counts each request once (as `spendgate report` totals do).
+  const whole = series.by === "tag" ? await fetchAll({ ...request, by: "" }) : series;
+  if (ctx.stale()) return;
+  const total = addMoney(...whole.data.map((p) => p.cost));
+  const requests = whole.data.reduce((n, p) => n + p.requests, 0);
+  const tokens = whole.data.reduce((n, p) => n + p.input_tokens + p.output_tokens, 0);
   const exportButton = h("button", { type: "button", id: "export-csv", on: { click: () =>
-    download(`spendgate-usage-${series.bucket}${series.by ? "-by-" + series.by : ""}.csv`, toCsv(series.data)) } },
+    download(`spendgate-usage-${series.bucket}${series.by ? "-by-" + series.by : ""}.csv`, toCsv(series.data, series.by)) } },
   "Export CSV");
   const chart = h("div", { class: "chart", id: "usage-chart", role: "img", "aria-label": `${METRICS[metric][0]} per ${series.bucket}` });
   const rows = series.data.slice(-SHOWN_ROWS).reverse().map((p) => h("tr", {},
@@ -193,7 +205,7 @@ export async function render(view, params, ctx) {
       h("div", { class: "page-head" },
         h("h2", {}, `${usd(total)} · ${num(requests)} requests · ${num(tokens)} tokens`),
         exportButton),
-      series.by === "tag" ? h("p", { class: "muted" }, "A request with several tags counts once under each.") : null,
+      series.by === "tag" ? h("p", { class: "muted" }, "A request with several tags counts once under each tag below, and once in the total above.") : null,
       series.truncated ? notice("Only the first pages of points are shown: narrow the span or filters.") : null,
       chart),
     h("h3", {}, "Totals"), totalsTable(series),
