@@ -13,7 +13,7 @@ by Playwright, logs in (the form's POST, no page shown: the first overview is th
 first) and then opens each page with a full navigation: a load is from navigation start until
 the page says it has its data (`#main[data-ready=<page>]`, set once every API call of the page
 answered and it rendered); ``budgets+fc`` is the budgets page until every row shows its forecast
-(each row's own ``GET budgets/{id}/forecast``). The first load of each page is "cold". Goal:
+(``GET budgets?forecasts=100&max_age=60``, one request for every row). The first load of each page is "cold". Goal:
 every page under 300 ms.
 
     .venv/bin/python -m bench.ui --server         # no browser: the forecasts' server side
@@ -52,7 +52,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 TOKEN = "bench-ui-admin-token-0123456789abcdef"
 PAGES = ("overview", "budgets", "usage", "keys", "requests", "alerts")
 GOAL_MS = 300.0
-#: The budgets page until every row's forecast (``GET budgets/{id}/forecast``, one a row) is shown.
+#: The budgets page until every row's forecast (one ``GET budgets?forecasts=...`` for all rows) is shown.
 BUDGET_FORECASTS = "budgets+fc"
 FORECASTS_FILLED = (
     "() => { const cells = [...document.querySelectorAll('#main tr[data-budget] td.wrap')];"

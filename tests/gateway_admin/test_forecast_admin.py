@@ -133,6 +133,29 @@ def test_a_kept_forecast_within_max_age(api: Api) -> None:
     error(api.client.get("/budgets/nope/forecast", params={"max_age": 60}), 404, "not_found", "nope")
 
 
+def test_the_budgets_list_with_its_forecasts(api: Api) -> None:
+    """?forecasts=N: the first N rows carry the forecast /budgets/{id}/forecast gives (one
+    request for a page of rows); the rest carry none; max_age as for one forecast."""
+    plain = api.client.get("/budgets").json()["data"]
+    assert all("forecast" not in row for row in plain)
+    rows = api.client.get("/budgets", params={"forecasts": 3}).json()["data"]
+    assert [r["id"] for r in rows] == [r["id"] for r in plain] and len(rows) > 3
+    for row in rows[:3]:
+        one = api.client.get(f"/budgets/{row['id']}/forecast", params=row["instance"]).json()
+        assert row["forecast"] == one, row["id"]
+    assert all("forecast" not in row for row in rows[3:])
+    clock = api.ledger.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(10)
+    kept = api.client.get("/budgets", params={"forecasts": 1, "max_age": 60}).json()["data"][0]["forecast"]
+    assert kept == rows[0]["forecast"]  # made 10 s ago: kept
+    fresh = api.client.get("/budgets", params={"forecasts": 1}).json()["data"][0]["forecast"]
+    assert fresh["now"] == "2027-03-04T12:00:10Z"
+    for name, bad in (("forecasts", "-1"), ("forecasts", "1001"), ("forecasts", "x"), ("max_age", "9999")):
+        error(api.client.get("/budgets", params={name: bad}), 400, "invalid_field", name)
+    error(api.client.get("/budgets", params={"with": "forecast"}), 400, "invalid_field", "with")
+
+
 def test_advice_route(api: Api) -> None:
     body = api.client.get("/budgets/ml-daily/advice").json()
     assert body["source"] == "windows" and [w["spent"] for w in body["windows"]] == ["48", "48", "48"]

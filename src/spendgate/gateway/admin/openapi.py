@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from spendgate.budgets import DIMENSIONS
+from spendgate.gateway.admin.handlers.budgets import MAX_LIST_FORECASTS
 from spendgate.gateway.admin.handlers.limits import MAX_COUNT
 from spendgate.gateway.admin.handlers.overview import MAX_BUDGETS
 from spendgate.gateway.admin.handlers.refusals import MAX_SPAN as MAX_REFUSAL_SPAN
@@ -224,7 +225,15 @@ OPENAPI: Final[dict[str, Any]] = {
                         found=True, parameters=_ID),
         },
         "/budgets": {
-            "get": _op("Budgets with spend in the current window", _json(_list("BudgetUsage"))),
+            "get": _op("Budgets with spend in the current window; with forecasts=N, the first N rows "
+                       "carry their forecast too", _json(_list("BudgetUsage")),
+                       parameters=[{"name": "forecasts", "in": "query",
+                                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_LIST_FORECASTS},
+                                    "description": "how many rows (the first) carry a forecast"},
+                                   {"name": "max_age", "in": "query",
+                                    "schema": {"type": "integer", "minimum": 0, "maximum": 3600},
+                                    "description": "seconds: a forecast made at most this long ago at the "
+                                                   "same limit may be given; absent: afresh"}]),
             "post": _op("Create a budget", _json(_ref("Budget"), "Created"), body=_ref("BudgetConfig"), status="201",
                         more=_CONFLICT),
         },
@@ -414,7 +423,9 @@ OPENAPI: Final[dict[str, Any]] = {
                 "selector": {"type": "object"}, "instance": {"type": "object"},
                 "spent": _USD, "reserved": _USD, "limit": _USD, "available": _USD, "percent": {"type": "integer"},
                 "window_start": {"type": "string", "format": "date-time"},
-                "resets_at": {"type": ["string", "null"], "format": "date-time"}}},
+                "resets_at": {"type": ["string", "null"], "format": "date-time"},
+                "forecast": {"oneOf": [_ref("Forecast"), {"type": "null"}],
+                             "description": "with ?forecasts=N only; null: it could not be made"}}},
             "LimitConfig": {"oneOf": [_limit_config(kind) for kind in KINDS],
                             "description": "a config limits: entry: exactly one of " + ", ".join(KINDS) +
                             " with its amount; per for the windowed kinds (all but concurrency and prompt_tokens)"},

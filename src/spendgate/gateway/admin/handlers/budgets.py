@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from datetime import timedelta
+from typing import Any, Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -11,8 +12,10 @@ from starlette.responses import JSONResponse, Response
 
 from spendgate.budgets import Budget
 from spendgate.errors import ConfigError
+from spendgate.forecasting import ledger_now
 from spendgate.gateway.admin.context import AdminContext, context
 from spendgate.gateway.admin.errors import ApiError, bad, not_found
+from spendgate.gateway.admin.handlers.forecast import max_age_param, row_forecast
 from spendgate.gateway.admin.inputs import amount, json_body, reject_unknown
 from spendgate.gateway.keys import KeyStore
 from spendgate.gateway.views import budget_json, key_budget_id, money, parse_instance
@@ -36,9 +39,36 @@ def budget_view(ctx: AdminContext, budget: Budget) -> dict[str, Any]:
     return out
 
 
+_LIST_PARAMS: Final = ("forecasts", "max_age")
+#: The most rows ``?forecasts=`` gives a forecast (each a few milliseconds when made afresh).
+MAX_LIST_FORECASTS: Final = 1000
+
+
 async def list_budgets(request: Request) -> Response:
-    rows = await run_in_threadpool(context(request).ledger.list_budgets)
-    return JSONResponse({"object": "list", "data": [budget_json(u) for u in rows]})
+    """Every budget (and wildcard instance with spend) in its current window. ``forecasts=N``:
+    the first N rows also carry their ``forecast`` (``/budgets/{id}/forecast``'s answer, or null
+    when it cannot be made), each made at most ``max_age`` seconds ago (default: afresh): one
+    request for a page of rows, where a request per row kept a browser busy."""
+    params = request.query_params
+    for name in params:
+        if name not in _LIST_PARAMS:
+            raise bad(name, f"unknown query parameter; known: {', '.join(_LIST_PARAMS)}")
+    text = params.get("forecasts", "0")
+    if not text.isdigit() or int(text) > MAX_LIST_FORECASTS:
+        raise bad("forecasts", f"must be a whole number of rows from 0 to {MAX_LIST_FORECASTS}")
+    wanted = int(text)
+    max_age = max_age_param(params.get("max_age"))
+    ctx = context(request)
+
+    def read() -> dict[str, Any]:
+        rows = ctx.ledger.list_budgets()
+        now = ledger_now(ctx.ledger)
+        data = [budget_json(u) for u in rows]
+        for view, row in zip(data[:wanted], rows, strict=False):
+            view["forecast"] = row_forecast(ctx, row, now, max_age or timedelta(0))
+        return {"object": "list", "data": data}
+
+    return JSONResponse(await run_in_threadpool(read))
 
 
 def _create(ctx: AdminContext, budget: Budget) -> dict[str, Any]:

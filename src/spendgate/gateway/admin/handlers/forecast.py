@@ -10,8 +10,9 @@ budgets page asking one forecast per row reads only the last hours of each.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Final, TypeVar
 
@@ -23,10 +24,13 @@ from spendgate.advice import DEFAULT_HEADROOM, advise_budget
 from spendgate.budgets import DIMENSIONS
 from spendgate.forecast import Forecast
 from spendgate.forecasting import forecast_budget, ledger_now
-from spendgate.gateway.admin.context import context
+from spendgate.gateway.admin.context import AdminContext, context
 from spendgate.gateway.admin.errors import bad, not_found
+from spendgate.ledger import BudgetUsage
 
-__all__ = ["budget_advice", "budget_forecast"]
+__all__ = ["budget_advice", "budget_forecast", "max_age_param", "row_forecast"]
+
+log = logging.getLogger("spendgate.gateway.admin")
 
 _MAX_HEADROOM: Final = 1000
 #: The oldest kept forecast ``max_age`` may ask for (seconds).
@@ -57,7 +61,7 @@ async def budget_forecast(request: Request) -> Response:
     limit, may be given instead of a fresh one (the overview's and the dashboard's are kept)."""
     budget_id = request.path_params["id"]
     instance = _instance(request, ("max_age",))
-    max_age = _max_age(request.query_params.get("max_age"))
+    max_age = max_age_param(request.query_params.get("max_age"))
     ctx = context(request)
     ledger, history = ctx.ledger, ctx.forecasts.history  # the hours the overview's read too
 
@@ -78,7 +82,23 @@ async def budget_forecast(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(fresh if max_age is None else partial(kept, max_age)))
 
 
-def _max_age(text: str | None) -> timedelta | None:
+def row_forecast(
+    ctx: AdminContext, row: BudgetUsage, now: datetime, ttl: timedelta | None = None
+) -> dict[str, Any] | None:
+    """The forecast of one of ``/budgets``' rows (kept at most ``ttl``: the cache's minute when
+    None), or None when it cannot be made (deleted meanwhile; an error, logged): a list of rows
+    stands without one row's forecast, and ``/budgets/{id}/forecast`` says why."""
+    try:
+        return ctx.forecasts.get(ctx.ledger, row, now, ttl=ttl).to_dict()
+    except KeyError:
+        return None
+    except Exception:
+        log.exception("no forecast for budget %r", row.budget_id)
+        return None
+
+
+def max_age_param(text: str | None) -> timedelta | None:
+    """``max_age``: whole seconds up to an hour; None when absent."""
     if text is None:
         return None
     if not text.isdigit() or int(text) > _MAX_AGE:

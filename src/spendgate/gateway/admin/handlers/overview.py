@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from spendgate.forecasting import ledger_now
 from spendgate.gateway.admin.context import AdminContext, context
+from spendgate.gateway.admin.handlers.forecast import row_forecast
 from spendgate.gateway.admin.handlers.refusals import MINUTE, read_refusals, summary
 from spendgate.gateway.views import budget_json, iso, money
 from spendgate.ledger import BudgetUsage
@@ -60,14 +61,8 @@ def _use(row: BudgetUsage) -> tuple[int, int]:
 
 
 def _forecast(ctx: AdminContext, row: BudgetUsage, now: datetime) -> dict[str, Any] | None:
-    try:
-        made = ctx.forecasts.get(ctx.ledger, row, now).to_dict()
-    except KeyError:  # deleted meanwhile
-        return None
-    except Exception:  # the overview stands without it; the forecast page says why
-        log.exception("overview: no forecast for budget %r", row.budget_id)
-        return None
-    return {name: made[name] for name in _FORECAST_FIELDS}
+    made = row_forecast(ctx, row, now)
+    return None if made is None else {name: made[name] for name in _FORECAST_FIELDS}
 
 
 def _spend(ctx: AdminContext, now: datetime) -> dict[str, Any]:

@@ -11,19 +11,36 @@ const MAX_FORECASTS = 100;
 const AMOUNT = /^[0-9]+(\.[0-9]+)?$/;
 let flash = null; // what the last change did, shown once after the page reloads its data
 
-function forecastCell(cell, b) {
-  // A forecast made in the last minute will do (the overview's are kept): it moves slowly.
-  get(path`/budgets/${b.id}/forecast` + query({ ...(b.instance || {}), max_age: 60 })).then((f) => {
-    cell.textContent = "";
-    const expected = h("div", {}, "expected ", usd(f.expected), h("span", { class: "muted" }, ` (${usd(f.low)}–${usd(f.high)})`));
-    const out = f.runs_out_at
-      ? h("div", { class: f.runs_out_before_end ? "badge bad" : "badge warn" }, "runs out ", when(f.runs_out_at))
-      : h("div", { class: "badge ok" }, f.window_end ? "lasts the window" : "no run-out in 30 days");
-    cell.append(expected, out);
-    cell.title = (f.notes || []).join("\n");
+function fillForecast(cell, f) {
+  cell.textContent = "";
+  if (!f) {
+    cell.append(h("span", { class: "muted" }, "–"));
+    cell.title = "No forecast could be made: GET /admin/budgets/{id}/forecast says why.";
+    return;
+  }
+  const expected = h("div", {}, "expected ", usd(f.expected), h("span", { class: "muted" }, ` (${usd(f.low)}–${usd(f.high)})`));
+  const out = f.runs_out_at
+    ? h("div", { class: f.runs_out_before_end ? "badge bad" : "badge warn" }, "runs out ", when(f.runs_out_at))
+    : h("div", { class: "badge ok" }, f.window_end ? "lasts the window" : "no run-out in 30 days");
+  cell.append(expected, out);
+  cell.title = (f.notes || []).join("\n");
+}
+
+const rowKey = (b) => `${b.id}\u0000${pairs(b.instance || {})}`;
+
+/** The rows' forecasts in one request after the rows are shown (a request per row kept the
+ * browser busy with a hundred answers); one made in the last minute will do: it moves slowly. */
+function fillForecasts(cells, ctx) {
+  if (!cells.length) return;
+  get("/budgets" + query({ forecasts: MAX_FORECASTS, max_age: 60 })).then(({ data }) => {
+    if (ctx.stale()) return;
+    const made = new Map(data.map((r) => [rowKey(r), r.forecast]));
+    for (const [cell, b] of cells) fillForecast(cell, made.get(rowKey(b)));
   }).catch((err) => {
-    cell.textContent = "–";
-    cell.title = err.message;
+    for (const [cell] of cells) {
+      cell.textContent = "–";
+      cell.title = err.message;
+    }
   });
 }
 
@@ -38,11 +55,12 @@ export async function render(view, _params, ctx) {
 
   const act = acting(ctx, messages, (done) => { flash = done; });
 
+  const cells = []; // [forecast cell, row]: filled by fillForecasts once the rows are shown
   const rows = data.map((b, i) => {
     const name = b.label || b.id;
     const instance = b.instance && Object.keys(b.instance).length ? b.instance : null;
     const forecast = h("td", { class: "wrap" }, h("span", { class: "muted" }, i < MAX_FORECASTS ? "…" : "–"));
-    if (i < MAX_FORECASTS) forecastCell(forecast, b);
+    if (i < MAX_FORECASTS) cells.push([forecast, b]);
     const paused = b.limit === "0";
     // A wildcard budget's row is one instance (user=alice) of it, but its limit, pause and
     // deletion are the whole budget's: every instance. Its reset is the instance's own.
@@ -99,4 +117,5 @@ export async function render(view, _params, ctx) {
     table(["Budget", "Use", "Available", "Resets", "Forecast", ""], rows,
       { "data-testid": "budgets" }),
     limitsSection(limits, ctx, refusals));
+  fillForecasts(cells, ctx);
 }
