@@ -79,6 +79,14 @@ def make_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make
     drop_test_data(maker.url)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A ledger several processes of one test share: a SQLite file, or a PostgreSQL schema."""
+    url = f"sqlite:///{tmp_path / 'spend.db'}" if request.param == "sqlite" else postgres_test_url("shared")
+    yield url
+    drop_test_data(url)
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(T0)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -348,13 +347,6 @@ ctx = mp.get_context("spawn")
 PROCESSES = 4
 DELIVERIES = 200
 ADDED = 25  # by each process while they claim
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'spend.db'}" if request.param == "sqlite" else postgres_test_url("outbox")
-    yield url
-    drop_test_data(url)
 
 
 @pytest.mark.slow

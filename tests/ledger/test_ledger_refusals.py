@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from spendgate.clock import ManualClock
 from spendgate.ledger import RefusalCount, RefusalCounts, open_ledger
-from spendgate.testing.servers import postgres_test_url
 
 from . import workers
-from .conftest import T0, MakeLedger, drop_test_data
+from .conftest import T0, MakeLedger
 from .workers import collect
 
 MINUTE = timedelta(minutes=1)
@@ -93,13 +90,6 @@ def refusal_now(clock: ManualClock) -> datetime:
 ctx = mp.get_context("spawn")
 PROCESSES = 4
 BATCHES = 40
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'spend.db'}" if request.param == "sqlite" else postgres_test_url("refusals")
-    yield url
-    drop_test_data(url)
 
 
 @pytest.mark.slow
