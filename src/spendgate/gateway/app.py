@@ -142,6 +142,7 @@ class GatewayState:
     _admin_tried: bool = field(default=False, repr=False)
     _ui: ASGIApp | None = field(default=None, repr=False)
     _ui_tried: bool = field(default=False, repr=False)
+    _forecasts: ForecastCache | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         alookup = getattr(self.keys, "alookup", None)
@@ -274,14 +275,16 @@ class GatewayState:
         configured = frozenset(budget.id for budget in self.settings.budgets)
         configured_limits = frozenset(limit.id for limit in self.settings.limits)
         tally, ledger = self.guard.refusals, self.guard.ledger
+        if self._forecasts is None:  # one for /admin and /ui/api: a forecast kept for one serves both
+            # over the process's hourly series, shared with /metrics' forecasts and the alerts
+            self._forecasts = ForecastCache(history=self.metrics.forecasts.history)
         return {
             "keys": self.keys,
             "ledger": self.ledger,
             "admin_token": lambda: token,
             "config_budgets": lambda: configured,
             "config_limits": lambda: configured_limits,
-            # The process's hourly series, shared with /metrics' forecasts and the alerts.
-            "forecasts": ForecastCache(history=self.metrics.forecasts.history),
+            "forecasts": self._forecasts,
             # The overview writes this process's refusal counts before it reads everyone's.
             "flush_refusals": lambda: tally.flush(ledger),
         }

@@ -11,7 +11,6 @@ thread; "now" is the ledger's clock.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -29,8 +28,6 @@ from spendgate.ledger.base import REFUSAL_KINDS, refusal_minute
 from spendgate.money import Money
 
 __all__ = ["MAX_BUDGETS", "overview", "read_overview"]
-
-log = logging.getLogger("spendgate.gateway.admin")
 
 #: How many budget instances the overview lists (the most used first).
 MAX_BUDGETS: Final = 10
