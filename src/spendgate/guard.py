@@ -326,7 +326,8 @@ class Guard:
                     if isinstance(step, _Wait):
                         step = _next(steps, await waiter.wait(step.seconds))
                     elif isinstance(step, _Read):  # a blocking ledger read: never on the loop
-                        step = _next(steps, await asyncio.to_thread(step.run))
+                        read = await asyncio.to_thread(step.run) if self.ledger.blocking_reads else step.run()
+                        step = _next(steps, read)
                     else:
                         reserved = await self.ledger.areserve(
                             step.rid, step.attrs, step.amount, self.lease, step.demand

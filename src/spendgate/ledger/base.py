@@ -422,6 +422,9 @@ class Ledger(Reservations, BudgetAdmin, LimitAdmin, RequestLog, AlertOutbox, Ref
     """
 
     scheme: ClassVar[str] = ""
+    #: Whether the blocking reads (``usage``, ``limit_usage``) may wait on I/O or another
+    #: process: an asyncio caller then runs them on a thread. False for memory (a lock only).
+    blocking_reads: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -133,6 +133,7 @@ class MemoryLedger(MemoryOutbox, MemoryRefusals, Ledger):  # these first: they i
     the ended request ids remembered for idempotent settle/release."""
 
     scheme = "memory"
+    blocking_reads = False  # in-process dicts under a lock: no thread hop for a read
 
     def __init__(
         self,
