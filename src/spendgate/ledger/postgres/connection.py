@@ -369,11 +369,25 @@ class PgStore:
         loop's shutdown up (its scheduler's ``asyncio.wait_for`` may swallow the cancellation
         while a reconnection is pending)."""
         loop = asyncio.get_running_loop()
+        await self._drain(loop)
         with self._lock:
             entry = self._apools.pop(loop, None)
         if entry is not None:
             await entry.pool.close(timeout=self.timeout)
         self.close()
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Let the writes that run on without their callers (a cancelled caller's settle, the
+        release of a reservation whose caller was cancelled) finish, for up to ``timeout``:
+        closed under them, the pool would leave those reservations open until their lease."""
+        deadline = loop.time() + self.timeout
+        while True:
+            await asyncio.sleep(0)  # a finished reservation's callback spawns its release first
+            pending = [task for task in self._tasks if not task.done() and task.get_loop() is loop]
+            left = deadline - loop.time()
+            if not pending or left <= 0:
+                return
+            await asyncio.wait(pending, timeout=left)
 
     # -- running operations ------------------------------------------------------------------
     def _classify(self, exc: BaseException) -> LedgerUnavailableError:
