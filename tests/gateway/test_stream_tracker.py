@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from spendgate.gateway.proxy import StreamTracker
 from spendgate.lifecycle import Happened
+from spendgate.lifecycle.sse import StreamTracker
 from spendgate.usage import Usage
 
 

@@ -181,6 +181,41 @@ def test_create_stream_costs_the_same_as_create(anthropic_upstream: FakeUpstream
     assert_settled(guard, expected(11, cached=4))
 
 
+def test_a_raw_streamed_response_costs_the_same_as_create(anthropic_upstream: FakeUpstream) -> None:
+    """with_streaming_response + stream=True, read raw (iter_lines) or parsed: its SSE is read
+    as its bytes pass, so it settles on the stream's usage, once."""
+    guard = make_guard()
+    _, client = clients(anthropic_upstream, guard)
+    with client.messages.with_streaming_response.create(
+        **BODY, stream=True, extra_headers=directives(7, cached=2)
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert "event: message_stop" in lines
+    assert_settled(guard, expected(7, cached=2))
+    with client.messages.with_streaming_response.create(
+        **BODY, stream=True, extra_headers=directives(7, cached=2)
+    ) as response:
+        events = list(response.parse())
+    assert events[-1].type == "message_stop"
+    assert_settled(guard, expected(7, cached=2), requests=2)
+
+
+def test_an_async_raw_streamed_response_costs_the_same_as_create(anthropic_upstream: FakeUpstream) -> None:
+    guard = make_guard()
+
+    async def run() -> list[str]:
+        client = async_client(anthropic_upstream, guard)
+        async with client.messages.with_streaming_response.create(
+            **BODY, stream=True, extra_headers=directives(5)
+        ) as response:
+            lines = [line async for line in response.iter_lines() if line]
+        await client.close()
+        return lines
+
+    assert "event: message_stop" in asyncio.run(run())
+    assert_settled(guard, expected(5))
+
+
 def test_messages_stream_helper_costs_the_same_as_create(anthropic_upstream: FakeUpstream) -> None:
     guard = make_guard()
     _, client = clients(anthropic_upstream, guard)

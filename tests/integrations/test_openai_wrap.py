@@ -341,6 +341,80 @@ def test_with_streaming_response_is_guarded(client: openai.OpenAI) -> None:
     assert spent(client) == billed("chat", BODY, 40)
 
 
+def test_a_raw_streamed_response_read_line_by_line_is_charged_its_usage(client: openai.OpenAI) -> None:
+    """with_streaming_response + stream=True read raw (iter_lines): the SSE is read as its bytes
+    pass, so the usage the guard asked for is charged (not the worst case) and hidden."""
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL, messages=MESSAGES, stream=True, extra_headers=OUT
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and sum('"content":"tok "' in line for line in lines) == 40
+    assert all('"usage":{' not in line for line in lines)  # the usage chunk it asked for: hidden
+    assert spent(client) == billed("chat", BODY, 40) and reserved(client) == Money(0)
+    assert [r.status for r in guard_of(client).ledger.query_requests()] == ["ok"]  # read to its end
+
+
+def test_a_raw_streamed_response_parsed_is_charged_once(client: openai.OpenAI) -> None:
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}, extra_headers=OUT
+    ) as response:
+        chunks = list(response.parse())
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 40  # asked: shown
+    assert spent(client) == billed("chat", BODY, 40) and reserved(client) == Money(0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=MESSAGES, stream=True, extra_headers=OUT
+    )
+    assert all(c.usage is None for c in raw.parse())
+    assert spent(client) == billed("chat", BODY, 40) * 2
+
+
+def test_a_raw_streamed_response_left_unread_or_early_ends_its_reservation(client: openai.OpenAI) -> None:
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL, messages=MESSAGES, stream=True, extra_headers=OUT
+    ):
+        pass  # never read
+    assert reserved(client) == Money(0)
+    worst = reservation(guard_of(client), "chat", BODY)
+    assert spent(client) == worst
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL, messages=MESSAGES, stream=True, extra_headers=OUT
+    ) as response:
+        for line in response.iter_lines():
+            if "tok" in line:
+                break  # closed early: the usage never came
+    assert reserved(client) == Money(0) and spent(client) == worst * 2
+    assert [r.status for r in guard_of(client).ledger.query_requests()] == ["closed", "closed"]
+
+
+def test_a_raw_streamed_response_dropped_unread_ends_its_reservation(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, stream=True)
+    assert reserved(client) > Money(0)
+    del raw
+    gc.collect()
+    assert reserved(client) == Money(0)
+    assert spent(client) == reservation(guard_of(client), "chat", BODY)
+
+
+def test_an_async_raw_streamed_response_is_charged_its_usage(aoai: openai.AsyncOpenAI) -> None:
+    client = wrap(aoai, budgets=[{"id": "g", "limit": "50"}])
+
+    async def main() -> list[str]:
+        async with client.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=MESSAGES, stream=True, extra_headers=OUT
+        ) as response:
+            lines = [line async for line in response.iter_lines() if line]
+        async with client.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=MESSAGES, stream=True, extra_headers=OUT
+        ) as parsed:
+            assert [c async for c in await parsed.parse()]
+        await client.close()
+        return lines
+
+    lines = asyncio.run(main())
+    assert lines[-1] == "data: [DONE]" and all('"usage":{' not in line for line in lines)
+    assert spent(client) == billed("chat", BODY, 40) * 2 and reserved(client) == Money(0)
+
+
 # -- errors ---------------------------------------------------------------------------
 
 

@@ -283,6 +283,11 @@ class _GuardedAnthropic(anthropic.Anthropic):
                     guard, admission, common.failure_report(exc, anthropic, "messages", watched)
                 )
                 raise
+        if kwargs.get("stream") and isinstance(result, anthropic.APIResponse):
+            # with_streaming_response: parsed or read raw (iter_lines), the SSE is read as its
+            # bytes are handed out (common.guard_raw_stream; the parsed stream is left plain).
+            common.guard_raw_stream(result.http_response, StreamEnding(guard, admission))
+            return result
         try:
             # with_raw_response / with_streaming_response: the parsed body is cached, the caller gets it too
             parsed = result.parse() if isinstance(result, anthropic.APIResponse) else result
@@ -329,6 +334,9 @@ class _GuardedAsyncAnthropic(anthropic.AsyncAnthropic):
                     guard, admission, common.failure_report(exc, anthropic, "messages", watched)
                 )
                 raise
+        if kwargs.get("stream") and isinstance(result, anthropic.AsyncAPIResponse):
+            common.guard_raw_stream(result.http_response, StreamEnding(guard, admission))
+            return result
         try:
             parsed = await result.parse() if isinstance(result, anthropic.AsyncAPIResponse) else result
         except BaseException as exc:

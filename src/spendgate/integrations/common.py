@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -17,6 +18,7 @@ from typing import Any, Final, TypeVar
 from spendgate.guard import Admission, Ended, Guard
 from spendgate.lifecycle import Happened, Report, Show, StreamReader
 from spendgate.lifecycle.reading import answer_report, field
+from spendgate.lifecycle.sse import StreamTracker
 
 log = logging.getLogger("spendgate.integrations")
 
@@ -275,3 +277,58 @@ async def aiterate(items: AsyncIterator[_T], ending: StreamEnding) -> AsyncItera
         async for item in items:
             if ending.shown(item):
                 yield item
+
+
+# -- raw streamed responses ------------------------------------------------------------------
+# ``with_streaming_response.create(stream=True)`` hands the caller the HTTP response itself: it
+# may parse() it into the SDK's stream, or read it raw (iter_lines, iter_bytes, read). Every
+# way goes through the httpx response's iter_bytes / aiter_bytes, so the guard reads the SSE
+# there, once, whatever the caller does: the lifecycle's tracker sees each event (and hides the
+# usage chunk the guard asked for), and the stream's end, close or cut ends the reservation.
+
+
+def guard_raw_stream(response: Any, ending: StreamEnding) -> None:
+    """Read the SSE of ``response`` (an ``httpx.Response`` not yet read) as it is handed out."""
+    tracker = StreamTracker(ending.admission.endpoint, ending.admission.added_stream_usage)
+    tracker.reader = ending.reader  # one reader: what the stream said is what ends it
+    inner_iter, inner_aiter = response.iter_bytes, response.aiter_bytes
+    inner_close, inner_aclose = response.close, response.aclose
+    # Once read, the iteration's way out ends the stream (httpx closes the response itself when
+    # its bytes are exhausted, before the iteration returns); close() ends one never read.
+    read = [False]
+
+    def iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
+        read[0] = True
+        with ending:  # its way out (exhausted, closed, broken) says how the stream ended
+            for chunk in inner_iter(chunk_size):
+                if out := tracker.feed(chunk):
+                    yield out
+            if rest := tracker.flush():
+                yield rest
+
+    async def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        read[0] = True
+        async with ending:
+            async for chunk in inner_aiter(chunk_size):
+                if out := tracker.feed(chunk):
+                    yield out
+            if rest := tracker.flush():
+                yield rest
+
+    def close() -> None:
+        try:
+            inner_close()
+        finally:
+            if not read[0]:
+                ending.end(Happened.CLOSED)  # never read: closed (a no-op once ended)
+
+    async def aclose() -> None:
+        try:
+            await inner_aclose()
+        finally:
+            if not read[0]:
+                await ending.aend(Happened.CLOSED)
+
+    response.iter_bytes, response.aiter_bytes = iter_bytes, aiter_bytes
+    response.close, response.aclose = close, aclose
+    weakref.finalize(response, ending.dropped)  # dropped unread and unclosed: ended then

@@ -276,7 +276,7 @@ def _async_guarded(
                 await common.aend_quietly(guard, admission, report)
                 raise
         try:
-            if isinstance(result, AsyncAPIResponse):
+            if isinstance(result, AsyncAPIResponse) and not _streamed(admission):
                 # Its parse() reads the body: awaited here, cached by the response for _outcome.
                 with contextlib.suppress(Exception):  # _outcome finds nothing cached: unreadable
                     await result.parse()
@@ -298,6 +298,11 @@ def _outcome(guard: Guard, admission: Admission, result: Any) -> tuple[Any, Repo
     if isinstance(result, Stream | AsyncStream):
         return _guarded_stream(result, StreamEnding(guard, admission)), None
     if isinstance(result, LegacyAPIResponse | APIResponse | AsyncAPIResponse):
+        if _streamed(admission):
+            # The caller may parse() it or read it raw (iter_lines): the SSE is read as its bytes
+            # are handed out, either way (common.guard_raw_stream).
+            common.guard_raw_stream(result.http_response, StreamEnding(guard, admission))
+            return result, None
         # with_raw_response / with_streaming_response: the parsed body is cached by the response,
         # so the caller's own .parse() returns the same (guarded) object.
         try:
@@ -314,6 +319,11 @@ def _outcome(guard: Guard, admission: Admission, result: Any) -> tuple[Any, Repo
             return result, None
         return result, answer_report(admission.endpoint, parsed)
     return result, answer_report(admission.endpoint, result)
+
+
+def _streamed(admission: Admission) -> bool:
+    """Whether the request asked for a stream (its response is SSE)."""
+    return admission.request.get("stream") is True
 
 
 def _finish(guard: Guard, admission: Admission, result: Any) -> Any:
