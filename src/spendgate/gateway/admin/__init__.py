@@ -34,7 +34,7 @@ from spendgate.gateway.admin.openapi import OPENAPI, openapi
 from spendgate.gateway.keys import KeyStore
 from spendgate.ledger import Ledger
 
-__all__ = ["OPENAPI", "ROUTES", "TABLE", "AdminContext", "create_admin_app", "routes"]
+__all__ = ["OPENAPI", "ROUTES", "TABLE", "AdminContext", "admin_context", "create_admin_app", "routes"]
 
 
 class _AnyIdRoute(Route):
@@ -110,7 +110,30 @@ def create_admin_app(
     ``config_limits`` those of its rate limits (not changed or deleted); ``flush_refusals``
     writes the refusal counts this process holds (``/overview`` calls it before it reads)."""
     app = Starlette(routes=list(ROUTES), exception_handlers={HTTPException: unmatched})
-    app.state.admin = AdminContext(
+    app.state.admin = admin_context(
+        keys=keys,
+        ledger=ledger,
+        admin_token=admin_token,
+        config_budgets=config_budgets,
+        config_limits=config_limits,
+        flush_refusals=flush_refusals,
+        forecasts=forecasts,
+    )
+    return app
+
+
+def admin_context(
+    *,
+    keys: KeyStore,
+    ledger: Ledger,
+    admin_token: Callable[[], str | None],
+    config_budgets: Callable[[], frozenset[str]],
+    config_limits: Callable[[], frozenset[str]],
+    flush_refusals: Callable[[], None],
+    forecasts: ForecastCache | None,
+) -> AdminContext:
+    """What the admin handlers work on, for ``/admin`` and the dashboard's ``/ui/api`` alike."""
+    return AdminContext(
         keys=keys,
         ledger=ledger,
         admin_token=admin_token,
@@ -120,4 +143,3 @@ def create_admin_app(
         # The gateway passes one over its process's hourly series (shared by every consumer).
         forecasts=forecasts if forecasts is not None else ForecastCache(),
     )
-    return app

@@ -29,8 +29,8 @@ from starlette.staticfiles import StaticFiles
 
 from spendgate.clock import Clock, SystemClock
 from spendgate.forecasting import ForecastCache
-from spendgate.gateway.admin import routes
-from spendgate.gateway.admin.context import AdminContext, nothing_to_flush
+from spendgate.gateway.admin import admin_context, routes
+from spendgate.gateway.admin.context import nothing_to_flush
 from spendgate.gateway.admin.errors import error_response, unmatched
 from spendgate.gateway.keys import SECRET_PREFIX, KeyStore
 from spendgate.gateway.ui.session import COOKIE, LoginLimiter, Session, Sessions
@@ -345,15 +345,14 @@ def create_ui_app(
         routes=[Route("/session", session_info, methods=["GET"]), *routes(session_check)],
         exception_handlers={HTTPException: unmatched},
     )
-    api.state.admin = AdminContext(
+    api.state.admin = admin_context(
         keys=keys,
         ledger=ledger,
         admin_token=admin_token,
         config_budgets=config_budgets,
         config_limits=config_limits,
         flush_refusals=flush_refusals,
-        # The gateway passes one over its process's hourly series (shared by every consumer).
-        forecasts=forecasts if forecasts is not None else ForecastCache(),
+        forecasts=forecasts,
     )
     api.state.ui = ui
     app = Starlette(
